@@ -1,0 +1,195 @@
+"""Command line: flags (each also read from an ACMEBOX_* variable), logging, exit codes.
+
+Exit codes: 0 success, 1 the CA refused or failed (its problem type and detail are printed),
+2 bad input (one line saying what is wrong). No traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from acmebox import __version__
+from acmebox.config import LE_PRODUCTION, LE_STAGING, CertSpec, Config, Listen, normalize_email
+from acmebox.errors import AcmeboxError, ConfigError
+from acmebox.keys import KEY_TYPES
+
+log = logging.getLogger("acmebox")
+TRUE = {"1", "true", "yes", "on"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"acmebox: error: {message} (see --help)\n")
+
+
+def _env(name: str, *fallbacks: str) -> str | None:
+    for var in (f"ACMEBOX_{name}", *fallbacks):
+        value = os.environ.get(var)
+        if value:
+            return value
+    return None
+
+
+def _env_flag(name: str) -> bool:
+    return (_env(name) or "").strip().lower() in TRUE
+
+
+def _split(value: str | None) -> list[str]:
+    return [v for v in re.split(r"[,\s]+", value or "") if v]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="acmebox", description="ACME sidecar for an nginx-fronted Docker registry.")
+    parser.add_argument("--version", action="version", version=f"acmebox {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL") or "info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity [ACMEBOX_LOG_LEVEL]",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="obtain certificates and keep them fresh")
+    run.add_argument(
+        "--domain",
+        "-d",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a name for the certificate; repeat for more names "
+        "[ACMEBOX_DOMAIN, comma-separated; or DOCKER_REGISTRY_DOMAIN_NAME]",
+    )
+    run.add_argument(
+        "--email",
+        default=_env("EMAIL", "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS"),
+        help="contact address for the ACME account [ACMEBOX_EMAIL or DOCKER_REGISTRY_CERT_EMAIL_ADDRESS]",
+    )
+    run.add_argument(
+        "--directory",
+        default=_env("DIRECTORY"),
+        help=f"ACME directory URL (default: Let's Encrypt, {LE_PRODUCTION}) [ACMEBOX_DIRECTORY]",
+    )
+    run.add_argument(
+        "--staging",
+        action="store_true",
+        default=_env_flag("STAGING"),
+        help="use Let's Encrypt's staging CA [ACMEBOX_STAGING]",
+    )
+    run.add_argument(
+        "--ca-bundle",
+        type=Path,
+        default=_env("CA_BUNDLE"),
+        help="PEM file of CAs to trust for the ACME server's HTTPS [ACMEBOX_CA_BUNDLE]",
+    )
+    run.add_argument(
+        "--certs-dir",
+        type=Path,
+        default=Path(_env("CERTS_DIR") or "/etc/letsencrypt"),
+        help="the shared certs volume (live/<name>/fullchain.pem ...) [ACMEBOX_CERTS_DIR]",
+    )
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(_env("STATE_DIR") or "/var/lib/acmebox"),
+        help="account key and state [ACMEBOX_STATE_DIR]",
+    )
+    run.add_argument(
+        "--listen",
+        default=_env("LISTEN") or "0.0.0.0:8080",
+        help="HOST:PORT of the challenge and health server [ACMEBOX_LISTEN]",
+    )
+    run.add_argument(
+        "--key-type",
+        default=_env("KEY_TYPE") or "ec256",
+        choices=KEY_TYPES,
+        help="certificate key type [ACMEBOX_KEY_TYPE]",
+    )
+    run.add_argument(
+        "--profile", default=_env("PROFILE"), help="ACME profile to ask for, e.g. shortlived [ACMEBOX_PROFILE]"
+    )
+    run.add_argument("--eab-kid", default=_env("EAB_KID"), help="external account binding key id [ACMEBOX_EAB_KID]")
+    run.add_argument(
+        "--eab-hmac-key",
+        default=_env("EAB_HMAC_KEY"),
+        help="external account binding HMAC key, base64url [ACMEBOX_EAB_HMAC_KEY]",
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        default=_env_flag("ONCE"),
+        help="obtain or confirm the certificates, then exit [ACMEBOX_ONCE]",
+    )
+    run.add_argument(
+        "--force-renew",
+        action="store_true",
+        default=_env_flag("FORCE_RENEW"),
+        help="order new certificates even when valid ones exist [ACMEBOX_FORCE_RENEW]",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    domains = args.domain or _split(_env("DOMAIN", "DOCKER_REGISTRY_DOMAIN_NAME"))
+    if args.directory and args.staging:
+        raise ConfigError("--staging and --directory are exclusive")
+    directory = args.directory or (LE_STAGING if args.staging else LE_PRODUCTION)
+    spec = CertSpec.build(domains, args.key_type, args.profile)
+    return Config(
+        certs=(spec,),
+        email=normalize_email(args.email) if args.email else None,
+        directory=directory,
+        ca_bundle=args.ca_bundle,
+        certs_dir=args.certs_dir,
+        state_dir=args.state_dir,
+        listen=Listen.parse(args.listen),
+        eab_kid=args.eab_kid,
+        eab_hmac_key=args.eab_hmac_key,
+    )
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("acme", "urllib3", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+async def _run_until_signalled(config: Config, once: bool, force: bool) -> int:
+    from acmebox.service import Service  # imported late: `--help` stays fast
+
+    task = asyncio.ensure_future(Service(config).run(once=once, force=force))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        log.info("stopped by signal")
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        if args.command == "run":
+            config = config_from_args(args)
+            return asyncio.run(_run_until_signalled(config, args.once, args.force_renew))
+        raise ConfigError(f"unknown command {args.command}")
+    except AcmeboxError as e:
+        print(f"acmebox: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,43 @@
+"""The one aiohttp server acmebox runs: HTTP-01 answers and the health check.
+
+It is started before anything talks to the CA and stays up for the process's whole life.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from acmebox import challenges
+from acmebox.config import Listen
+from acmebox.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], tuple[bool, str]]
+
+
+def build_app(tokens: challenges.Http01Tokens, health: HealthCheck) -> web.Application:
+    app = web.Application()
+    challenges.add_routes(app, tokens)
+
+    async def healthz(request: web.Request) -> web.Response:
+        ok, text = health()
+        return web.Response(status=200 if ok else 503, text=text + "\n")
+
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def start(app: web.Application, listen: Listen) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, listen.host, listen.port).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {listen}: {e.strerror or e}") from None
+    log.info("serving HTTP-01 challenges and /healthz on %s", listen)
+    return runner
