@@ -18,6 +18,7 @@ import datetime as dt
 import email.utils
 import functools
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -105,13 +106,12 @@ class RenewalInfo:
 class AcmeClient:
     """One account at one CA. Not thread-safe by design: use it from one event loop."""
 
-    def __init__(self, directory_url: str, account_key: JWK, ca_bundle: Path | None = None) -> None:
+    def __init__(self, directory_url: str, ca_bundle: Path | None = None) -> None:
         self.directory_url = directory_url
         self.account_url: str | None = None
-        self._account_key = account_key
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acme")
         self._net = acme_client.ClientNetwork(
-            account_key,
+            None,
             alg=ES256,
             verify_ssl=str(ca_bundle) if ca_bundle else True,  # type: ignore[arg-type]
             user_agent=f"acmebox/{__version__}",
@@ -201,8 +201,9 @@ class AcmeClient:
         profiles = self.directory.meta.profiles
         return dict(profiles) if profiles is not None else None
 
-    async def login(self, email: str | None, eab: tuple[str, str] | None = None) -> str:
+    async def login(self, account_key: JWK, email: str | None, eab: tuple[str, str] | None = None) -> str:
         """Find this key's account at the CA, or register one (agreeing to the ToS)."""
+        self._net.key = account_key
         acme = acme_client.ClientV2(self.directory, self._net)
         self._net.account = None  # an account lookup must be signed with the JWK, not a kid
         try:
@@ -218,7 +219,7 @@ class AcmeClient:
             external = None
             if eab is not None:
                 external = messages.ExternalAccountBinding.from_data(
-                    account_public_key=self._account_key.public_key(),
+                    account_public_key=account_key.public_key(),
                     kid=eab[0],
                     hmac_key=eab[1],
                     directory=self.directory,
@@ -289,7 +290,7 @@ class AcmeClient:
                         ACME_ERROR + "rejectedIdentifier",
                         f"{authz.identifier.value}: the CA offers no HTTP-01 challenge",
                     )
-                response, key_authz = challb.response_and_validation(self._account_key)
+                response, key_authz = challb.response_and_validation(self._net.key)
                 token = challb.chall.encode("token")
                 tokens.present(token, key_authz)
                 presented.append(token)
@@ -379,5 +380,10 @@ class AcmeClient:
 
 
 def _short(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:300]
+    """The useful part of an exception's text (requests nests the cause deep inside)."""
+    text = str(e)
+    for pattern in (r"\[Errno -?\d+\] [^'\")]+", r"certificate verify failed: [^'\")(]+", r"timed out"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(0).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]

@@ -65,13 +65,13 @@ class Service:
         return ok, "\n".join(lines)
 
     async def connect(self) -> AcmeClient:
-        key = self.account.load_or_create_key()
-        client = AcmeClient(self.config.directory, key, self.config.ca_bundle)
+        client = AcmeClient(self.config.directory, self.config.ca_bundle)
         try:
             await client.connect()
             self._check_profiles(client)
             eab = (self.config.eab_kid, self.config.eab_hmac_key) if self.config.eab_kid else None
-            url = await client.login(self.config.email, eab)  # type: ignore[arg-type]
+            key = self.account.load_or_create_key()
+            url = await client.login(key, self.config.email, eab)  # type: ignore[arg-type]
         except BaseException:
             await client.close()
             raise

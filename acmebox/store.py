@@ -111,9 +111,13 @@ class CertStore:
             probe.unlink()
         except OSError as e:
             raise ConfigError(f"certs dir {self.root} is not usable: {e.strerror or e}") from None
+        # What a crash mid-save leaves: a version never made live, a link never swapped in.
         for name_dir in self.archive.iterdir():
-            for leftover in name_dir.glob(".new-*"):  # a write that a crash interrupted
+            for leftover in name_dir.glob(".new-*"):
                 shutil.rmtree(leftover, ignore_errors=True)
+        for tmp_link in self.live.glob(".*"):
+            if tmp_link.is_symlink():
+                tmp_link.unlink()
 
     def current(self, name: str) -> StoredCert | None:
         """The version `live/<name>` points at, or None when there is none (or it is unreadable)."""

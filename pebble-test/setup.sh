@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Everything the demo and the tests need on a Debian machine, as root: Debian packages,
+# Pebble 2.10 (pebble-test/install.sh) and a virtualenv at .venv with acmebox and its test
+# tools. Idempotent: a second run only checks.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+
+packages=(ca-certificates curl openssl tzdata python3 python3-venv python3-pip
+          nginx-light)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian nginx package enables and starts a system nginx on port 80; the tests run their
+# own on loopback ports, so the system one is stopped if this script's install started it.
+if [[ " ${missing[*]-} " == *" nginx-light "* ]]; then
+  (systemctl disable --now nginx || service nginx stop || nginx -s stop) >/dev/null 2>&1 || true
+fi
+
+bash "$here/install.sh"
+
+if [ ! -x "$top/.venv/bin/python" ]; then
+  python3 -m venv "$top/.venv"
+fi
+stamp="$top/.venv/.acmebox-installed"
+if [ ! -f "$stamp" ] || [ "$top/pyproject.toml" -nt "$stamp" ]; then
+  "$top/.venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$top/.venv/bin/pip" install -q -e "$top[test]"
+  touch "$stamp"
+fi
+echo "setup: ready (venv $top/.venv, pebble $(cat "$here/.pebble/VERSION"))"

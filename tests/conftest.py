@@ -1,0 +1,145 @@
+"""Fixtures: a real Pebble (started by pebble-test/start.sh on free loopback ports) and a
+helper that runs `python -m acmebox` the way a user does."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+ROOT = Path(__file__).resolve().parent.parent
+PEBBLE_TEST = ROOT / "pebble-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pebble:
+    run_dir: Path
+    directory: str
+    management: str
+    ca_bundle: Path
+    http_port: int
+
+    def _context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_bundle))
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.management + path, context=self._context(), timeout=10) as r:
+            return bytes(r.read())
+
+    def post(self, path: str, body: bytes) -> int:
+        req = urllib.request.Request(self.management + path, data=body, method="POST")
+        with urllib.request.urlopen(req, context=self._context(), timeout=10) as r:
+            return int(r.status)
+
+    def root(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.get("/roots/0"))
+
+    def log(self) -> str:
+        return (self.run_dir / "pebble.log").read_text(errors="replace")
+
+    def orders_in_log(self) -> int:
+        return self.log().count("POST /order-plz")
+
+
+def start_pebble(run_dir: Path, **env: str) -> Pebble:
+    if not (PEBBLE_TEST / ".pebble" / "usr" / "bin" / "pebble").exists():
+        pytest.fail("Pebble is not installed: run pebble-test/install.sh (tests/run.sh does)")
+    http_port = free_port()
+    full_env = {
+        **os.environ,
+        "PEBBLE_RUN_DIR": str(run_dir),
+        "PEBBLE_PORT": str(free_port()),
+        "PEBBLE_MGMT_PORT": str(free_port()),
+        "PEBBLE_HTTP_PORT": str(http_port),
+        "PEBBLE_DNS_PORT": str(free_port()),
+        "PEBBLE_CHALLTESTSRV_MGMT_PORT": str(free_port()),
+        **env,
+    }
+    out = subprocess.run(
+        ["bash", str(PEBBLE_TEST / "start.sh")], env=full_env, capture_output=True, text=True, timeout=60
+    )
+    if out.returncode != 0:
+        pytest.fail(f"pebble-test/start.sh failed: {out.stderr}")
+    values = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    return Pebble(
+        run_dir=run_dir,
+        directory=values["PEBBLE_DIRECTORY"],
+        management=values["PEBBLE_MANAGEMENT"],
+        ca_bundle=Path(values["PEBBLE_CA_BUNDLE"]),
+        http_port=int(values["PEBBLE_HTTP_PORT"]),
+    )
+
+
+def stop_pebble(pebble: Pebble) -> None:
+    subprocess.run(
+        ["bash", str(PEBBLE_TEST / "stop.sh")], env={**os.environ, "PEBBLE_RUN_DIR": str(pebble.run_dir)}, timeout=30
+    )
+
+
+@pytest.fixture(scope="session")
+def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    """Pebble 2.10 without VA sleeps or nonce rejection: fast and deterministic."""
+    p = start_pebble(tmp_path_factory.mktemp("pebble"))
+    yield p
+    stop_pebble(p)
+
+
+@pytest.fixture(scope="session")
+def pebble_nonce_reject(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    """Pebble with its default 5% badNonce rejection on."""
+    p = start_pebble(tmp_path_factory.mktemp("pebble-nonce"), PEBBLE_WFE_NONCEREJECT="5")
+    yield p
+    stop_pebble(p)
+
+
+@dataclass
+class Dirs:
+    certs: Path
+    state: Path
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> Dirs:
+    return Dirs(tmp_path / "certs", tmp_path / "state")
+
+
+def acmebox_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACMEBOX_", "DOCKER_REGISTRY_"))}
+    env.update(extra)
+    return env
+
+
+def run_acmebox(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "acmebox", *args],
+        env=env if env is not None else acmebox_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def pebble_args(pebble: Pebble, dirs: Dirs) -> list[str]:
+    return [
+        "--directory", pebble.directory,
+        "--ca-bundle", str(pebble.ca_bundle),
+        "--certs-dir", str(dirs.certs),
+        "--state-dir", str(dirs.state),
+        "--listen", f"127.0.0.1:{pebble.http_port}",
+    ]  # fmt: skip

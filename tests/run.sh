@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: sets everything up (pebble-test/setup.sh), checks lint and types, then
+# runs the whole suite, end-to-end tests against real Pebble included. Extra arguments go
+# to pytest (e.g. tests/run.sh -k store).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+bash pebble-test/setup.sh
+.venv/bin/ruff check acmebox tests
+.venv/bin/mypy
+mkdir -p test-artifacts
+exec .venv/bin/python -m pytest -ra --durations=10 "$@"

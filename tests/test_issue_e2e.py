@@ -1,0 +1,151 @@
+"""End to end against a real Pebble: `python -m acmebox run --once` as a user runs it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import Dirs, Pebble, acmebox_env, pebble_args, run_acmebox
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.verification import PolicyBuilder, Store
+
+pytestmark = pytest.mark.e2e
+
+
+def live(dirs: Dirs, name: str) -> Path:
+    return dirs.certs / "live" / name
+
+
+def verify_live(pebble: Pebble, dirs: Dirs, names: list[str]) -> x509.Certificate:
+    """Chain to Pebble's root, SANs, key match, file modes: everything a server relies on."""
+    d = live(dirs, names[0])
+    chain = x509.load_pem_x509_certificates((d / "fullchain.pem").read_bytes())
+    leaf = chain[0]
+    assert x509.load_pem_x509_certificate((d / "cert.pem").read_bytes()) == leaf
+    assert x509.load_pem_x509_certificates((d / "chain.pem").read_bytes()) == chain[1:]
+
+    verifier = PolicyBuilder().store(Store([pebble.root()])).build_server_verifier(x509.DNSName(names[0]))
+    verified = verifier.verify(leaf, chain[1:])
+    assert verified[-1] == pebble.root()
+
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(names)
+
+    key = serialization.load_pem_private_key((d / "privkey.pem").read_bytes(), None)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert key.public_key().public_bytes(serialization.Encoding.DER, spki) == leaf.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    )
+
+    assert stat.S_IMODE((d / "privkey.pem").stat().st_mode) == 0o600
+    for public in ("fullchain.pem", "cert.pem", "chain.pem"):
+        assert stat.S_IMODE((d / public).stat().st_mode) == 0o644
+    account_key = next(dirs.state.glob("accounts/**/key.pem"))
+    assert stat.S_IMODE(account_key.stat().st_mode) == 0o600
+    return leaf
+
+
+def test_issue_then_reuse(pebble: Pebble, dirs: Dirs) -> None:
+    orders_before = pebble.orders_in_log()
+    first = run_acmebox("run", "--once", "--domain", "registry.test", "--email", "ops@example.com",
+                        *pebble_args(pebble, dirs))  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    leaf = verify_live(pebble, dirs, ["registry.test"])
+    assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
+    assert "registered ACME account" in first.stderr
+    assert pebble.orders_in_log() == orders_before + 1
+    assert "BEGIN" not in first.stderr, "key material must never be logged"
+
+    second = run_acmebox("run", "--once", "--domain", "registry.test", "--email", "ops@example.com",
+                         *pebble_args(pebble, dirs))  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert pebble.orders_in_log() == orders_before + 1, "a valid certificate on disk must not be re-ordered"
+    assert "nothing ordered" in second.stderr
+    assert "using existing ACME account" in second.stderr and "registered" not in second.stderr
+    assert x509.load_pem_x509_certificate((live(dirs, "registry.test") / "cert.pem").read_bytes()) == leaf
+
+    forced = run_acmebox("run", "--once", "--force-renew", "--domain", "registry.test",
+                         *pebble_args(pebble, dirs))  # fmt: skip
+    assert forced.returncode == 0, forced.stderr
+    assert pebble.orders_in_log() == orders_before + 2
+    assert verify_live(pebble, dirs, ["registry.test"]).serial_number != leaf.serial_number
+    assert sorted(p.name for p in (dirs.certs / "archive" / "registry.test").iterdir()) == ["0001", "0002"]
+
+
+def test_environment_variables_of_the_old_stack(pebble: Pebble, dirs: Dirs) -> None:
+    env = acmebox_env(
+        DOCKER_REGISTRY_DOMAIN_NAME="old-stack.test",
+        DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="ops@example.com",
+        ACMEBOX_DIRECTORY=pebble.directory,
+        ACMEBOX_CA_BUNDLE=str(pebble.ca_bundle),
+        ACMEBOX_CERTS_DIR=str(dirs.certs),
+        ACMEBOX_STATE_DIR=str(dirs.state),
+        ACMEBOX_LISTEN=f"127.0.0.1:{pebble.http_port}",
+        ACMEBOX_ONCE="1",
+    )
+    result = run_acmebox("run", env=env)
+    assert result.returncode == 0, result.stderr
+    verify_live(pebble, dirs, ["old-stack.test"])
+
+
+@pytest.mark.parametrize(("key_type", "key_class", "size"), [("ec256", ec.EllipticCurvePublicKey, 256),
+                                                             ("rsa2048", rsa.RSAPublicKey, 2048)])  # fmt: skip
+def test_several_names_and_key_types(pebble: Pebble, dirs: Dirs, key_type: str, key_class: type, size: int) -> None:
+    names = [f"{key_type}.registry.test", "registry.test", "ui.registry.test"]
+    args = [a for n in names for a in ("--domain", n)]
+    result = run_acmebox("run", "--once", *args, "--key-type", key_type, *pebble_args(pebble, dirs))
+    assert result.returncode == 0, result.stderr
+    leaf = verify_live(pebble, dirs, names)
+    assert isinstance(leaf.public_key(), key_class)
+    assert leaf.public_key().key_size == size
+    meta = json.loads((live(dirs, names[0]) / "meta.json").read_text())
+    assert meta["key_type"] == key_type and meta["placeholder"] is False
+
+
+def test_shortlived_profile(pebble: Pebble, dirs: Dirs) -> None:
+    result = run_acmebox("run", "--once", "--domain", "short.test", "--profile", "shortlived",
+                         *pebble_args(pebble, dirs))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    leaf = verify_live(pebble, dirs, ["short.test"])
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert lifetime < dt.timedelta(days=7), lifetime  # Pebble's shortlived: 6 days; default: 90
+    assert json.loads((live(dirs, "short.test") / "meta.json").read_text())["profile"] == "shortlived"
+
+
+def test_unknown_profile_is_a_clear_error(pebble: Pebble, dirs: Dirs) -> None:
+    result = run_acmebox("run", "--once", "--domain", "p.test", "--profile", "nope", *pebble_args(pebble, dirs))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("acmebox: error: profile 'nope' is not offered")
+    assert "Traceback" not in result.stderr
+
+
+def test_nonce_rejection_is_retried(pebble_nonce_reject: Pebble, dirs: Dirs) -> None:
+    """Pebble rejects 5% of nonces; three issuances (~40 signed requests) still succeed."""
+    for i in range(3):
+        result = run_acmebox("run", "--once", "--force-renew", "--domain", "nonce.test",
+                             *pebble_args(pebble_nonce_reject, dirs))  # fmt: skip
+        assert result.returncode == 0, f"run {i}: {result.stderr}"
+    verify_live(pebble_nonce_reject, dirs, ["nonce.test"])
+
+
+def test_ca_side_failures_exit_1_with_the_problem(pebble: Pebble, dirs: Dirs) -> None:
+    blocked = run_acmebox("run", "--once", "--domain", "blocked.test", *pebble_args(pebble, dirs))
+    assert blocked.returncode == 1
+    last = blocked.stderr.strip().splitlines()[-1]
+    assert last.startswith("acmebox: error: CA problem urn:ietf:params:acme:error:rejectedIdentifier:"), last
+    assert "blocked.test" in last
+
+    # Pebble validates on pebble.http_port; listening elsewhere makes validation fail.
+    args = pebble_args(pebble, dirs)
+    args[args.index("--listen") + 1] = "127.0.0.1:0"
+    unvalidated = run_acmebox("run", "--once", "--domain", "novalidation.test", *args)
+    assert unvalidated.returncode == 1
+    last = unvalidated.stderr.strip().splitlines()[-1]
+    assert last.startswith("acmebox: error: CA problem urn:ietf:params:acme:error:connection:"), last
+    assert "novalidation.test" in last
+    assert not (dirs.certs / "live" / "novalidation.test").exists()
