@@ -124,7 +124,9 @@ def acmebox_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_acmebox(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_acmebox(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "acmebox", *args],
         env=env if env is not None else acmebox_env(),

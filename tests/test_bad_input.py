@@ -39,7 +39,9 @@ def test_bad_domains(tmp_path: Path, domains: list[str], expected: str) -> None:
     assert not (tmp_path / "c").exists() and not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("email", ["not-an-email", "two@@example.com", "a@b", "a b@example.com", "x@example.com,y@example.com"])
+@pytest.mark.parametrize(
+    "email", ["not-an-email", "two@@example.com", "a@b", "a b@example.com", "x@example.com,y@example.com"]
+)
 def test_bad_email(tmp_path: Path, email: str) -> None:
     result = run_acmebox("run", "--once", "--domain", "registry.test", "--email", email,
                          "--certs-dir", str(tmp_path / "c"))  # fmt: skip
@@ -47,13 +49,17 @@ def test_bad_email(tmp_path: Path, email: str) -> None:
 
 
 def test_flag_errors(tmp_path: Path) -> None:
-    assert_usage_error(run_acmebox("run", "--domain", "a.test", "--key-type", "dsa"), "argument --key-type: invalid choice")
+    assert_usage_error(
+        run_acmebox("run", "--domain", "a.test", "--key-type", "dsa"), "argument --key-type: invalid choice"
+    )
     assert_usage_error(run_acmebox("run", "--domain", "a.test", "--listen", "nope"), "bad listen address 'nope'")
     assert_usage_error(
         run_acmebox("run", "--domain", "a.test", "--ca-bundle", str(tmp_path / "missing.pem")),
         f"CA bundle {tmp_path / 'missing.pem'} does not exist",
     )
-    assert_usage_error(run_acmebox("run", "--domain", "a.test", "--eab-kid", "k"), "needs both --eab-kid and --eab-hmac-key")
+    assert_usage_error(
+        run_acmebox("run", "--domain", "a.test", "--eab-kid", "k"), "needs both --eab-kid and --eab-hmac-key"
+    )
     assert_usage_error(run_acmebox("run", "--domain", "a.test", "--staging", "--directory", "https://x.test/d"),
                        "--staging and --directory are exclusive")  # fmt: skip
     assert_usage_error(run_acmebox("frobnicate"), "invalid choice: 'frobnicate'")
