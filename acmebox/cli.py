@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from acmebox import __version__
-from acmebox.config import LE_PRODUCTION, LE_STAGING, CertSpec, Config, Listen, normalize_email
+from acmebox.config import LE_PRODUCTION, LE_STAGING, CertSpec, Config, Listen, certs_from_toml, normalize_email
 from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.keys import KEY_TYPES
+from acmebox.reload import KINDS, ReloadTarget, Verify
 
 log = logging.getLogger("acmebox")
 TRUE = {"1", "true", "yes", "on"}
@@ -47,12 +48,23 @@ def _split(value: str | None) -> list[str]:
     return [v for v in re.split(r"[,\s]+", value or "") if v]
 
 
+def _dirs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--certs-dir",
+        type=Path,
+        default=Path(_env("CERTS_DIR") or "/etc/letsencrypt"),
+        help="the shared certs volume (live/<name>/fullchain.pem ...) [ACMEBOX_CERTS_DIR]",
+    )
+    parser.add_argument("--state-dir", type=Path, default=Path(_env("STATE_DIR") or "/var/lib/acmebox"),
+                        help="account key and state [ACMEBOX_STATE_DIR]")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="acmebox", description="ACME sidecar for an nginx-fronted Docker registry.")
     parser.add_argument("--version", action="version", version=f"acmebox {__version__}")
     parser.add_argument(
         "--log-level",
-        default=_env("LOG_LEVEL") or "info",
+        default=(_env("LOG_LEVEL") or "info").lower(),
         choices=["debug", "info", "warning", "error"],
         help="log verbosity [ACMEBOX_LOG_LEVEL]",
     )
@@ -67,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a name for the certificate; repeat for more names "
         "[ACMEBOX_DOMAIN, comma-separated; or DOCKER_REGISTRY_DOMAIN_NAME]",
+    )
+    run.add_argument(
+        "--cert",
+        action="append",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="one more certificate with these names; repeat for more certificates [ACMEBOX_CERTS, "
+        "certificates separated by ';']",
+    )
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=_env("CONFIG"),
+        help="TOML file with [[certificate]] tables (names, key_type, profile) [ACMEBOX_CONFIG]",
     )
     run.add_argument(
         "--email",
@@ -90,22 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("CA_BUNDLE"),
         help="PEM file of CAs to trust for the ACME server's HTTPS [ACMEBOX_CA_BUNDLE]",
     )
-    run.add_argument(
-        "--certs-dir",
-        type=Path,
-        default=Path(_env("CERTS_DIR") or "/etc/letsencrypt"),
-        help="the shared certs volume (live/<name>/fullchain.pem ...) [ACMEBOX_CERTS_DIR]",
-    )
-    run.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(_env("STATE_DIR") or "/var/lib/acmebox"),
-        help="account key and state [ACMEBOX_STATE_DIR]",
-    )
+    _dirs(run)
     run.add_argument(
         "--listen",
         default=_env("LISTEN") or "0.0.0.0:8080",
-        help="HOST:PORT of the challenge and health server [ACMEBOX_LISTEN]",
+        help="HOST:PORT of the challenge, health and metrics server [ACMEBOX_LISTEN]",
     )
     run.add_argument(
         "--key-type",
@@ -123,6 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="external account binding HMAC key, base64url [ACMEBOX_EAB_HMAC_KEY]",
     )
     run.add_argument(
+        "--no-ari",
+        action="store_true",
+        default=_env_flag("NO_ARI"),
+        help="ignore the CA's renewal information (ARI); renew by lifetime only [ACMEBOX_NO_ARI]",
+    )
+    run.add_argument(
+        "--reload",
+        default=_env("RELOAD") or "none",
+        choices=KINDS,
+        help="how to tell nginx about new certificates [ACMEBOX_RELOAD]",
+    )
+    run.add_argument(
+        "--reload-target",
+        default=_env("RELOAD_TARGET"),
+        help="docker: container name or label=KEY=VALUE; signal: PID or PID file; command: "
+        "a command line [ACMEBOX_RELOAD_TARGET]",
+    )
+    run.add_argument(
+        "--reload-verify",
+        default=_env("RELOAD_VERIFY"),
+        metavar="HOST:PORT",
+        help="after reloading, check by TLS handshake that HOST:PORT serves the new certificate "
+        "[ACMEBOX_RELOAD_VERIFY]",
+    )
+    run.add_argument(
         "--once",
         action="store_true",
         default=_env_flag("ONCE"),
@@ -134,18 +174,50 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_flag("FORCE_RENEW"),
         help="order new certificates even when valid ones exist [ACMEBOX_FORCE_RENEW]",
     )
+
+    status = sub.add_parser("status", help="a table of the certificates and their renewal plans")
+    _dirs(status)
+    renew = sub.add_parser("renew", help="ask the running service to check (or with --force, renew) now")
+    renew.add_argument("name", nargs="?", help="certificate name (its first domain); default: all")
+    renew.add_argument("--force", action="store_true", help="renew even when not due")
+    renew.add_argument("--timeout", type=float, default=300, help="seconds to wait for the outcome")
+    _dirs(renew)
+    revoke = sub.add_parser("revoke", help="revoke a certificate at its CA; the service then replaces it")
+    revoke.add_argument("name", help="certificate name (its first domain)")
+    revoke.add_argument(
+        "--reason",
+        type=int,
+        default=0,
+        choices=[0, 1, 3, 4, 5],
+        help="RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, ...)",
+    )
+    revoke.add_argument(
+        "--ca-bundle",
+        type=Path,
+        default=_env("CA_BUNDLE"),
+        help="PEM file of CAs to trust for the ACME server's HTTPS [ACMEBOX_CA_BUNDLE]",
+    )
+    _dirs(revoke)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    domains = args.domain or _split(_env("DOMAIN", "DOCKER_REGISTRY_DOMAIN_NAME"))
     if args.directory and args.staging:
         raise ConfigError("--staging and --directory are exclusive")
     directory = args.directory or (LE_STAGING if args.staging else LE_PRODUCTION)
-    spec = CertSpec.build(domains, args.key_type, args.profile)
+    specs: list[CertSpec] = []
+    email = args.email
+    if args.config is not None:
+        specs, file_email = certs_from_toml(args.config, args.key_type, args.profile)
+        email = email or file_email
+    cert_groups = args.cert or [g for g in (_env("CERTS") or "").split(";") if g.strip()]
+    specs += [CertSpec.build(_split(group), args.key_type, args.profile) for group in cert_groups]
+    domains = args.domain or ([] if specs else _split(_env("DOMAIN", "DOCKER_REGISTRY_DOMAIN_NAME")))
+    if domains or not specs:
+        specs.insert(0, CertSpec.build(domains, args.key_type, args.profile))
     return Config(
-        certs=(spec,),
-        email=normalize_email(args.email) if args.email else None,
+        certs=tuple(specs),
+        email=normalize_email(email) if email else None,
         directory=directory,
         ca_bundle=args.ca_bundle,
         certs_dir=args.certs_dir,
@@ -153,6 +225,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         listen=Listen.parse(args.listen),
         eab_kid=args.eab_kid,
         eab_hmac_key=args.eab_hmac_key,
+        ari=not args.no_ari,
+        reload=ReloadTarget.parse(args.reload, args.reload_target),
+        reload_verify=Verify.parse(args.reload_verify) if args.reload_verify else None,
     )
 
 
@@ -187,6 +262,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             config = config_from_args(args)
             return asyncio.run(_run_until_signalled(config, args.once, args.force_renew))
+        from acmebox import commands
+
+        if args.command == "status":
+            return commands.status(args.certs_dir, args.state_dir)
+        if args.command == "renew":
+            return commands.renew(args.state_dir, args.name, args.force, args.timeout)
+        if args.command == "revoke":
+            return asyncio.run(commands.revoke(args.certs_dir, args.state_dir, args.name, args.reason, args.ca_bundle))
         raise ConfigError(f"unknown command {args.command}")
     except AcmeboxError as e:
         print(f"acmebox: error: {e}", file=sys.stderr)

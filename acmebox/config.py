@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from acmebox.errors import ConfigError
 from acmebox.keys import KEY_TYPES
+from acmebox.reload import ReloadTarget, Verify
 
 LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LE_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -109,6 +112,9 @@ class Config:
     listen: Listen = field(default_factory=lambda: Listen("0.0.0.0", 8080))
     eab_kid: str | None = None
     eab_hmac_key: str | None = None
+    ari: bool = True
+    reload: ReloadTarget | None = None
+    reload_verify: Verify | None = None
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -123,3 +129,34 @@ class Config:
             raise ConfigError("external account binding needs both --eab-kid and --eab-hmac-key")
         if not self.directory.startswith(("https://", "http://")):
             raise ConfigError(f"bad directory URL {self.directory!r}: want https://...")
+
+
+def certs_from_toml(path: Path, key_type: str, profile: str | None) -> tuple[list[CertSpec], str | None]:
+    """Certificates (and optionally the email) from a small TOML file:
+
+    email = "you@example.com"
+    [[certificate]]
+    names = ["registry.example.com", "ui.example.com"]
+    key_type = "ec384"        # optional, default --key-type
+    profile = "shortlived"    # optional, default --profile
+    """
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    unknown = set(data) - {"email", "certificate"}
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    specs = []
+    for i, entry in enumerate(data.get("certificate", [])):
+        if not isinstance(entry, dict) or not isinstance(entry.get("names"), list):
+            raise ConfigError(f"config file {path}: certificate {i + 1} needs names = [...]")
+        extra = set(entry) - {"names", "key_type", "profile"}
+        if extra:
+            raise ConfigError(f"config file {path}: certificate {i + 1}: unknown key(s) {', '.join(sorted(extra))}")
+        specs.append(CertSpec.build([str(n) for n in entry["names"]], str(entry.get("key_type", key_type)),
+                                    entry.get("profile", profile)))  # fmt: skip
+    email = data.get("email")
+    return specs, str(email) if email else None

@@ -52,3 +52,26 @@ def decide(
         return Decision(deadline, "last 1/20 of the lifetime (ARI window ends later)")
     share = "half" if not_after - not_before < SHORT_LIFETIME else "a third"
     return Decision(lifetime_rule(not_before, not_after), f"lifetime rule ({share} of the lifetime left)")
+
+
+# Let's Encrypt's integration guide: about 1 min, 10 min, 100 min, then once a day.
+BACKOFF = (dt.timedelta(minutes=1), dt.timedelta(minutes=10), dt.timedelta(minutes=100), dt.timedelta(days=1))
+
+
+def backoff(failures: int, retry_after: float | None = None, rng: random.Random | None = None) -> dt.timedelta:
+    """How long to wait after the `failures`-th failure in a row (1-based), with +-10% jitter,
+    and never less than the CA's Retry-After."""
+    base = BACKOFF[min(max(failures, 1), len(BACKOFF)) - 1]
+    delay = base * (0.9 + 0.2 * (rng or random).random())
+    if retry_after is not None:
+        delay = max(delay, dt.timedelta(seconds=retry_after))
+    return delay
+
+
+ARI_REFETCH_MAX = dt.timedelta(hours=12)  # ask again at least twice a day
+ARI_REFETCH_MIN = dt.timedelta(minutes=1)  # and never in a burst
+
+
+def ari_next_fetch(now: dt.datetime, retry_after: float | None) -> dt.datetime:
+    wait = dt.timedelta(seconds=retry_after) if retry_after is not None else dt.timedelta(hours=6)
+    return now + min(max(wait, ARI_REFETCH_MIN), ARI_REFETCH_MAX)

@@ -1,82 +1,122 @@
-"""The `run` command: bring up the challenge server, log in to the CA, and get each
-configured certificate onto disk (reusing a valid one, never re-ordering it at start).
+"""The `run` command: the long-running sidecar (or one pass with --once).
 
-With --once it exits when every certificate is in place; otherwise it keeps serving.
+Startup: prepare the certs volume, write placeholders where nginx would find no certificate,
+start the challenge/health/metrics server, connect to the CA (in service mode, retrying while
+it is unreachable), then run one CertMaintainer per certificate and the Reloader. SIGHUP (sent
+by `acmebox renew`) hands pending renew requests to the maintainers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
+import os
+import signal
 
 from acme import crypto_util
 
-from acmebox import keys, renewal, webapp
+from acmebox import control, keys, placeholder, renewal, webapp
 from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens
 from acmebox.client import AcmeClient
+from acmebox.clock import Clock
 from acmebox.config import CertSpec, Config
-from acmebox.errors import CAUnreachable, ConfigError
+from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, ConfigError
+from acmebox.fsutil import atomic_write
+from acmebox.maintain import CertMaintainer, why_not_reusable
+from acmebox.metrics import Metrics
+from acmebox.reload import Reloader, ReloadTarget
+from acmebox.state import StateStore
 from acmebox.store import CertStore, StoredCert
 
 log = logging.getLogger(__name__)
 
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def why_not_reusable(spec: CertSpec, stored: StoredCert | None, now: dt.datetime) -> str | None:
-    """None when `stored` serves `spec` as it is; otherwise why a new certificate is needed."""
-    if stored is None:
-        return "no certificate yet"
-    if stored.placeholder:
-        return "only a placeholder is in place"
-    if sorted(stored.names) != sorted(spec.names):
-        return f"names changed (on disk: {', '.join(stored.names)})"
-    if stored.key_type != spec.key_type:
-        return f"key type changed (on disk: {stored.key_type})"
-    if spec.profile and stored.meta.get("profile") != spec.profile:
-        return f"profile changed (on disk: {stored.meta.get('profile') or 'none'})"
-    if stored.not_after <= now:
-        return f"expired at {stored.not_after:%Y-%m-%d %H:%M:%SZ}"
-    return None
+CONNECT_RETRY = (5, 30, 120, 600)  # seconds between attempts to reach an unreachable CA
 
 
 class Service:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or Clock()
         self.store = CertStore(config.certs_dir)
+        self.states = StateStore(config.state_dir)
         self.tokens = Http01Tokens()
+        self.metrics = Metrics()
         self.account = AccountFiles.for_directory(config.state_dir, config.directory)
-        self.client: AcmeClient | None = None
+        self.reloader = Reloader(
+            config.reload or ReloadTarget("none"), config.reload_verify,
+            on_result=lambda what, ok: self.metrics.reloads.labels(what).inc(),
+        )  # fmt: skip
+        self._client: AcmeClient | None = None
+        self._connected = asyncio.Event()
+        self.maintainers = {
+            spec.name: CertMaintainer(
+                spec,
+                store=self.store,
+                states=self.states,
+                client=self.client,
+                issue=self.issue,
+                on_renewed=self._renewed,
+                metrics=self.metrics,
+                clock=self.clock,
+                directory=config.directory,
+                use_ari=config.ari,
+            )
+            for spec in config.certs
+        }
+
+    # -- health -------------------------------------------------------------------------------
 
     def health(self) -> tuple[bool, str]:
-        now = utcnow()
+        now = self.clock.now()
         lines, ok = [], True
         for spec in self.config.certs:
             stored = self.store.current(spec.name)
-            if stored is None or stored.placeholder or now >= renewal.last_call(stored.not_before, stored.not_after):
+            if stored is None or stored.placeholder:
                 ok = False
-                lines.append(f"{spec.name}: {'missing' if stored is None or stored.placeholder else 'expiring'}")
+                lines.append(f"{spec.name}: no certificate yet")
+            elif now >= renewal.last_call(stored.not_before, stored.not_after):
+                ok = False
+                lines.append(f"{spec.name}: expiring {stored.not_after.isoformat()}")
             else:
-                lines.append(f"{spec.name}: valid until {stored.not_after:%Y-%m-%dT%H:%M:%SZ}")
+                lines.append(f"{spec.name}: valid until {stored.not_after.isoformat()}")
         return ok, "\n".join(lines)
 
-    async def connect(self) -> AcmeClient:
+    # -- the CA -------------------------------------------------------------------------------
+
+    async def client(self) -> AcmeClient:
+        await self._connected.wait()
+        assert self._client is not None
+        return self._client
+
+    async def connect(self) -> None:
         client = AcmeClient(self.config.directory, self.config.ca_bundle)
         try:
             await client.connect()
             self._check_profiles(client)
-            eab = (self.config.eab_kid, self.config.eab_hmac_key) if self.config.eab_kid else None
-            key = self.account.load_or_create_key()
-            url = await client.login(key, self.config.email, eab)  # type: ignore[arg-type]
+            await self._login(client)
         except BaseException:
             await client.close()
             raise
+        self._client = client
+        self._connected.set()
+
+    async def _login(self, client: AcmeClient) -> None:
+        eab = (self.config.eab_kid, self.config.eab_hmac_key) if self.config.eab_kid else None
+        key = self.account.load_or_create_key()
+        url = await client.login(key, self.config.email, eab)  # type: ignore[arg-type]
         self.account.save_url(url, self.config.directory)
-        return client
+
+    async def connect_until_reachable(self) -> None:
+        for attempt in range(10**9):
+            try:
+                await self.connect()
+                return
+            except CAUnreachable as e:
+                wait = CONNECT_RETRY[min(attempt, len(CONNECT_RETRY) - 1)]
+                log.error("%s: %s; trying again in %ds (certificates on disk stay served)",
+                          self.config.directory, e, wait)  # fmt: skip
+                await asyncio.sleep(wait)
 
     def _check_profiles(self, client: AcmeClient) -> None:
         offered = client.profiles
@@ -89,60 +129,126 @@ class Service:
             if spec.profile and offered is None:
                 log.warning("%s: the CA announces no profiles; asking for %r anyway", spec.name, spec.profile)
 
+    # -- issuing ------------------------------------------------------------------------------
+
     async def issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None = None) -> StoredCert:
-        key = keys.generate(spec.key_type)
-        key_pem = keys.to_pem(key)
+        key_pem = keys.to_pem(keys.generate(spec.key_type))
         csr_pem = crypto_util.make_csr(key_pem, list(spec.names))
-        fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces)
+        try:
+            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces)
+        except CAProblem as e:
+            if e.short_type != "accountDoesNotExist":
+                raise
+            log.warning("the CA no longer knows account %s; registering again", client.account_url)
+            await self._login(client)
+            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces)
         meta = {
             "names": list(spec.names),
             "key_type": spec.key_type,
             "profile": spec.profile,
             "directory": self.config.directory,
             "account": client.account_url,
-            "issued_at": utcnow().isoformat(),
+            "issued_at": self.clock.now().isoformat(),
+            "replaced": replaces,
             "placeholder": False,
         }
         stored = self.store.save(spec.name, key_pem, fullchain.encode(), meta)
-        log.info(
-            "certificate %s issued: serial %x, valid until %s, stored as version %s",
-            spec.name,
-            stored.serial,
-            stored.not_after.isoformat(),
-            stored.version,
-        )
+        log.info("%s: certificate issued: serial %x, valid until %s, stored as version %s",
+                 spec.name, stored.serial, stored.not_after.isoformat(), stored.version)  # fmt: skip
         return stored
 
-    async def ensure(self, client: AcmeClient, spec: CertSpec, force: bool) -> StoredCert:
-        stored = self.store.current(spec.name)
-        reason = "forced renewal" if force else why_not_reusable(spec, stored, utcnow())
-        if reason is None and stored is not None:
-            log.info(
-                "certificate %s on disk is valid until %s (serial %x); reusing it, nothing ordered",
-                spec.name,
-                stored.not_after.isoformat(),
-                stored.serial,
-            )
-            return stored
-        log.info("certificate %s: ordering a new one (%s)", spec.name, reason)
-        return await self.issue(client, spec)
+    def _renewed(self, stored: StoredCert) -> None:
+        self.reloader.request(stored.name, stored.serial)
+
+    def write_placeholders(self) -> None:
+        for spec in self.config.certs:
+            if self.store.current(spec.name) is None:
+                key_pem, cert_pem = placeholder.make(spec.names, spec.key_type, self.clock.now())
+                self.store.save(spec.name, key_pem, cert_pem, {"placeholder": True, "names": list(spec.names)})
+                log.info("%s: wrote a self-signed placeholder so nginx can start", spec.name)
+
+    # -- requests from `acmebox renew` ---------------------------------------------------------
+
+    def handle_requests(self) -> None:
+        requests = control.take_all(self.config.state_dir)
+        if not requests:
+            log.info("SIGHUP: checking every certificate now")
+            for m in self.maintainers.values():
+                m.request(None, force=False)
+        for req in requests:
+            targets = [self.maintainers[req.name]] if req.name in self.maintainers else []
+            if req.name is None:
+                targets = list(self.maintainers.values())
+            if not targets:
+                log.error("renew request for unknown certificate %s ignored", req.name)
+            for m in targets:
+                log.info("%s: renew request%s", m.name, " (--force)" if req.force else "")
+                m.request(req.id, req.force)
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run_once(self, force: bool) -> int:
+        try:
+            await self.connect()
+        except CAUnreachable as e:
+            raise ConfigError(f"{self.config.directory}: {e}") from None
+        failed: AcmeboxError | None = None
+        for m in self.maintainers.values():
+            if force:
+                m.request("once", force=True)
+            try:
+                plan = await m.step()
+            except AcmeboxError as e:
+                failed = failed or e
+                continue
+            stored = self.store.current(m.name)
+            missing = why_not_reusable(m.spec, stored, self.clock.now())
+            if plan is not None and stored is not None and missing is None:
+                log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
+                         m.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
+            if missing is not None:
+                state = self.states.load(m.name)
+                failed = failed or AcmeboxError(
+                    f"{m.name}: {missing}, and attempts are backing off until {state.next_attempt} after: "
+                    f"{state.last_error} (--force-renew tries now)"
+                )
+        await self.reloader.wait_idle()
+        if failed is not None:
+            raise failed
+        return 0
+
+    async def run_forever(self) -> int:
+        self.write_placeholders()
+        pid_file = control.pid_file(self.config.state_dir)
+        atomic_write(pid_file, f"{os.getpid()}\n".encode())
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.handle_requests)
+        try:
+            await self.connect_until_reachable()
+            log.info("managing %d certificate(s)", len(self.maintainers))
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.reloader.run())
+                for m in self.maintainers.values():
+                    tasks.create_task(m.run_forever())
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            pid_file.unlink(missing_ok=True)
+        return 0
 
     async def run(self, once: bool = False, force: bool = False) -> int:
         self.store.prepare()
-        runner = await webapp.start(webapp.build_app(self.tokens, self.health), self.config.listen)
         try:
-            try:
-                self.client = await self.connect()
-            except CAUnreachable as e:
-                raise ConfigError(f"{self.config.directory}: {e}") from None
-            for spec in self.config.certs:
-                await self.ensure(self.client, spec, force)
-            if once:
-                return 0
-            log.info("all certificates in place; serving challenges until stopped")
-            await asyncio.Event().wait()
-            return 0
+            self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"state dir {self.config.state_dir} is not usable: {e.strerror or e}") from None
+        app = webapp.build_app(self.tokens, self.health, self.metrics)
+        runner = await webapp.start(app, self.config.listen)
+        reloader = asyncio.ensure_future(self.reloader.run()) if once else None
+        try:
+            return await (self.run_once(force) if once else self.run_forever())
         finally:
-            if self.client is not None:
-                await self.client.close()
+            if reloader is not None:
+                reloader.cancel()
+            if self._client is not None:
+                await self._client.close()
             await runner.cleanup()

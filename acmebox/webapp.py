@@ -1,4 +1,4 @@
-"""The one aiohttp server acmebox runs: HTTP-01 answers and the health check.
+"""The one aiohttp server acmebox runs: HTTP-01 answers, /healthz and /metrics.
 
 It is started before anything talks to the CA and stays up for the process's whole life.
 """
@@ -13,13 +13,14 @@ from aiohttp import web
 from acmebox import challenges
 from acmebox.config import Listen
 from acmebox.errors import ConfigError
+from acmebox.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], tuple[bool, str]]
 
 
-def build_app(tokens: challenges.Http01Tokens, health: HealthCheck) -> web.Application:
+def build_app(tokens: challenges.Http01Tokens, health: HealthCheck, metrics: Metrics | None = None) -> web.Application:
     app = web.Application()
     challenges.add_routes(app, tokens)
 
@@ -28,6 +29,14 @@ def build_app(tokens: challenges.Http01Tokens, health: HealthCheck) -> web.Appli
         return web.Response(status=200 if ok else 503, text=text + "\n")
 
     app.router.add_get("/healthz", healthz)
+
+    if metrics is not None:
+        registry = metrics
+
+        async def metrics_page(request: web.Request) -> web.Response:
+            return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})
+
+        app.router.add_get("/metrics", metrics_page)
     return app
 
 
@@ -39,5 +48,5 @@ async def start(app: web.Application, listen: Listen) -> web.AppRunner:
     except OSError as e:
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {listen}: {e.strerror or e}") from None
-    log.info("serving HTTP-01 challenges and /healthz on %s", listen)
+    log.info("serving HTTP-01 challenges, /healthz and /metrics on %s", listen)
     return runner
