@@ -266,12 +266,13 @@ class AcmeClient:
         resp = await self._post(self.directory["newOrder"], new)
         order_url = resp.headers["Location"]
         order = messages.Order.from_json(resp.json())
+        echoed = resp.json().get("replaces")
         log.info(
             "order %s for %s sent%s%s",
             order_url,
             ", ".join(names),
             f" with profile {profile}" if profile else "",
-            f" replacing {replaces}" if replaces else " (no replaces)",
+            f" with replaces={replaces} (the CA echoed {echoed})" if replaces else " without replaces",
         )
         presented: list[str] = []
         try:

@@ -158,6 +158,8 @@ class Reloader:
         self._idle.set()
 
     def request(self, server_name: str, serial: int) -> None:
+        if self.target.kind == "none":
+            return
         self._wanted[server_name] = serial
         self._idle.clear()
         self._event.set()

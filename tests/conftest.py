@@ -3,18 +3,24 @@ helper that runs `python -m acmebox` the way a user does."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import os
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+
+from acmebox.clock import Clock
 
 ROOT = Path(__file__).resolve().parent.parent
 PEBBLE_TEST = ROOT / "pebble-test"
@@ -33,6 +39,7 @@ class Pebble:
     management: str
     ca_bundle: Path
     http_port: int
+    env: dict[str, str]
 
     def _context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_bundle))
@@ -57,19 +64,19 @@ class Pebble:
 
 
 def start_pebble(run_dir: Path, **env: str) -> Pebble:
+    """Start Pebble through pebble-test/start.sh; ports are free ones unless `env` names them."""
     if not (PEBBLE_TEST / ".pebble" / "usr" / "bin" / "pebble").exists():
         pytest.fail("Pebble is not installed: run pebble-test/install.sh (tests/run.sh does)")
-    http_port = free_port()
-    full_env = {
-        **os.environ,
+    settings = {
         "PEBBLE_RUN_DIR": str(run_dir),
         "PEBBLE_PORT": str(free_port()),
         "PEBBLE_MGMT_PORT": str(free_port()),
-        "PEBBLE_HTTP_PORT": str(http_port),
+        "PEBBLE_HTTP_PORT": str(free_port()),
         "PEBBLE_DNS_PORT": str(free_port()),
         "PEBBLE_CHALLTESTSRV_MGMT_PORT": str(free_port()),
         **env,
     }
+    full_env = {**os.environ, **settings}
     out = subprocess.run(
         ["bash", str(PEBBLE_TEST / "start.sh")], env=full_env, capture_output=True, text=True, timeout=60
     )
@@ -82,6 +89,7 @@ def start_pebble(run_dir: Path, **env: str) -> Pebble:
         management=values["PEBBLE_MANAGEMENT"],
         ca_bundle=Path(values["PEBBLE_CA_BUNDLE"]),
         http_port=int(values["PEBBLE_HTTP_PORT"]),
+        env=settings,
     )
 
 
@@ -145,3 +153,64 @@ def pebble_args(pebble: Pebble, dirs: Dirs) -> list[str]:
         "--state-dir", str(dirs.state),
         "--listen", f"127.0.0.1:{pebble.http_port}",
     ]  # fmt: skip
+
+
+class FakeClock(Clock):
+    """Real time plus an offset that a test moves forward; sleeps notice the move."""
+
+    def __init__(self) -> None:
+        self.offset = dt.timedelta(0)
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + self.offset
+
+    def advance(self, delta: dt.timedelta) -> None:
+        self.offset += delta
+
+    async def sleep_until(self, when: dt.datetime, wake: asyncio.Event) -> None:
+        while self.now() < when and not wake.is_set():
+            await asyncio.sleep(0.02)
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def wait_sync(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class ServiceProcess:
+    """`python -m acmebox run ...` (without --once) in the background, its log in a file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "acmebox", *args], stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=env or acmebox_env(), cwd=ROOT)  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_log(self, text: str, timeout: float = 30, count: int = 1) -> None:
+        wait_sync(lambda: self.log().count(text) >= count or self.proc.poll() is not None, timeout, repr(text))
+        assert self.log().count(text) >= count, f"service exited ({self.proc.returncode}):\n{self.log()}"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
