@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,21 @@ def test_ari_windows_drive_renewal(pebble: Pebble, dirs: Dirs, tmp_path: Path) -
         assert "refused replaces" not in svc.log()
         wait_sync(lambda: reloads.read_text().count("reload") == 2, what="the reload after the renewal")
         assert pebble.orders_in_log() == orders + 1
+
+        base = f"http://127.0.0.1:{pebble.http_port}"
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
+            assert r.status == 200 and "ari.test: valid until" in r.read().decode()
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        values = {k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in metrics.splitlines() if ln[:1] != "#")}
+        assert (
+            values['acmebox_certificate_expiry_timestamp_seconds{name="ari.test"}']
+            == second.not_valid_after_utc.timestamp()
+        )
+        assert values['acmebox_orders_total{name="ari.test"}'] == 2
+        assert values['acmebox_reloads_total{result="ok"}'] == 2
+        for gauge in ("next_renewal", "last_success", "ari_window_start", "ari_window_end"):
+            assert values[f'acmebox_certificate_{gauge}_timestamp_seconds{{name="ari.test"}}'] > 0
     finally:
         assert svc.stop() == 0
 
