@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
 
 packages=(ca-certificates curl openssl tzdata python3 python3-venv python3-pip
-          nginx-light)
+          nginx-light docker.io busybox-static)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -18,10 +18,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian nginx package enables and starts a system nginx on port 80; the tests run their
-# own on loopback ports, so the system one is stopped if this script's install started it.
-if [[ " ${missing[*]-} " == *" nginx-light "* ]]; then
-  (systemctl disable --now nginx || service nginx stop || nginx -s stop) >/dev/null 2>&1 || true
+# Debian's nginx and docker.io packages may start system services; the tests run their own
+# on loopback ports and sockets, so services this install started are stopped again.
+if [ ${#missing[@]} -gt 0 ]; then
+  for svc in nginx docker containerd; do
+    (systemctl disable --now "$svc" || service "$svc" stop) >/dev/null 2>&1 || true
+  done
 fi
 
 bash "$here/install.sh"

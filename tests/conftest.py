@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -214,3 +215,38 @@ class ServiceProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real dockerd of our own (vfs, no iptables, no bridge, own roots and socket). Yields
+    its DOCKER_HOST. Skips, saying why, only where dockerd cannot start here."""
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        pytest.skip("dockerd is not installed (Debian package docker.io)")
+    root = tmp_path_factory.mktemp("docker")
+    sock = root / "docker.sock"
+    log = (root / "dockerd.log").open("w")
+    proc = subprocess.Popen(
+        [dockerd, "--storage-driver=vfs", "--iptables=false", "--ip6tables=false", "--bridge=none",
+         f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}", f"--pidfile={root / 'docker.pid'}",
+         f"--host=unix://{sock}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    host = f"unix://{sock}"
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["docker", "-H", host, "info"], capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (root / "dockerd.log").read_text()[-500:]
+                pytest.skip(f"dockerd could not start here: {tail}")
+            time.sleep(0.2)
+        yield host
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -1,0 +1,74 @@
+"""The `docker` reloader against a real Docker engine: SIGHUP reaches the containers picked by
+label or by name (a busybox container that traps SIGHUP proves it)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import wait_sync
+
+from acmebox.reload import ReloadFailed, ReloadTarget
+
+IMAGE = "acmebox-test/hup:1"
+TRAP = 'trap "echo got-SIGHUP" HUP; echo ready; while true; do sleep 0.1; done'
+
+
+def docker(host: str, *args: str) -> str:
+    return subprocess.run(["docker", "-H", host, *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def hup_image(docker_engine: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An image made with `docker import` from a root filesystem holding static busybox."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).exists():
+        pytest.fail("busybox is not installed (Debian package busybox-static)")
+    rootfs = tmp_path_factory.mktemp("rootfs")
+    (rootfs / "bin").mkdir()
+    (rootfs / "tmp").mkdir()
+    shutil.copy(busybox, rootfs / "bin" / "busybox")
+    for tool in ("sh", "sleep"):
+        (rootfs / "bin" / tool).symlink_to("busybox")
+    tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], check=True, capture_output=True).stdout
+    subprocess.run(["docker", "-H", docker_engine, "import", "-", IMAGE], input=tar, check=True, capture_output=True)
+    return IMAGE
+
+
+@pytest.fixture
+def containers(docker_engine: str, hup_image: str) -> Iterator[list[str]]:
+    names = ["nginx-a", "nginx-b", "bystander"]
+    for name in names:
+        label = "acmebox.reload=nginx" if name != "bystander" else "other=1"
+        docker(docker_engine, "run", "-d", "--name", name, "--label", label, "--network", "none",
+               hup_image, "/bin/sh", "-c", TRAP)  # fmt: skip
+    for name in names:
+        wait_sync(lambda n=name: "ready" in docker(docker_engine, "logs", n), what=f"{name} to start")  # type: ignore[misc]
+    yield names
+    docker(docker_engine, "rm", "-f", *names)
+
+
+async def test_docker_reloader_by_label_and_by_name(
+    docker_engine: str, containers: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", docker_engine)
+
+    def hups(name: str) -> int:
+        return docker(docker_engine, "logs", name).count("got-SIGHUP")
+
+    what = await ReloadTarget.parse("docker", "label=acmebox.reload=nginx").run()
+    assert "nginx-a" in what and "nginx-b" in what
+    wait_sync(lambda: hups("nginx-a") == 1 and hups("nginx-b") == 1, what="SIGHUP in the labelled containers")
+    assert hups("bystander") == 0
+
+    await ReloadTarget.parse("docker", "bystander").run()
+    wait_sync(lambda: hups("bystander") == 1, what="SIGHUP in the named container")
+    assert hups("nginx-a") == 1
+
+    with pytest.raises(ReloadFailed, match="no running container matches label=nothing=here"):
+        await ReloadTarget.parse("docker", "label=nothing=here").run()
+    with pytest.raises(ReloadFailed, match="docker:"):
+        await ReloadTarget.parse("docker", "no-such-container").run()
