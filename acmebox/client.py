@@ -150,7 +150,9 @@ class AcmeClient:
         except (acme_errors.ClientError, acme_errors.UnexpectedUpdate, ValueError, DeserializationError) as e:
             r = self._last_response
             where = f" (HTTP {r.status_code} from {r.url})" if r is not None else ""
-            raise CAProblem(ACME_ERROR + "serverInternal", f"unexpected answer{where}: {_short(e)}") from None
+            raise CAProblem(
+                ACME_ERROR + "serverInternal", f"unexpected answer{where}: {_short(e)}", self._last_retry_after()
+            ) from None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()

@@ -149,3 +149,33 @@ def test_ca_side_failures_exit_1_with_the_problem(pebble: Pebble, dirs: Dirs) ->
     assert last.startswith("acmebox: error: CA problem urn:ietf:params:acme:error:connection:"), last
     assert "novalidation.test" in last
     assert not (dirs.certs / "live" / "novalidation.test").exists()
+
+
+def test_several_certificates_and_one_failure_does_not_stop_the_others(
+    pebble: Pebble, dirs: Dirs, tmp_path: Path
+) -> None:
+    config = tmp_path / "certs.toml"
+    config.write_text('[[certificate]]\nnames = ["toml.test", "www.toml.test"]\nkey_type = "ec384"\n')
+    result = run_acmebox("run", "--once", "--config", str(config), "--cert", "blocked.test",
+                         "--cert", "a.multi.test,b.multi.test", *pebble_args(pebble, dirs))  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "rejectedIdentifier" in result.stderr.strip().splitlines()[-1]
+    verify_live(pebble, dirs, ["toml.test", "www.toml.test"])
+    verify_live(pebble, dirs, ["a.multi.test", "b.multi.test"])
+    assert json.loads((live(dirs, "toml.test") / "meta.json").read_text())["key_type"] == "ec384"
+    assert not live(dirs, "blocked.test").exists()
+
+
+def test_revoke(pebble: Pebble, dirs: Dirs) -> None:
+    issued = run_acmebox("run", "--once", "--domain", "revoke.test", *pebble_args(pebble, dirs))
+    assert issued.returncode == 0, issued.stderr
+    serial = x509.load_pem_x509_certificate((live(dirs, "revoke.test") / "cert.pem").read_bytes()).serial_number
+    assert json.loads(pebble.get(f"/cert-status-by-serial/{serial:x}"))["Status"] == "Valid"
+    result = run_acmebox("revoke", "revoke.test", "--reason", "4", "--ca-bundle", str(pebble.ca_bundle),
+                         "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"revoke.test: revoked serial {serial:x}" in result.stdout
+    assert json.loads(pebble.get(f"/cert-status-by-serial/{serial:x}"))["Status"] == "Revoked"
+    again = run_acmebox("revoke", "revoke.test", "--ca-bundle", str(pebble.ca_bundle),
+                        "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))  # fmt: skip
+    assert again.returncode == 1 and "alreadyRevoked" in again.stderr.strip().splitlines()[-1]

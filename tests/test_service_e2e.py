@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import urllib.request
@@ -99,6 +100,21 @@ def test_ari_windows_drive_renewal(pebble: Pebble, dirs: Dirs, tmp_path: Path) -
         wait_sync(lambda: reloads.read_text().count("reload") == 2, what="the reload after the renewal")
         assert pebble.orders_in_log() == orders + 1
 
+        # An operator rolls back to the first certificate, already replaced at the CA: the
+        # CA refuses `replaces` for it, and the order goes again without.
+        link = dirs.certs / "live" / "ari.test"
+        rollback = dirs.certs / "live" / ".rollback"
+        rollback.symlink_to(os.readlink(link).replace("0003", "0002"))
+        os.replace(rollback, link)
+        assert live_cert(dirs, "ari.test") == first
+        result = run_acmebox("renew", "--force", "ari.test", "--state-dir", str(dirs.state))
+        assert result.returncode == 0, result.stderr + svc.log()
+        assert f"the CA refused replaces={cert_id}" in svc.log()
+        assert "alreadyReplaced" in svc.log()
+        assert live_cert(dirs, "ari.test").serial_number not in (first.serial_number, second.serial_number)
+        second = live_cert(dirs, "ari.test")
+        wait_sync(lambda: reloads.read_text().count("reload") == 3, what="the reload after the third issuance")
+
         base = f"http://127.0.0.1:{pebble.http_port}"
         with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
             assert r.status == 200 and "ari.test: valid until" in r.read().decode()
@@ -109,8 +125,8 @@ def test_ari_windows_drive_renewal(pebble: Pebble, dirs: Dirs, tmp_path: Path) -
             values['acmebox_certificate_expiry_timestamp_seconds{name="ari.test"}']
             == second.not_valid_after_utc.timestamp()
         )
-        assert values['acmebox_orders_total{name="ari.test"}'] == 2
-        assert values['acmebox_reloads_total{result="ok"}'] == 2
+        assert values['acmebox_orders_total{name="ari.test"}'] == 4  # first, replaces, refused, again
+        assert values['acmebox_reloads_total{result="ok"}'] == 3
         for gauge in ("next_renewal", "last_success", "ari_window_start", "ari_window_end"):
             assert values[f'acmebox_certificate_{gauge}_timestamp_seconds{{name="ari.test"}}'] > 0
     finally:
