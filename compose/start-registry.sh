@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Brings the registry stack up: ./start-registry.sh DOMAIN EMAIL
+# (or DOCKER_REGISTRY_DOMAIN_NAME and DOCKER_REGISTRY_CERT_EMAIL_ADDRESS in the environment).
+# Checks the arguments, writes .env next to the compose file, creates the data directories
+# with the owners and modes the containers need, and runs `docker compose up -d`.
+#   --staging        use Let's Encrypt's staging CA (recommended for a first try)
+#   --prepare-only   do everything but start the containers
+# Stop with `docker compose stop` in this directory.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+ACMEBOX_UID=10001   # the user the acmebox image runs as
+
+die() { echo "start-registry.sh: $*" >&2; exit 2; }
+
+staging=0 prepare_only=0 args=()
+for a in "$@"; do
+  case "$a" in
+    --staging) staging=1 ;;
+    --prepare-only) prepare_only=1 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) die "unknown option $a (see --help)" ;;
+    *) args+=("$a") ;;
+  esac
+done
+[ ${#args[@]} -le 2 ] || die "too many arguments: want DOMAIN EMAIL"
+domain=${args[0]:-${DOCKER_REGISTRY_DOMAIN_NAME:-}}
+email=${args[1]:-${DOCKER_REGISTRY_CERT_EMAIL_ADDRESS:-}}
+[ -n "$domain" ] || die "missing DOMAIN: usage: start-registry.sh DOMAIN EMAIL"
+[ -n "$email" ] || die "missing EMAIL: usage: start-registry.sh DOMAIN EMAIL"
+domain=${domain,,}
+label='[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?'
+[[ "$domain" =~ ^($label\.)+[a-z][a-z0-9-]*[a-z0-9]$ ]] && [ ${#domain} -le 253 ] ||
+  die "bad DOMAIN '$domain': want a DNS name like registry.example.com (no wildcard, no IP)"
+[[ "$email" =~ ^[^@[:space:],\;]+@[^@[:space:],\;]+\.[^@[:space:],\;.]+$ ]] ||
+  die "bad EMAIL '$email'"
+
+docker_gid=0
+[ -S /var/run/docker.sock ] && docker_gid=$(stat -c %g /var/run/docker.sock)
+
+cat >"$here/.env" <<ENV
+DOCKER_REGISTRY_DOMAIN_NAME=$domain
+DOCKER_REGISTRY_CERT_EMAIL_ADDRESS=$email
+ACMEBOX_STAGING=$staging
+DOCKER_GID=$docker_gid
+ENV
+chmod 600 "$here/.env"
+
+install -d -m 0755 "$here/data" "$here/data/registry"
+install -d -m 0700 "$here/data/acmebox"
+chown "$ACMEBOX_UID:$ACMEBOX_UID" "$here/data/acmebox"
+echo "start-registry.sh: wrote $here/.env for $domain ($email)$([ $staging = 1 ] && echo ', staging CA')"
+
+[ "$prepare_only" = 1 ] && exit 0
+cd "$here"
+if docker compose version >/dev/null 2>&1; then
+  exec docker compose up -d --build
+else
+  exec docker-compose up -d --build
+fi

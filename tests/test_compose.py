@@ -1,0 +1,116 @@
+"""The compose file is valid for Debian's docker-compose and wires what the stack test ran;
+start-registry.sh checks its arguments and prepares .env and the data directories."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from stack import COMPOSE, compose, host_path_of
+
+ROOT = COMPOSE.parent.parent
+
+
+def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    if shutil.which("docker-compose") is None:
+        pytest.fail("docker-compose is not installed (Debian package docker-compose)")
+    return subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=COMPOSE.parent)  # fmt: skip
+
+
+def test_compose_file_is_valid_and_complete() -> None:
+    out = compose_config({"DOCKER_REGISTRY_DOMAIN_NAME": "registry.example.com",
+                          "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com"})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    resolved = yaml.safe_load(out.stdout)
+    services = resolved["services"]
+    assert set(services) == {"nginx", "registry", "acmebox"}
+    assert services["nginx"]["environment"]["REGISTRY_DOMAIN"] == "registry.example.com"
+    assert services["acmebox"]["environment"]["DOCKER_REGISTRY_DOMAIN_NAME"] == "registry.example.com"
+    assert services["nginx"]["labels"]["acmebox.reload"] == "nginx"
+    assert services["acmebox"]["environment"]["ACMEBOX_RELOAD_TARGET"] == "label=acmebox.reload=nginx"
+    assert "certs" in resolved["volumes"]
+    for name in ("nginx", "registry"):
+        assert "healthcheck" in services[name], name
+    assert "HEALTHCHECK" in (ROOT / "Dockerfile").read_text()  # acmebox's is in its image
+
+    # The files the compose file mounts are the ones the stack test uses.
+    raw = compose()["services"]
+    assert host_path_of(raw["nginx"], "/etc/nginx/templates") == ROOT / "nginx" / "templates"
+    assert host_path_of(raw["registry"], "/etc/docker/registry/config.yml").is_file()
+    nginx_volumes = services["nginx"]["volumes"]
+    assert "certs:/etc/letsencrypt:ro" in nginx_volumes, nginx_volumes
+    cert_dir = services["nginx"]["environment"]["CERTS_DIR"]
+    acmebox_env = services["acmebox"]["environment"]
+    assert acmebox_env["ACMEBOX_CERTS_DIR"] == cert_dir
+    assert acmebox_env["ACMEBOX_LISTEN"].endswith(
+        ":" + services["nginx"]["environment"]["ACMEBOX_UPSTREAM"].split(":")[1]
+    )
+
+
+def test_compose_refuses_a_missing_domain() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_REGISTRY_DOMAIN_NAME"}
+    out = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True, env=env,
+                         cwd=COMPOSE.parent)  # fmt: skip
+    assert out.returncode != 0 and "DOCKER_REGISTRY_DOMAIN_NAME" in out.stderr
+
+
+@pytest.fixture
+def compose_copy(tmp_path: Path) -> Path:
+    """A copy of compose/ beside a copy of nginx/, so the script writes into tmp, not the repo."""
+    shutil.copytree(ROOT / "compose", tmp_path / "compose", ignore=shutil.ignore_patterns(".env", "data"))
+    return tmp_path / "compose" / "start-registry.sh"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "missing DOMAIN"),
+        (["registry.example.com"], "missing EMAIL"),
+        (["*.example.com", "a@example.com"], "bad DOMAIN '*.example.com'"),
+        (["192.0.2.1", "a@example.com"], "bad DOMAIN '192.0.2.1'"),
+        (["bad..example.com", "a@example.com"], "bad DOMAIN"),
+        (["registry.example.com", "not-an-email"], "bad EMAIL 'not-an-email'"),
+        (["a.example.com", "a@example.com", "extra"], "too many arguments"),
+        (["--frobnicate"], "unknown option --frobnicate"),
+    ],
+)
+def test_start_script_refuses_bad_arguments(compose_copy: Path, args: list[str], message: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_REGISTRY_")}
+    out = subprocess.run(["bash", str(compose_copy), *args], capture_output=True, text=True, env=env)
+    assert out.returncode == 2
+    assert out.stderr.startswith("start-registry.sh: ") and message in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (compose_copy.parent / ".env").exists()
+
+
+def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
+    out = subprocess.run(["bash", str(compose_copy), "--prepare-only", "--staging", "Registry.Example.com",
+                          "ops@example.com"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    here = compose_copy.parent
+    env = dict(line.split("=", 1) for line in (here / ".env").read_text().splitlines())
+    assert env["DOCKER_REGISTRY_DOMAIN_NAME"] == "registry.example.com"
+    assert env["DOCKER_REGISTRY_CERT_EMAIL_ADDRESS"] == "ops@example.com"
+    assert env["ACMEBOX_STAGING"] == "1"
+    assert stat.S_IMODE((here / ".env").stat().st_mode) == 0o600
+    acmebox_data = (here / "data" / "acmebox").stat()
+    assert stat.S_IMODE(acmebox_data.st_mode) == 0o700 and acmebox_data.st_uid == 10001
+    assert (here / "data" / "registry").is_dir()
+
+    # The old stack's environment variables work as well as the arguments.
+    (here / ".env").unlink()
+    env_vars = {**os.environ, "DOCKER_REGISTRY_DOMAIN_NAME": "r.example.org",
+                "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "x@example.org"}  # fmt: skip
+    out = subprocess.run(["bash", str(compose_copy), "--prepare-only"], capture_output=True, text=True, env=env_vars)
+    assert out.returncode == 0, out.stderr
+    assert "DOCKER_REGISTRY_DOMAIN_NAME=r.example.org" in (here / ".env").read_text()
+    # and the compose file accepts what the script wrote
+    check = subprocess.run(["docker-compose", "config", "-q"], cwd=here, capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("DOCKER_REGISTRY_")})  # fmt: skip
+    assert check.returncode == 0, check.stderr
