@@ -111,6 +111,6 @@ def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "DOCKER_REGISTRY_DOMAIN_NAME=r.example.org" in (here / ".env").read_text()
     # and the compose file accepts what the script wrote
-    check = subprocess.run(["docker-compose", "config", "-q"], cwd=here, capture_output=True, text=True,
-                           env={k: v for k, v in os.environ.items() if not k.startswith("DOCKER_REGISTRY_")})  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_REGISTRY_")}
+    check = subprocess.run(["docker-compose", "config", "-q"], cwd=here, capture_output=True, text=True, env=clean)
     assert check.returncode == 0, check.stderr

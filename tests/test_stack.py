@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Pebble, ServiceProcess, free_port, run_acmebox, start_pebble, stop_pebble, wait_sync
+from conftest import Pebble, ServiceProcess, free_port, run_acmebox, start_pebble, stop_pebble
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 from stack import acmebox_environment, nginx_host_path, prepare_nginx, start_registry
