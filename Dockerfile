@@ -7,7 +7,7 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.12-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/acmebox --shell /usr/sbin/nologin acmebox \
- && install -d -o acmebox -g acmebox -m 0755 /etc/letsencrypt \
+ && install -d -o acmebox -g acmebox -m 0755 /etc/letsencrypt /etc/registry-auth \
  && install -d -o acmebox -g acmebox -m 0700 /var/lib/acmebox
 COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels

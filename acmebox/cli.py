@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from acmebox import __version__
-from acmebox.config import LE_PRODUCTION, LE_STAGING, CertSpec, Config, Listen, certs_from_toml, normalize_email
+from acmebox.config import (
+    LE_PRODUCTION,
+    LE_STAGING,
+    CertSpec,
+    Config,
+    Listen,
+    TokenAuth,
+    certs_from_toml,
+    normalize_email,
+)
 from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.keys import KEY_TYPES
 from acmebox.reload import KINDS, ReloadTarget, Verify
@@ -162,6 +171,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="after reloading, check by TLS handshake that HOST:PORT serves the new certificate "
         "[ACMEBOX_RELOAD_VERIFY]",
     )
+    auth = run.add_argument_group("registry token service (enabled by --auth-htpasswd)")
+    auth.add_argument(
+        "--auth-htpasswd",
+        type=Path,
+        default=_env("AUTH_HTPASSWD"),
+        help="htpasswd file with bcrypt entries of the users who may push [ACMEBOX_AUTH_HTPASSWD]",
+    )
+    auth.add_argument(
+        "--auth-key",
+        type=Path,
+        default=_env("AUTH_KEY"),
+        help="token signing key, created once (default: <state-dir>/token-signing.key) [ACMEBOX_AUTH_KEY]",
+    )
+    auth.add_argument(
+        "--auth-cert",
+        type=Path,
+        default=_env("AUTH_CERT"),
+        help="where to write the signing key's certificate, the registry's rootcertbundle "
+        "(default: <state-dir>/token.crt) [ACMEBOX_AUTH_CERT]",
+    )
+    auth.add_argument(
+        "--auth-service",
+        default=_env("AUTH_SERVICE") or "registry",
+        help="the registry's auth.token.service [ACMEBOX_AUTH_SERVICE]",
+    )
+    auth.add_argument(
+        "--auth-issuer",
+        default=_env("AUTH_ISSUER") or "acmebox",
+        help="the registry's auth.token.issuer [ACMEBOX_AUTH_ISSUER]",
+    )
+    auth.add_argument(
+        "--auth-ttl",
+        type=int,
+        default=_env("AUTH_TTL") or "300",
+        help="token lifetime in seconds [ACMEBOX_AUTH_TTL]",
+    )
+    auth.add_argument(
+        "--auth-acl",
+        type=Path,
+        default=_env("AUTH_ACL"),
+        help='TOML file narrowing users to repository patterns: alice = ["alice/*"] [ACMEBOX_AUTH_ACL]',
+    )
     run.add_argument(
         "--once",
         action="store_true",
@@ -228,6 +279,26 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ari=not args.no_ari,
         reload=ReloadTarget.parse(args.reload, args.reload_target),
         reload_verify=Verify.parse(args.reload_verify) if args.reload_verify else None,
+        token_auth=_token_auth(args),
+    )
+
+
+def _token_auth(args: argparse.Namespace) -> TokenAuth | None:
+    if args.auth_htpasswd is None:
+        for flag in ("auth_acl", "auth_key", "auth_cert"):
+            if getattr(args, flag) is not None:
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --auth-htpasswd")
+        return None
+    if args.auth_ttl < 30 or args.auth_ttl > 86400:
+        raise ConfigError("--auth-ttl must be between 30 and 86400 seconds")
+    return TokenAuth(
+        htpasswd=args.auth_htpasswd,
+        key=args.auth_key or args.state_dir / "token-signing.key",
+        cert=args.auth_cert or args.state_dir / "token.crt",
+        service=args.auth_service,
+        issuer=args.auth_issuer,
+        ttl=args.auth_ttl,
+        acl=args.auth_acl,
     )
 
 

@@ -102,6 +102,19 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class TokenAuth:
+    """Settings of the registry token service (enabled when an htpasswd file is given)."""
+
+    htpasswd: Path
+    key: Path
+    cert: Path
+    service: str = "registry"
+    issuer: str = "acmebox"
+    ttl: int = 300
+    acl: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     certs: tuple[CertSpec, ...]
     email: str | None
@@ -115,6 +128,7 @@ class Config:
     ari: bool = True
     reload: ReloadTarget | None = None
     reload_verify: Verify | None = None
+    token_auth: TokenAuth | None = None
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}

@@ -15,7 +15,7 @@ import signal
 
 from acme import crypto_util
 
-from acmebox import control, keys, placeholder, renewal, webapp
+from acmebox import control, keys, placeholder, registry_token, renewal, webapp
 from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens
 from acmebox.client import AcmeClient
@@ -241,7 +241,11 @@ class Service:
             self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"state dir {self.config.state_dir} is not usable: {e.strerror or e}") from None
-        app = webapp.build_app(self.tokens, self.health, self.metrics)
+        token_service = None
+        if self.config.token_auth is not None:
+            t = self.config.token_auth
+            token_service = registry_token.build(t.htpasswd, t.key, t.cert, t.service, t.issuer, t.ttl, t.acl)
+        app = webapp.build_app(self.tokens, self.health, self.metrics, token_service)
         runner = await webapp.start(app, self.config.listen)
         reloader = asyncio.ensure_future(self.reloader.run()) if once else None
         try:

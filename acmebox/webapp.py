@@ -1,4 +1,5 @@
-"""The one aiohttp server acmebox runs: HTTP-01 answers, /healthz and /metrics.
+"""The one aiohttp server acmebox runs: HTTP-01 answers, /healthz, /metrics and, when
+configured, the registry token service.
 
 It is started before anything talks to the CA and stays up for the process's whole life.
 """
@@ -10,7 +11,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from acmebox import challenges
+from acmebox import challenges, registry_token
 from acmebox.config import Listen
 from acmebox.errors import ConfigError
 from acmebox.metrics import CONTENT_TYPE, Metrics
@@ -20,9 +21,16 @@ log = logging.getLogger(__name__)
 HealthCheck = Callable[[], tuple[bool, str]]
 
 
-def build_app(tokens: challenges.Http01Tokens, health: HealthCheck, metrics: Metrics | None = None) -> web.Application:
+def build_app(
+    tokens: challenges.Http01Tokens,
+    health: HealthCheck,
+    metrics: Metrics | None = None,
+    token_service: registry_token.TokenService | None = None,
+) -> web.Application:
     app = web.Application()
     challenges.add_routes(app, tokens)
+    if token_service is not None:
+        registry_token.add_routes(app, token_service)
 
     async def healthz(request: web.Request) -> web.Response:
         ok, text = health()

@@ -47,8 +47,13 @@ chmod 600 "$here/.env"
 
 install -d -m 0755 "$here/data" "$here/data/registry"
 install -d -m 0700 "$here/data/acmebox"
+install -d -m 0750 "$here/data/auth"
+[ -f "$here/data/auth/htpasswd" ] || install -m 0640 /dev/null "$here/data/auth/htpasswd"
 chown "$ACMEBOX_UID:$ACMEBOX_UID" "$here/data/acmebox"
+chown -R "root:$ACMEBOX_UID" "$here/data/auth"
 echo "start-registry.sh: wrote $here/.env for $domain ($email)$([ $staging = 1 ] && echo ', staging CA')"
+[ -s "$here/data/auth/htpasswd" ] ||
+  echo "start-registry.sh: no users yet; add one with: htpasswd -B $here/data/auth/htpasswd USER"
 
 [ "$prepare_only" = 1 ] && exit 0
 cd "$here"

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,12 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The registry stack on loopback (see stack.py), shared by the stack and access tests."""
+    from stack import running_stack
+
+    with running_stack(tmp_path_factory.mktemp("stack")) as s:
+        yield s

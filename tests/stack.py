@@ -8,14 +8,23 @@ path, UI files) is read from it, not repeated here: only host-specific values ar
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import http.client
+import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+from conftest import Pebble, ServiceProcess, free_port, start_pebble, stop_pebble
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
@@ -113,11 +122,14 @@ def prepare_nginx(run: Path, env_overrides: dict[str, str]) -> tuple[Nginx, dict
     return Nginx(run, conf), env
 
 
-def start_registry(run: Path, port: int) -> subprocess.Popen[bytes]:
+def start_registry(run: Path, port: int, overrides: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Debian's registry with the repo's config file; `overrides` replace compose environment
+    values (and the config's host-specific paths, through the registry's REGISTRY_* variables)."""
     service = compose()["services"]["registry"]
     config = host_path_of(service, "/etc/docker/registry/config.yml")
+    assert set(service.get("environment", {})) <= set(overrides), "remap every compose value"
     env = {**os.environ, "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
-           "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(run / "registry-data")}  # fmt: skip
+           "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(run / "registry-data"), **overrides}  # fmt: skip
     log = (run / "registry.log").open("w")
     return subprocess.Popen(["docker-registry", "serve", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -129,3 +141,141 @@ def acmebox_environment(overrides: dict[str, str]) -> dict[str, str]:
     assert not unknown, f"not in the compose file's acmebox environment: {unknown}"
     resolved = {k: re.sub(r"\$\{[^}]*\}", "", v) for k, v in compose_env.items()}  # compose defaults
     return {**resolved, **overrides}
+
+
+DOMAIN = "registry.test"
+USERS = {"alice": "alice-s3cret", "bob": "bob-s3cret"}
+
+
+class _SNIConnection(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1 that sends SNI and checks the certificate for DOMAIN."""
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=DOMAIN)  # type: ignore[attr-defined]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Stack:
+    run: Path
+    pebble: Pebble
+    http_port: int
+    https_port: int
+    certs: Path
+    state: Path
+    htpasswd: Path
+    acmebox: ServiceProcess
+
+    @property
+    def host(self) -> str:
+        """How clients name the registry (registry.test resolves to 127.0.0.1 for them)."""
+        return f"{DOMAIN}:{self.https_port}"
+
+    def root_pem(self) -> str:
+        return self.pebble.get("/roots/0").decode()
+
+    def tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cadata=self.root_pem())
+
+    def https(self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None,
+              token: str | None = None, basic: tuple[str, str] | None = None) -> Response:  # fmt: skip
+        """One request over a new verified TLS connection; absolute URLs of the registry's own
+        host (upload Locations) are followed to 127.0.0.1."""
+        if path.startswith("https://"):
+            path = "/" + path.split("/", 3)[3]
+        h = {"Host": self.host, **(headers or {})}
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        elif basic:
+            h["Authorization"] = "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+        conn = _SNIConnection("127.0.0.1", self.https_port, context=self.tls_context(), timeout=60)
+        try:
+            conn.request(method, path, body=body, headers=h)
+            r = conn.getresponse()
+            return Response(r.status, r.headers, r.read())
+        finally:
+            conn.close()
+
+    def http(self, method: str, path: str) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
+        try:
+            conn.request(method, path, headers={"Host": DOMAIN})
+            r = conn.getresponse()
+            return Response(r.status, r.headers, r.read())
+        finally:
+            conn.close()
+
+    def token(self, *scopes: str, basic: tuple[str, str] | None = None) -> str:
+        query = "&".join(["service=registry", *(f"scope={s}" for s in scopes)])
+        r = self.https("GET", f"/auth/token?{query}", basic=basic)
+        assert r.status == 200, (r.status, r.body)
+        return str(r.json()["token"])
+
+
+@contextlib.contextmanager
+def running_stack(run: Path) -> Iterator[Stack]:
+    """Everything up, in the order the compose file implies: acmebox (token certificate and
+    placeholder), the registry, nginx on the placeholder; then Pebble, so the first real
+    certificate is validated through nginx and nginx reloaded onto it."""
+    http_port, https_port, acmebox_port, registry_port = (free_port() for _ in range(4))
+    pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(http_port))  # validates via nginx
+    stop_pebble(pebble)  # its CA bundle exists now; it comes back once nginx is up
+    certs, state = run / "certs", run / "state"
+    htpasswd = run / "htpasswd"
+    for i, (user, password) in enumerate(USERS.items()):
+        flags = "-Bbc" if i == 0 else "-Bb"
+        subprocess.run(["htpasswd", flags, str(htpasswd), user, password], check=True, capture_output=True)
+    token_cert = run / "registry-auth" / "token.crt"
+    nginx, _ = prepare_nginx(run / "nginx", {
+        "REGISTRY_DOMAIN": DOMAIN,
+        "NGINX_LISTEN_HTTP": f"127.0.0.1:{http_port}",
+        "NGINX_LISTEN_HTTPS": f"127.0.0.1:{https_port}",
+        "ACMEBOX_UPSTREAM": f"127.0.0.1:{acmebox_port}",
+        "REGISTRY_UPSTREAM": f"127.0.0.1:{registry_port}",
+        "CERTS_DIR": str(certs),
+        "UI_ROOT": str(nginx_host_path("UI_ROOT")),
+    })  # fmt: skip
+    env = acmebox_environment({
+        "DOCKER_REGISTRY_DOMAIN_NAME": DOMAIN,
+        "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com",
+        "ACMEBOX_DIRECTORY": pebble.directory,
+        "ACMEBOX_CA_BUNDLE": str(pebble.ca_bundle),
+        "ACMEBOX_CERTS_DIR": str(certs),
+        "ACMEBOX_STATE_DIR": str(state),
+        "ACMEBOX_LISTEN": f"127.0.0.1:{acmebox_port}",
+        "ACMEBOX_RELOAD": "signal",  # the compose file's docker reloader needs containers
+        "ACMEBOX_RELOAD_TARGET": str(nginx.run / "nginx.pid"),
+        "ACMEBOX_RELOAD_VERIFY": f"127.0.0.1:{https_port}",
+        "ACMEBOX_AUTH_HTPASSWD": str(htpasswd),
+        "ACMEBOX_AUTH_KEY": str(state / "token-signing.key"),
+        "ACMEBOX_AUTH_CERT": str(token_cert),
+    })  # fmt: skip
+    acmebox = ServiceProcess(["run"], run / "acmebox.log", env={"PATH": os.environ["PATH"], **env})
+    registry = None
+    try:
+        acmebox.wait_log("wrote a self-signed placeholder")
+        registry = start_registry(run, registry_port, {
+            "REGISTRY_AUTH_TOKEN_REALM": f"https://{DOMAIN}:{https_port}/auth/token",
+            "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(token_cert),
+        })  # fmt: skip
+        nginx.start()
+        pebble = start_pebble(run / "pebble", **pebble.env)
+        acmebox.wait_log("now presents the new certificate(s)", timeout=60)
+        yield Stack(run, pebble, http_port, https_port, certs, state, htpasswd, acmebox)
+    finally:
+        acmebox.stop()
+        nginx.stop()
+        if registry is not None:
+            registry.terminate()
+            registry.wait(timeout=10)
+        stop_pebble(pebble)
