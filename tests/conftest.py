@@ -16,8 +16,8 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -218,22 +218,37 @@ class ServiceProcess:
         return self.proc.returncode
 
 
+TEST_HOSTS = "127.0.0.1 localhost\n::1 localhost\n127.0.0.1 registry.test\n"
+
+
 @pytest.fixture(scope="session")
-def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real dockerd of our own (vfs, no iptables, no bridge, own roots and socket). Yields
-    its DOCKER_HOST. Skips, saying why, only where dockerd cannot start here."""
+def test_hosts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An /etc/hosts in which registry.test is 127.0.0.1, for clients run by `with_hosts`."""
+    path = tmp_path_factory.mktemp("hosts") / "hosts"
+    path.write_text(TEST_HOSTS)
+    return path
+
+
+def with_hosts(hosts: Path, command: list[str]) -> list[str]:
+    """`command` in a private mount namespace that sees `hosts` as /etc/hosts: the client
+    resolves registry.test to loopback, nothing on the machine changes."""
+    return ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *command]
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory, test_hosts: Path) -> Iterator[str]:
+    """A real dockerd of our own (vfs, no iptables, no bridge, own roots and socket, and the
+    test /etc/hosts). Yields its DOCKER_HOST. Skips, saying why, only where dockerd cannot start."""
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         pytest.skip("dockerd is not installed (Debian package docker.io)")
     root = tmp_path_factory.mktemp("docker")
     sock = root / "docker.sock"
     log = (root / "dockerd.log").open("w")
-    proc = subprocess.Popen(
-        [dockerd, "--storage-driver=vfs", "--iptables=false", "--ip6tables=false", "--bridge=none",
-         f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}", f"--pidfile={root / 'docker.pid'}",
-         f"--host=unix://{sock}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    command = [dockerd, "--storage-driver=vfs", "--iptables=false", "--ip6tables=false", "--bridge=none",
+               f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}", f"--pidfile={root / 'docker.pid'}",
+               f"--host=unix://{sock}"]  # fmt: skip
+    proc = subprocess.Popen(with_hosts(test_hosts, command), stdout=log, stderr=subprocess.STDOUT)
     host = f"unix://{sock}"
     try:
         deadline = time.monotonic() + 30
@@ -251,6 +266,22 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def busybox_image(docker_host: str, tmp: Path, tag: str) -> str:
+    """An image made with `docker import` from a root filesystem holding static busybox."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).exists():
+        pytest.fail("busybox is not installed (Debian package busybox-static)")
+    rootfs = tmp / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "tmp").mkdir()
+    shutil.copy(busybox, rootfs / "bin" / "busybox")
+    for tool in ("sh", "sleep", "echo"):
+        (rootfs / "bin" / tool).symlink_to("busybox")
+    tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], check=True, capture_output=True).stdout
+    subprocess.run(["docker", "-H", docker_host, "import", "-", tag], input=tar, check=True, capture_output=True)
+    return tag
 
 
 @pytest.fixture(scope="session")

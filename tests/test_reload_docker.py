@@ -3,13 +3,11 @@ label or by name (a busybox container that traps SIGHUP proves it)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import wait_sync
+from conftest import busybox_image, wait_sync
 
 from acmebox.reload import ReloadFailed, ReloadTarget
 
@@ -23,19 +21,7 @@ def docker(host: str, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def hup_image(docker_engine: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An image made with `docker import` from a root filesystem holding static busybox."""
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    if not Path(busybox).exists():
-        pytest.fail("busybox is not installed (Debian package busybox-static)")
-    rootfs = tmp_path_factory.mktemp("rootfs")
-    (rootfs / "bin").mkdir()
-    (rootfs / "tmp").mkdir()
-    shutil.copy(busybox, rootfs / "bin" / "busybox")
-    for tool in ("sh", "sleep"):
-        (rootfs / "bin" / tool).symlink_to("busybox")
-    tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], check=True, capture_output=True).stdout
-    subprocess.run(["docker", "-H", docker_engine, "import", "-", IMAGE], input=tar, check=True, capture_output=True)
-    return IMAGE
+    return busybox_image(docker_engine, tmp_path_factory.mktemp("rootfs"), IMAGE)
 
 
 @pytest.fixture

@@ -24,9 +24,10 @@ HSTS = "max-age=63072000; includeSubDomains"
 
 
 def test_https_presents_a_certificate_chaining_to_pebble(stack: Stack) -> None:
-    with socket.create_connection(("127.0.0.1", stack.https_port)) as sock, stack.tls_context().wrap_socket(
-        sock, server_hostname=DOMAIN
-    ) as tls:  # verifies the chain and the name against Pebble's root
+    with (
+        socket.create_connection(("127.0.0.1", stack.https_port)) as sock,
+        stack.tls_context().wrap_socket(sock, server_hostname=DOMAIN) as tls,
+    ):  # verifies the chain and the name against Pebble's root
         leaf = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True) or b"")
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
     chain = x509.load_pem_x509_certificates((stack.certs / "live" / DOMAIN / "fullchain.pem").read_bytes())
@@ -73,9 +74,10 @@ def test_tls_1_1_is_refused(stack: Stack) -> None:
         with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is the point
             warnings.simplefilter("ignore", DeprecationWarning)
             ctx.minimum_version = ctx.maximum_version = version
-        with socket.create_connection(("127.0.0.1", stack.https_port)) as sock, ctx.wrap_socket(
-            sock, server_hostname=DOMAIN
-        ) as tls:
+        with (
+            socket.create_connection(("127.0.0.1", stack.https_port)) as sock,
+            ctx.wrap_socket(sock, server_hostname=DOMAIN) as tls,
+        ):
             return str(tls.version())
 
     assert handshake(ssl.TLSVersion.TLSv1_2) == "TLSv1.2"  # the same client gets in with 1.2
