@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -220,6 +221,34 @@ class Stack:
         r = self.https("GET", f"/auth/token?{query}", basic=basic)
         assert r.status == 200, (r.status, r.body)
         return str(r.json()["token"])
+
+
+def push_blob(stack: Stack, repo: str, data: bytes, token: str) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    start = stack.https("POST", f"/v2/{repo}/blobs/uploads/", token=token)
+    assert start.status == 202, (start.status, start.body)
+    location = start.headers["Location"]
+    sep = "&" if "?" in location else "?"
+    done = stack.https("PUT", f"{location}{sep}digest={digest}", token=token, body=data,
+                       headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    assert done.status == 201, (done.status, done.body)
+    return digest
+
+
+def push_image(stack: Stack, repo: str, tag: str, token: str, layer: bytes = b"layer") -> str:
+    config = json.dumps({"architecture": "amd64", "os": "linux", "created": "2026-11-02T08:00:00Z",
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": push_blob(stack, repo, config, token), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": push_blob(stack, repo, layer, token), "size": len(layer)}],
+    }).encode()  # fmt: skip
+    r = stack.https("PUT", f"/v2/{repo}/manifests/{tag}", token=token, body=manifest,
+                    headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})  # fmt: skip
+    assert r.status == 201, (r.status, r.body)
+    return r.headers["Docker-Content-Digest"]
 
 
 @contextlib.contextmanager
