@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,11 @@ def test_browse_page_in_chromium(stack: Stack, tmp_path: Path) -> None:
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"https://{stack.host}/")
-            page.wait_for_selector("text=test/ui", timeout=20000)
-            page.wait_for_function("document.getElementById('status').textContent.includes('repositor')")
+            deadline = time.monotonic() + 20
+            while (status := page.inner_text("#status")) == "Loading…" and time.monotonic() < deadline:
+                time.sleep(0.1)  # (wait_for_function would need eval, which the page's CSP forbids)
+            assert "repositor" in status, status
+            page.wait_for_selector("text=test/ui", timeout=5000)
             pull = f"docker pull {stack.host}/test/ui:v1"
             assert page.locator(".pull-command", has_text=pull).count() == 1
             card = page.locator(".tag", has=page.locator(".pull-command", has_text=pull))

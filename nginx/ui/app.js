@@ -87,32 +87,36 @@ function tagCard(repo, tag, info) {
   return card;
 }
 
+async function repoItem(repo) {
+  // One repository's element, or null when it has no tags (deleted images leave empty
+  // repositories behind) or cannot be read: one bad repository must not hide the others.
+  try {
+    const bearer = await token(`repository:${repo}:pull`);
+    const tags = (await (await get(`/v2/${repo}/tags/list`, bearer)).json()).tags || [];
+    if (!tags.length) return null;
+    const infos = await Promise.all(tags.sort().map((tag) => describe(repo, tag, bearer)));
+    const item = el("li", "repo");
+    item.dataset.search = repo.toLowerCase();
+    item.append(el("h2", null, repo));
+    const tagList = el("ul", "tags");
+    tags.forEach((tag, i) => tagList.append(tagCard(repo, tag, infos[i])));
+    item.append(tagList);
+    return item;
+  } catch (e) {
+    console.warn(`skipping ${repo}: ${e.message}`);
+    return null;
+  }
+}
+
 async function load() {
   for (const node of document.querySelectorAll("#host, .host")) node.textContent = location.host;
   const status = document.getElementById("status");
   const list = document.getElementById("repos");
   try {
     const catalog = await (await get("/v2/_catalog?n=1000", await token("registry:catalog:*"))).json();
-    const repos = catalog.repositories || [];
-    let shown = 0;
-    for (const repo of repos) {
-      const bearer = await token(`repository:${repo}:pull`);
-      const tags = (await (await get(`/v2/${repo}/tags/list`, bearer)).json()).tags || [];
-      if (!tags.length) continue;  // deleted images leave empty repositories behind
-      const item = el("li", "repo");
-      item.dataset.search = repo.toLowerCase();
-      item.append(el("h2", null, repo));
-      const tagList = el("ul", "tags");
-      tagList.style.listStyle = "none";
-      tagList.style.padding = "0";
-      for (const tag of tags.sort()) {
-        tagList.append(tagCard(repo, tag, await describe(repo, tag, bearer)));
-      }
-      item.append(tagList);
-      list.append(item);
-      shown++;
-    }
-    status.textContent = shown ? `${shown} repositor${shown === 1 ? "y" : "ies"}` : "No images yet.";
+    const items = (await Promise.all((catalog.repositories || []).map(repoItem))).filter(Boolean);
+    list.append(...items);
+    status.textContent = items.length ? `${items.length} repositor${items.length === 1 ? "y" : "ies"}` : "No images yet.";
   } catch (e) {
     status.textContent = `Could not read the registry: ${e.message}`;
   }
