@@ -23,14 +23,14 @@ from acmebox.config import (
     LE_STAGING,
     CertSpec,
     Config,
-    Listen,
+    HostPort,
     TokenAuth,
     certs_from_toml,
     normalize_email,
 )
 from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.keys import KEY_TYPES
-from acmebox.reload import KINDS, ReloadTarget, Verify
+from acmebox.reload import KINDS, ReloadTarget
 
 log = logging.getLogger("acmebox")
 TRUE = {"1", "true", "yes", "on"}
@@ -273,12 +273,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ca_bundle=args.ca_bundle,
         certs_dir=args.certs_dir,
         state_dir=args.state_dir,
-        listen=Listen.parse(args.listen),
+        listen=HostPort.parse(args.listen),
         eab_kid=args.eab_kid,
         eab_hmac_key=args.eab_hmac_key,
         ari=not args.no_ari,
         reload=ReloadTarget.parse(args.reload, args.reload_target),
-        reload_verify=Verify.parse(args.reload_verify) if args.reload_verify else None,
+        reload_verify=HostPort.parse(args.reload_verify, "--reload-verify address") if args.reload_verify else None,
         token_auth=_token_auth(args),
     )
 

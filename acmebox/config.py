@@ -11,11 +11,13 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acmebox.errors import ConfigError
 from acmebox.keys import KEY_TYPES
-from acmebox.reload import ReloadTarget, Verify
+
+if TYPE_CHECKING:
+    from acmebox.reload import ReloadTarget
 
 LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LE_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -86,15 +88,15 @@ class CertSpec:
 
 
 @dataclass(frozen=True)
-class Listen:
+class HostPort:
     host: str
     port: int
 
     @classmethod
-    def parse(cls, raw: str) -> Listen:
+    def parse(cls, raw: str, what: str = "listen address") -> HostPort:
         host, sep, port = raw.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(f"bad listen address {raw!r}: want HOST:PORT, e.g. 0.0.0.0:8080")
+            raise ConfigError(f"bad {what} {raw!r}: want HOST:PORT, e.g. 0.0.0.0:8080")
         return cls(host.strip("[]") or "0.0.0.0", int(port))
 
     def __str__(self) -> str:
@@ -122,12 +124,12 @@ class Config:
     ca_bundle: Path | None = None
     certs_dir: Path = Path("/etc/letsencrypt")
     state_dir: Path = Path("/var/lib/acmebox")
-    listen: Listen = field(default_factory=lambda: Listen("0.0.0.0", 8080))
+    listen: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 8080))
     eab_kid: str | None = None
     eab_hmac_key: str | None = None
     ari: bool = True
     reload: ReloadTarget | None = None
-    reload_verify: Verify | None = None
+    reload_verify: HostPort | None = None
     token_auth: TokenAuth | None = None
 
     def __post_init__(self) -> None:

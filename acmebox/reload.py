@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from acmebox.config import HostPort
 from acmebox.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -127,26 +128,13 @@ def served_serial(host: str, port: int, server_name: str, timeout: float = 5) ->
     return x509.load_der_x509_certificate(der).serial_number
 
 
-@dataclass(frozen=True)
-class Verify:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, raw: str) -> Verify:
-        host, sep, port = raw.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ConfigError(f"bad --reload-verify address {raw!r}: want HOST:PORT")
-        return cls(host.strip("[]"), int(port))
-
-
 OnResult = Callable[[str, bool], None]  # (what happened, ok) -> metrics/logging hook
 
 
 class Reloader:
     """Coalesces reload requests; one task performs them, then verifies."""
 
-    def __init__(self, target: ReloadTarget, verify: Verify | None = None,
+    def __init__(self, target: ReloadTarget, verify: HostPort | None = None,
                  on_result: OnResult | None = None, settle: float = 0.2) -> None:  # fmt: skip
         self.target = target
         self.verify = verify

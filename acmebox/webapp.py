@@ -12,7 +12,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from acmebox import challenges, registry_token
-from acmebox.config import Listen
+from acmebox.config import HostPort
 from acmebox.errors import ConfigError
 from acmebox.metrics import CONTENT_TYPE, Metrics
 
@@ -48,7 +48,7 @@ def build_app(
     return app
 
 
-async def start(app: web.Application, listen: Listen) -> web.AppRunner:
+async def start(app: web.Application, listen: HostPort) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

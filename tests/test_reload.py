@@ -4,6 +4,7 @@ keeps presenting the old certificate is caught by the TLS check and reloaded aga
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 import ssl
 import threading
@@ -11,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from certs import make_cert
 from conftest import free_port
 from cryptography import x509
 
-from acmebox.reload import VERIFY_ATTEMPTS, Reloader, ReloadTarget, Verify
+from acmebox import placeholder
+from acmebox.config import HostPort
+from acmebox.reload import VERIFY_ATTEMPTS, Reloader, ReloadTarget
 
 
 async def no_wait(seconds: float) -> None:
@@ -25,7 +27,7 @@ async def no_wait(seconds: float) -> None:
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """A real TLS server on loopback presenting one certificate; yields (port, its serial)."""
-    key_pem, cert_pem = make_cert(["srv.test"])
+    key_pem, cert_pem = placeholder.make(("srv.test",), "ec256", dt.datetime.now(dt.UTC))
     (tmp_path / "key.pem").write_bytes(key_pem)
     (tmp_path / "cert.pem").write_bytes(cert_pem)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -95,7 +97,7 @@ async def test_verification_catches_the_old_certificate(
     caplog.set_level("INFO")
     port, serial = tls_server
     results: list[str] = []
-    reloader = Reloader(ReloadTarget.parse("command", "true"), Verify("127.0.0.1", port),
+    reloader = Reloader(ReloadTarget.parse("command", "true"), HostPort("127.0.0.1", port),
                         on_result=lambda what, ok: results.append(what))  # fmt: skip
     task = asyncio.create_task(reloader.run(sleep=no_wait))
     try:

@@ -30,7 +30,7 @@ from conftest import (
 from cryptography import x509
 
 from acmebox.client import ari_cert_id
-from acmebox.config import CertSpec, Config, Listen
+from acmebox.config import CertSpec, Config, HostPort
 from acmebox.reload import served_serial
 from acmebox.service import Service
 
@@ -141,7 +141,7 @@ async def test_shortlived_renewed_by_lifetime_rule_without_ari(
     config = Config(
         certs=(CertSpec.build(["short-life.test"], profile="shortlived"),), email=None,
         directory=pebble.directory, ca_bundle=pebble.ca_bundle, certs_dir=dirs.certs, state_dir=dirs.state,
-        listen=Listen("127.0.0.1", pebble.http_port), ari=False,
+        listen=HostPort("127.0.0.1", pebble.http_port), ari=False,
     )  # fmt: skip
     ari_fetches = pebble.log().count("GET /draft-ietf-acme-ari-03/renewalInfo/")
     service = Service(config, clock)
@@ -173,7 +173,7 @@ async def test_ca_outage_backs_off_survives_restart_and_recovers(
     config = Config(
         certs=(CertSpec.build(["outage.test"], profile="shortlived"),), email=None,
         directory=pebble.directory, ca_bundle=pebble.ca_bundle, certs_dir=dirs.certs, state_dir=dirs.state,
-        listen=Listen("127.0.0.1", pebble.http_port), ari=False,
+        listen=HostPort("127.0.0.1", pebble.http_port), ari=False,
     )  # fmt: skip
     try:
         service = Service(config, clock)

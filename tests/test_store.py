@@ -4,6 +4,7 @@ together, or a partial file, even when the writer is killed at any instant."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import random
 import signal
@@ -13,11 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from certs import make_cert
 from cryptography import x509
 
-from acmebox import keys
+from acmebox import keys, placeholder
 from acmebox.store import KEEP_VERSIONS, CertStore
+
+
+def make_cert(names: list[str]) -> tuple[bytes, bytes]:
+    return placeholder.make(tuple(names), "ec256", dt.datetime.now(dt.UTC))
 
 
 def consistent(version_dir: Path) -> bool:
@@ -93,14 +97,13 @@ def test_leftovers_of_a_crash_are_cleaned_and_never_live(tmp_path: Path) -> None
 
 
 WRITER = """
-import sys
+import datetime as dt, sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[2])
-from certs import make_cert
+from acmebox import placeholder
 from acmebox.store import CertStore
 store = CertStore(Path(sys.argv[1]))
 store.prepare()
-pairs = [make_cert(["a.test"]) for _ in range(4)]
+pairs = [placeholder.make(("a.test",), "ec256", dt.datetime.now(dt.UTC)) for _ in range(4)]
 print("ready", flush=True)
 i = 0
 while True:
@@ -112,11 +115,10 @@ while True:
 def test_killed_writer_never_leaves_a_mixed_or_partial_live_certificate(tmp_path: Path) -> None:
     """SIGKILL a process that saves versions in a loop, at random instants, many times; after
     each kill (and while it runs) whatever live/ points at is complete and consistent."""
-    tests_dir = str(Path(__file__).parent)
     rng = random.Random(1)
     seen_versions = set()
     for _ in range(15):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), tests_dir],
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)],
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + rng.uniform(0.01, 0.15)
