@@ -365,17 +365,17 @@ class AcmeClient:
         if not self.has_ari:
             return None
         url = f"{self.directory['renewalInfo'].rstrip('/')}/{ari_cert_id(cert)}"
-        resp = await self._call(self._net.get, url)
-        info = messages.RenewalInfo.from_json(resp.json())
-        window = info.suggested_window
-        if window.start is None or window.end is None:
-            raise CAProblem(ACME_ERROR + "malformed", f"renewalInfo for {url} has no window")
-        return RenewalInfo(
-            window.start,
-            window.end,
-            parse_retry_after(resp.headers.get("Retry-After")),
-            resp.json().get("explanationURL"),
-        )
+
+        def fetch() -> RenewalInfo:  # on the account thread, so bad answers become CAProblems
+            resp = self._net.get(url)
+            body = resp.json()
+            window = messages.RenewalInfo.from_json(body).suggested_window
+            if window.start is None or window.end is None:
+                raise CAProblem(ACME_ERROR + "malformed", f"renewalInfo for {url} has no window")
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            return RenewalInfo(window.start, window.end, retry_after, body.get("explanationURL"))
+
+        return await self._call(fetch)
 
     async def revoke(self, cert: x509.Certificate, reason: int = 0) -> None:
         acme = acme_client.ClientV2(self.directory, self._net)

@@ -59,9 +59,11 @@ def status(certs_dir: Path, state_dir: Path) -> int:
 def renew(state_dir: Path, name: str | None, force: bool, timeout: float) -> int:
     if control.running_pid(state_dir) is None:
         raise ConfigError(f"no acmebox service is running with state dir {state_dir}")
+    states = StateStore(state_dir)
+    if name and not states.path(name).exists():
+        raise ConfigError(f"the service manages no certificate named {name}")
     req = control.submit(state_dir, name, force)
     control.wake_service(state_dir)
-    states = StateStore(state_dir)
     targets = [name] if name else sorted(p.stem for p in states.dir.glob("*.json"))
     pending = set(targets)
     deadline = time.monotonic() + timeout
@@ -75,8 +77,6 @@ def renew(state_dir: Path, name: str | None, force: bool, timeout: float) -> int
                 pending.discard(n)
         time.sleep(0.1)
     if pending:
-        if name and not states.path(name).exists():
-            raise ConfigError(f"the service manages no certificate named {name}")
         raise AcmeboxError(f"no answer from the service for {', '.join(sorted(pending))} within {timeout:.0f}s")
     return 1 if failed else 0
 

@@ -96,8 +96,11 @@ class CertMaintainer:
     # -- requests from outside (SIGHUP, `acmebox renew`) ----------------------------------------
 
     def request(self, request_id: str | None, force: bool) -> None:
+        """Check now, asking the CA for fresh renewal information; with `force`, renew now.
+        The outcome is recorded in the state under `request_id` (the latest one; force sticks)."""
         if request_id is not None:
-            self._request = (request_id, force or (self._request or ("", False))[1])
+            pending_force = self._request is not None and self._request[1]
+            self._request = (request_id, force or pending_force)
         self._refresh_ari = True
         self.wake.set()
 

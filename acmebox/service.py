@@ -176,11 +176,13 @@ class Service:
             for m in self.maintainers.values():
                 m.request(None, force=False)
         for req in requests:
-            targets = [self.maintainers[req.name]] if req.name in self.maintainers else []
             if req.name is None:
                 targets = list(self.maintainers.values())
-            if not targets:
+            elif req.name in self.maintainers:
+                targets = [self.maintainers[req.name]]
+            else:
                 log.error("renew request for unknown certificate %s ignored", req.name)
+                continue
             for m in targets:
                 log.info("%s: renew request%s", m.name, " (--force)" if req.force else "")
                 m.request(req.id, req.force)
@@ -195,7 +197,7 @@ class Service:
         failed: AcmeboxError | None = None
         for m in self.maintainers.values():
             if force:
-                m.request("once", force=True)
+                m.request("run --force-renew", force=True)
             try:
                 plan = await m.step()
             except AcmeboxError as e:

@@ -93,3 +93,13 @@ def test_unreachable_ca_and_not_a_directory(pebble: Pebble, dirs: Dirs) -> None:
     untrusted.remove(str(pebble.ca_bundle))
     assert_usage_error(run_acmebox("run", "--once", "--domain", "a.test", *untrusted), "certificate verify failed")
     assert not list(dirs.state.glob("accounts/**/key.pem")), "no account key for a CA we never reached"
+
+
+def test_operator_commands_without_a_service(tmp_path: Path) -> None:
+    assert_usage_error(run_acmebox("renew", "--state-dir", str(tmp_path)), "no acmebox service is running")
+    assert_usage_error(
+        run_acmebox("revoke", "x.test", "--certs-dir", str(tmp_path), "--state-dir", str(tmp_path)),
+        "no issued certificate named x.test",
+    )
+    status = run_acmebox("status", "--certs-dir", str(tmp_path / "none"), "--state-dir", str(tmp_path))
+    assert status.returncode == 0 and "no certificates in" in status.stdout
