@@ -47,7 +47,7 @@ T = TypeVar("T")
 ACME_ERROR = "urn:ietf:params:acme:error:"
 BAD_NONCE_RETRIES = 4  # on top of the library's own single retry
 ORDER_TIMEOUT = 300.0  # seconds for one order, from newOrder to the certificate
-POLL_FIRST, POLL_MAX = 0.05, 5.0  # our poll interval grows from the first to the max
+POLL_FIRST, POLL_MAX = 0.02, 5.0  # our poll interval doubles from the first to the max
 RETRY_AFTER_MAX = 60.0  # within one order; longer waits give the order up
 
 

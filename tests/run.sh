@@ -6,7 +6,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 bash pebble-test/setup.sh
-.venv/bin/ruff check acmebox tests
+.venv/bin/ruff check acmebox tests bench
 .venv/bin/mypy
 mkdir -p test-artifacts
 exec .venv/bin/python -m pytest -ra --durations=10 "$@"
