@@ -128,7 +128,7 @@ def served_serial(host: str, port: int, server_name: str, timeout: float = 5) ->
     return x509.load_der_x509_certificate(der).serial_number
 
 
-OnResult = Callable[[str, bool], None]  # (what happened, ok) -> metrics/logging hook
+OnResult = Callable[[str], None]  # called with "ok", "failed" or "mismatch" (for metrics)
 
 
 class Reloader:
@@ -138,7 +138,7 @@ class Reloader:
                  on_result: OnResult | None = None, settle: float = 0.2) -> None:  # fmt: skip
         self.target = target
         self.verify = verify
-        self.on_result = on_result or (lambda what, ok: None)
+        self.on_result = on_result or (lambda result: None)
         self.settle = settle  # wait this long for more requests before reloading
         self._wanted: dict[str, int] = {}  # server name -> serial it should present
         self._event = asyncio.Event()
@@ -172,10 +172,10 @@ class Reloader:
                 what = await self.target.run()
             except ReloadFailed as e:
                 log.error("reload failed (attempt %d/%d): %s", attempt, VERIFY_ATTEMPTS, e)
-                self.on_result("failed", False)
+                self.on_result("failed")
             else:
                 log.info("reloaded: %s (for %s)", what, ", ".join(sorted(wanted)))
-                self.on_result("ok", True)
+                self.on_result("ok")
                 if self.verify is None or self.target.kind == "none":
                     return
                 await sleep(delay)
@@ -185,7 +185,7 @@ class Reloader:
                     return
                 log.error("after reload %s:%d still presents %s (attempt %d/%d)", self.verify.host,
                           self.verify.port, "; ".join(wrong), attempt, VERIFY_ATTEMPTS)  # fmt: skip
-                self.on_result("mismatch", False)
+                self.on_result("mismatch")
             await sleep(delay)
             delay *= 2
         log.error("giving up on reloading after %d attempts; will try again with the next change", VERIFY_ATTEMPTS)

@@ -45,7 +45,7 @@ class Service:
         self.account = AccountFiles.for_directory(config.state_dir, config.directory)
         self.reloader = Reloader(
             config.reload or ReloadTarget("none"), config.reload_verify,
-            on_result=lambda what, ok: self.metrics.reloads.labels(what).inc(),
+            on_result=lambda result: self.metrics.reloads.labels(result).inc(),
         )  # fmt: skip
         self._client: AcmeClient | None = None
         self._connected = asyncio.Event()
