@@ -127,11 +127,11 @@ class CertMaintainer:
         else:
             decision = renewal.decide(stored.not_before, stored.not_after)
             wake = min(decision.at, self._ari_retry_at) if self._ari_retry_at else decision.at
-        spacing = state.last_success is not None and self._request is None
-        if spacing and state.last_success is not None and decision.at < state.last_success + MIN_SPACING:
+        recent = state.last_success
+        if self._request is None and recent is not None and decision.at < recent + MIN_SPACING:
             # A CA (or clock) that makes each fresh certificate due at once must not cause a
             # loop of orders; an operator's `acmebox renew` is not a loop and goes through.
-            spaced = state.last_success + MIN_SPACING
+            spaced = recent + MIN_SPACING
             return Plan(spaced, f"{decision.reason}, spaced from the last renewal", spaced)
         return Plan(decision.at, decision.reason, wake)
 
