@@ -34,6 +34,7 @@ from acmebox.reload import KINDS, ReloadTarget
 
 log = logging.getLogger("acmebox")
 TRUE = {"1", "true", "yes", "on"}
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default=(_env("LOG_LEVEL") or "info").lower(),
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
         help="log verbosity [ACMEBOX_LOG_LEVEL]",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -328,6 +329,9 @@ async def _run_until_signalled(config: Config, once: bool, force: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.log_level not in LOG_LEVELS:  # argparse checks choices on flags, not on defaults from the environment
+        print(f"acmebox: error: bad ACMEBOX_LOG_LEVEL {args.log_level!r}", file=sys.stderr)
+        return 2
     _setup_logging(args.log_level)
     try:
         if args.command == "run":
