@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from acmebox import __version__
 from acmebox.config import (
@@ -58,26 +58,31 @@ def _split(value: str | None) -> list[str]:
     return [v for v in re.split(r"[,\s]+", value or "") if v]
 
 
+Group = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+def _opt(group: Group, flag: str, help: str, default: str | None = None, also: tuple[str, ...] = (), **kw: Any) -> None:
+    """A flag whose default comes from ACMEBOX_<FLAG> (then the `also` variables, then `default`)."""
+    var = flag.lstrip("-").replace("-", "_").upper()
+    names = " or ".join([f"ACMEBOX_{var}", *also])
+    if kw.get("action") == "store_true":
+        kw["default"] = _env_flag(var)
+    else:
+        kw["default"] = _env(var, *also) or default  # argparse applies `type` to string defaults
+    group.add_argument(flag, help=f"{help} [{names}]", **kw)
+
+
 def _dirs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--certs-dir",
-        type=Path,
-        default=Path(_env("CERTS_DIR") or "/etc/letsencrypt"),
-        help="the shared certs volume (live/<name>/fullchain.pem ...) [ACMEBOX_CERTS_DIR]",
+    _opt(
+        parser, "--certs-dir", "the shared certs volume (live/<name>/fullchain.pem ...)", "/etc/letsencrypt", type=Path
     )
-    parser.add_argument("--state-dir", type=Path, default=Path(_env("STATE_DIR") or "/var/lib/acmebox"),
-                        help="account key and state [ACMEBOX_STATE_DIR]")  # fmt: skip
+    _opt(parser, "--state-dir", "account key and state", "/var/lib/acmebox", type=Path)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="acmebox", description="ACME sidecar for an nginx-fronted Docker registry.")
     parser.add_argument("--version", action="version", version=f"acmebox {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default=(_env("LOG_LEVEL") or "info").lower(),
-        choices=LOG_LEVELS,
-        help="log verbosity [ACMEBOX_LOG_LEVEL]",
-    )
+    _opt(parser, "--log-level", "log verbosity", "info", choices=LOG_LEVELS, type=str.lower)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="obtain certificates and keep them fresh")
@@ -85,147 +90,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--domain",
         "-d",
         action="append",
-        default=None,
         metavar="NAME",
         help="a name for the certificate; repeat for more names "
         "[ACMEBOX_DOMAIN, comma-separated; or DOCKER_REGISTRY_DOMAIN_NAME]",
     )
-    run.add_argument(
-        "--cert",
-        action="append",
-        default=None,
-        metavar="NAME[,NAME...]",
-        help="one more certificate with these names; repeat for more certificates [ACMEBOX_CERTS, "
-        "certificates separated by ';']",
-    )
-    run.add_argument(
-        "--config",
-        type=Path,
-        default=_env("CONFIG"),
-        help="TOML file with [[certificate]] tables (names, key_type, profile) [ACMEBOX_CONFIG]",
-    )
-    run.add_argument(
-        "--email",
-        default=_env("EMAIL", "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS"),
-        help="contact address for the ACME account [ACMEBOX_EMAIL or DOCKER_REGISTRY_CERT_EMAIL_ADDRESS]",
-    )
-    run.add_argument(
-        "--directory",
-        default=_env("DIRECTORY"),
-        help=f"ACME directory URL (default: Let's Encrypt, {LE_PRODUCTION}) [ACMEBOX_DIRECTORY]",
-    )
-    run.add_argument(
-        "--staging",
-        action="store_true",
-        default=_env_flag("STAGING"),
-        help="use Let's Encrypt's staging CA [ACMEBOX_STAGING]",
-    )
-    run.add_argument(
-        "--ca-bundle",
-        type=Path,
-        default=_env("CA_BUNDLE"),
-        help="PEM file of CAs to trust for the ACME server's HTTPS [ACMEBOX_CA_BUNDLE]",
-    )
+    run.add_argument("--cert", action="append", metavar="NAME[,NAME...]",
+                     help="one more certificate with these names; repeat for more certificates "
+                          "[ACMEBOX_CERTS, certificates separated by ';']")  # fmt: skip
+    _opt(run, "--config", "TOML file with [[certificate]] tables (names, key_type, profile)", type=Path)
+    _opt(run, "--email", "contact address for the ACME account", also=("DOCKER_REGISTRY_CERT_EMAIL_ADDRESS",))
+    _opt(run, "--directory", f"ACME directory URL (default: Let's Encrypt, {LE_PRODUCTION})")
+    _opt(run, "--staging", "use Let's Encrypt's staging CA", action="store_true")
+    _opt(run, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=Path)
     _dirs(run)
-    run.add_argument(
-        "--listen",
-        default=_env("LISTEN") or "0.0.0.0:8080",
-        help="HOST:PORT of the challenge, health and metrics server [ACMEBOX_LISTEN]",
-    )
-    run.add_argument(
-        "--key-type",
-        default=_env("KEY_TYPE") or "ec256",
-        choices=KEY_TYPES,
-        help="certificate key type [ACMEBOX_KEY_TYPE]",
-    )
-    run.add_argument(
-        "--profile", default=_env("PROFILE"), help="ACME profile to ask for, e.g. shortlived [ACMEBOX_PROFILE]"
-    )
-    run.add_argument("--eab-kid", default=_env("EAB_KID"), help="external account binding key id [ACMEBOX_EAB_KID]")
-    run.add_argument(
-        "--eab-hmac-key",
-        default=_env("EAB_HMAC_KEY"),
-        help="external account binding HMAC key, base64url [ACMEBOX_EAB_HMAC_KEY]",
-    )
-    run.add_argument(
-        "--no-ari",
-        action="store_true",
-        default=_env_flag("NO_ARI"),
-        help="ignore the CA's renewal information (ARI); renew by lifetime only [ACMEBOX_NO_ARI]",
-    )
-    run.add_argument(
-        "--reload",
-        default=_env("RELOAD") or "none",
-        choices=KINDS,
-        help="how to tell nginx about new certificates [ACMEBOX_RELOAD]",
-    )
-    run.add_argument(
-        "--reload-target",
-        default=_env("RELOAD_TARGET"),
-        help="docker: container name or label=KEY=VALUE; signal: PID or PID file; command: "
-        "a command line [ACMEBOX_RELOAD_TARGET]",
-    )
-    run.add_argument(
-        "--reload-verify",
-        default=_env("RELOAD_VERIFY"),
-        metavar="HOST:PORT",
-        help="after reloading, check by TLS handshake that HOST:PORT serves the new certificate "
-        "[ACMEBOX_RELOAD_VERIFY]",
-    )
+    _opt(run, "--listen", "HOST:PORT of the challenge, health and metrics server", "0.0.0.0:8080")
+    _opt(run, "--key-type", "certificate key type", "ec256", choices=KEY_TYPES)
+    _opt(run, "--profile", "ACME profile to ask for, e.g. shortlived")
+    _opt(run, "--eab-kid", "external account binding key id")
+    _opt(run, "--eab-hmac-key", "external account binding HMAC key, base64url")
+    _opt(run, "--no-ari", "ignore the CA's renewal information (ARI); renew by lifetime only", action="store_true")
+    _opt(run, "--reload", "how to tell nginx about new certificates", "none", choices=KINDS)
+    _opt(run, "--reload-target", "docker: container name or label=KEY=VALUE; signal: PID or PID file; "
+         "command: a command line")  # fmt: skip
+    _opt(run, "--reload-verify", "after reloading, check by TLS handshake that HOST:PORT serves the new certificate",
+         metavar="HOST:PORT")  # fmt: skip
     auth = run.add_argument_group("registry token service (enabled by --auth-htpasswd)")
-    auth.add_argument(
-        "--auth-htpasswd",
-        type=Path,
-        default=_env("AUTH_HTPASSWD"),
-        help="htpasswd file with bcrypt entries of the users who may push [ACMEBOX_AUTH_HTPASSWD]",
-    )
-    auth.add_argument(
-        "--auth-key",
-        type=Path,
-        default=_env("AUTH_KEY"),
-        help="token signing key, created once (default: <state-dir>/token-signing.key) [ACMEBOX_AUTH_KEY]",
-    )
-    auth.add_argument(
-        "--auth-cert",
-        type=Path,
-        default=_env("AUTH_CERT"),
-        help="where to write the signing key's certificate, the registry's rootcertbundle "
-        "(default: <state-dir>/token.crt) [ACMEBOX_AUTH_CERT]",
-    )
-    auth.add_argument(
-        "--auth-service",
-        default=_env("AUTH_SERVICE") or "registry",
-        help="the registry's auth.token.service [ACMEBOX_AUTH_SERVICE]",
-    )
-    auth.add_argument(
-        "--auth-issuer",
-        default=_env("AUTH_ISSUER") or "acmebox",
-        help="the registry's auth.token.issuer [ACMEBOX_AUTH_ISSUER]",
-    )
-    auth.add_argument(
-        "--auth-ttl",
-        type=int,
-        default=_env("AUTH_TTL") or "300",
-        help="token lifetime in seconds [ACMEBOX_AUTH_TTL]",
-    )
-    auth.add_argument(
-        "--auth-acl",
-        type=Path,
-        default=_env("AUTH_ACL"),
-        help='TOML file narrowing users to repository patterns: alice = ["alice/*"] [ACMEBOX_AUTH_ACL]',
-    )
-    run.add_argument(
-        "--once",
-        action="store_true",
-        default=_env_flag("ONCE"),
-        help="obtain or confirm the certificates, then exit [ACMEBOX_ONCE]",
-    )
-    run.add_argument(
-        "--force-renew",
-        action="store_true",
-        default=_env_flag("FORCE_RENEW"),
-        help="order new certificates even when valid ones exist [ACMEBOX_FORCE_RENEW]",
-    )
+    _opt(auth, "--auth-htpasswd", "htpasswd file with bcrypt entries of the users who may push", type=Path)
+    _opt(auth, "--auth-key", "token signing key, created once (default: <state-dir>/token-signing.key)", type=Path)
+    _opt(auth, "--auth-cert", "where to write the signing key's certificate, the registry's rootcertbundle "
+         "(default: <state-dir>/token.crt)", type=Path)  # fmt: skip
+    _opt(auth, "--auth-service", "the registry's auth.token.service", "registry")
+    _opt(auth, "--auth-issuer", "the registry's auth.token.issuer", "acmebox")
+    _opt(auth, "--auth-ttl", "token lifetime in seconds", "300", type=int)
+    _opt(auth, "--auth-acl", 'TOML file narrowing users to repository patterns: alice = ["alice/*"]', type=Path)
+    _opt(run, "--once", "obtain or confirm the certificates, then exit", action="store_true")
+    _opt(run, "--force-renew", "order new certificates even when valid ones exist", action="store_true")
 
     status = sub.add_parser("status", help="a table of the certificates and their renewal plans")
     _dirs(status)
@@ -236,19 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     _dirs(renew)
     revoke = sub.add_parser("revoke", help="revoke a certificate at its CA; the service then replaces it")
     revoke.add_argument("name", help="certificate name (its first domain)")
-    revoke.add_argument(
-        "--reason",
-        type=int,
-        default=0,
-        choices=[0, 1, 3, 4, 5],
-        help="RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, ...)",
-    )
-    revoke.add_argument(
-        "--ca-bundle",
-        type=Path,
-        default=_env("CA_BUNDLE"),
-        help="PEM file of CAs to trust for the ACME server's HTTPS [ACMEBOX_CA_BUNDLE]",
-    )
+    revoke.add_argument("--reason", type=int, default=0, choices=[0, 1, 3, 4, 5],
+                        help="RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, ...)")  # fmt: skip
+    _opt(revoke, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=Path)
     _dirs(revoke)
     return parser
 

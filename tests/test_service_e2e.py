@@ -133,16 +133,21 @@ def test_ari_windows_drive_renewal(pebble: Pebble, dirs: Dirs, tmp_path: Path) -
         assert svc.stop() == 0
 
 
+def shortlived_without_ari(pebble: Pebble, dirs: Dirs, name: str) -> Config:
+    """An in-process service's settings: one shortlived certificate, ARI off."""
+    return Config(
+        certs=(CertSpec.build([name], profile="shortlived"),), email=None, directory=pebble.directory,
+        ca_bundle=pebble.ca_bundle, certs_dir=dirs.certs, state_dir=dirs.state,
+        listen=HostPort("127.0.0.1", pebble.http_port), ari=False,
+    )  # fmt: skip
+
+
 async def test_shortlived_renewed_by_lifetime_rule_without_ari(
     pebble: Pebble, dirs: Dirs, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO")
     clock = FakeClock()
-    config = Config(
-        certs=(CertSpec.build(["short-life.test"], profile="shortlived"),), email=None,
-        directory=pebble.directory, ca_bundle=pebble.ca_bundle, certs_dir=dirs.certs, state_dir=dirs.state,
-        listen=HostPort("127.0.0.1", pebble.http_port), ari=False,
-    )  # fmt: skip
+    config = shortlived_without_ari(pebble, dirs, "short-life.test")
     ari_fetches = pebble.log().count("GET /draft-ietf-acme-ari-03/renewalInfo/")
     service = Service(config, clock)
     task = asyncio.create_task(service.run())
@@ -170,11 +175,7 @@ async def test_ca_outage_backs_off_survives_restart_and_recovers(
     caplog.set_level("INFO")
     pebble = start_pebble(tmp_path / "pebble")
     clock = FakeClock()
-    config = Config(
-        certs=(CertSpec.build(["outage.test"], profile="shortlived"),), email=None,
-        directory=pebble.directory, ca_bundle=pebble.ca_bundle, certs_dir=dirs.certs, state_dir=dirs.state,
-        listen=HostPort("127.0.0.1", pebble.http_port), ari=False,
-    )  # fmt: skip
+    config = shortlived_without_ari(pebble, dirs, "outage.test")
     try:
         service = Service(config, clock)
         task = asyncio.create_task(service.run())
