@@ -6,7 +6,9 @@ COPY acmebox ./acmebox
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.12-slim
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/acmebox --shell /usr/sbin/nologin acmebox \
+# uid and gid 10001: start-registry.sh gives data/acmebox and data/auth/htpasswd to them.
+RUN groupadd --system --gid 10001 acmebox \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/acmebox --shell /usr/sbin/nologin acmebox \
  && install -d -o acmebox -g acmebox -m 0755 /etc/letsencrypt /etc/registry-auth \
  && install -d -o acmebox -g acmebox -m 0700 /var/lib/acmebox
 COPY --from=build /wheels /tmp/wheels

@@ -119,7 +119,6 @@ class AcmeClient:
         self._net.session.hooks["response"].append(self._saw_response)
         self._last_response: requests.Response | None = None
         self._directory: messages.Directory | None = None
-        self.orders_sent = 0
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -264,7 +263,6 @@ class AcmeClient:
             profile=profile or "",
             replaces=replaces,
         )
-        self.orders_sent += 1
         resp = await self._post(self.directory["newOrder"], new)
         order_url = resp.headers["Location"]
         order = messages.Order.from_json(resp.json())

@@ -90,10 +90,6 @@ class StoredCert:
     def key_type(self) -> str:
         return keys.key_type_of(self.cert.public_key())  # type: ignore[arg-type]
 
-    @property
-    def fullchain_pem(self) -> bytes:
-        return (self.path / "fullchain.pem").read_bytes()
-
 
 class CertStore:
     def __init__(self, root: Path) -> None:
