@@ -8,6 +8,8 @@
 #   PEBBLE_HTTP_PORT [5002]: the port Pebble's VA dials for HTTP-01 (acmebox or nginx listens there)
 #   PEBBLE_DNS_PORT [8053]   PEBBLE_CHALLTESTSRV_MGMT_PORT [8055]
 #   PEBBLE_WFE_NONCEREJECT [0]  PEBBLE_VA_NOSLEEP [1]  (Pebble's own variables, passed through)
+#   PEBBLE_EAB [0]: 1 requires external account binding, with key id kid-1 and the HMAC key
+#                   of Pebble's example config (printed as PEBBLE_EAB_KID / PEBBLE_EAB_HMAC_KEY)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin="$here/.pebble/usr/bin"
@@ -40,6 +42,10 @@ if [ ! -f "$run/listener-ca.pem" ]; then
   chmod 600 "$run/listener-ca.key" "$run/listener.key"
 fi
 
+eab_kid=kid-1
+eab_key=zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W
+eab_required=false
+[ "${PEBBLE_EAB:-0}" = 1 ] && eab_required=true
 cat >"$run/pebble-config.json" <<JSON
 {"pebble": {
   "listenAddress": "127.0.0.1:$port",
@@ -49,7 +55,8 @@ cat >"$run/pebble-config.json" <<JSON
   "httpPort": $http,
   "tlsPort": 5001,
   "ocspResponderURL": "",
-  "externalAccountBindingRequired": false,
+  "externalAccountBindingRequired": $eab_required,
+  "externalAccountMACKeys": {"$eab_kid": "$eab_key"},
   "domainBlocklist": ["blocked.test"],
   "profiles": {
     "default": {"description": "The default profile", "validityPeriod": 7776000},
@@ -74,6 +81,7 @@ for _ in $(seq 100); do
     echo "PEBBLE_MANAGEMENT=https://127.0.0.1:$mgmt"
     echo "PEBBLE_CA_BUNDLE=$run/listener-ca.pem"
     echo "PEBBLE_HTTP_PORT=$http"
+    if [ "$eab_required" = true ]; then echo "PEBBLE_EAB_KID=$eab_kid"; echo "PEBBLE_EAB_HMAC_KEY=$eab_key"; fi
     exit 0
   fi
   kill -0 "$(cat "$run/pebble.pid")" 2>/dev/null || break

@@ -179,3 +179,25 @@ def test_revoke(pebble: Pebble, dirs: Dirs) -> None:
     again = run_acmebox("revoke", "revoke.test", "--ca-bundle", str(pebble.ca_bundle),
                         "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))  # fmt: skip
     assert again.returncode == 1 and "alreadyRevoked" in again.stderr.strip().splitlines()[-1]
+
+
+def test_external_account_binding(tmp_path: Path, dirs: Dirs) -> None:
+    from conftest import start_pebble, stop_pebble
+
+    pebble = start_pebble(tmp_path / "pebble-eab", PEBBLE_EAB="1")
+    try:
+        config = json.loads((pebble.run_dir / "pebble-config.json").read_text())["pebble"]
+        assert config["externalAccountBindingRequired"] is True
+        ((kid, hmac_key),) = config["externalAccountMACKeys"].items()
+        without = run_acmebox("run", "--once", "--domain", "eab.test", *pebble_args(pebble, dirs))
+        assert without.returncode == 1
+        assert "externalAccountRequired" in without.stderr.strip().splitlines()[-1]
+        wrong = run_acmebox("run", "--once", "--domain", "eab.test", "--eab-kid", kid, "--eab-hmac-key",
+                            "A" * 64, *pebble_args(pebble, dirs))  # fmt: skip
+        assert wrong.returncode == 1 and "unauthorized" in wrong.stderr.strip().splitlines()[-1]
+        right = run_acmebox("run", "--once", "--domain", "eab.test", "--eab-kid", kid, "--eab-hmac-key", hmac_key,
+                            *pebble_args(pebble, dirs))  # fmt: skip
+        assert right.returncode == 0, right.stderr
+        verify_live(pebble, dirs, ["eab.test"])
+    finally:
+        stop_pebble(pebble)
