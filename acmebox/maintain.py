@@ -106,9 +106,8 @@ class CertMaintainer:
 
     # -- planning ------------------------------------------------------------------------------
 
-    async def plan(self, state: CertState) -> Plan:
+    async def plan(self, state: CertState, stored: StoredCert | None) -> Plan:
         now = self.clock.now()
-        stored = self.store.current(self.name)
         self._publish_cert(stored)
         forced = self._request is not None and self._request[1]
         if forced:
@@ -184,7 +183,8 @@ class CertMaintainer:
         attempt. Raises the attempt's error after recording it (the loop goes on, --once reports it).
         """
         state = self.states.load(self.name)
-        plan = await self.plan(state)
+        stored = self.store.current(self.name)
+        plan = await self.plan(state, stored)
         self._log_plan(plan, state)
         now = self.clock.now()
         if plan.at > now:
@@ -193,16 +193,15 @@ class CertMaintainer:
             return plan
         log.info("%s: renewing now (%s)", self.name, plan.reason)
         try:
-            new = await self._attempt()
+            new = await self._attempt(stored)
         except AcmeboxError as e:
             self._failed(state, e)
             raise
         self._succeeded(state, new)
         return None
 
-    async def _attempt(self) -> StoredCert:
+    async def _attempt(self, stored: StoredCert | None) -> StoredCert:
         client = await self._client()
-        stored = self.store.current(self.name)
         replaces = None
         if (self.use_ari and client.has_ari and stored is not None and not stored.placeholder
                 and stored.meta.get("directory") == self.directory):  # fmt: skip

@@ -153,9 +153,7 @@ class CertStore:
         fsync_dir(name_dir)
         self._switch(name, version)
         self._prune(name, keep=version)
-        stored = self.current(name)
-        assert stored is not None
-        return stored
+        return StoredCert(name, version, name_dir / version, chain, meta)
 
     def _switch(self, name: str, version: str) -> None:
         link = self.live / name
