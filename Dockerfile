@@ -1,9 +1,11 @@
 # acmebox sidecar image: slim, no build tools in the final stage, runs as a non-root user.
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.txt pyproject.toml README.md ./
 COPY acmebox ./acmebox
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The lock file's exact versions, checked against its hashes; then acmebox itself.
+RUN pip wheel --no-cache-dir --require-hashes --no-deps --wheel-dir /wheels -r requirements.txt \
+ && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.12-slim
 # uid and gid 10001: start-registry.sh gives data/acmebox and data/auth/htpasswd to them.
@@ -12,7 +14,7 @@ RUN groupadd --system --gid 10001 acmebox \
  && install -d -o acmebox -g acmebox -m 0755 /etc/letsencrypt /etc/registry-auth \
  && install -d -o acmebox -g acmebox -m 0700 /var/lib/acmebox
 COPY --from=build /wheels /tmp/wheels
-RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
+RUN pip install --no-cache-dir --no-index --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 ENV ACMEBOX_CERTS_DIR=/etc/letsencrypt \
     ACMEBOX_STATE_DIR=/var/lib/acmebox \
     ACMEBOX_LISTEN=0.0.0.0:8080 \

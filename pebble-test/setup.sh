@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the demo and the tests need on a Debian machine, as root: Debian packages,
 # Pebble 2.10 (pebble-test/install.sh) and a virtualenv at .venv with acmebox and its test
-# tools. Idempotent: a second run only checks.
+# tools, installed from the lock file requirements-test.txt. Idempotent: a second run only checks.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
@@ -29,13 +29,17 @@ fi
 
 bash "$here/install.sh"
 
-if [ ! -x "$top/.venv/bin/python" ]; then
-  python3 -m venv "$top/.venv"
+# The venv comes from the lock files (pinned versions with hashes; README "Dependencies"), so a
+# fresh machine gets exactly the set CI tested.
+venv=$top/.venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
 fi
-stamp="$top/.venv/.acmebox-installed"
-if [ ! -f "$stamp" ] || [ "$top/pyproject.toml" -nt "$stamp" ]; then
-  "$top/.venv/bin/pip" install -q --upgrade pip >/dev/null
-  "$top/.venv/bin/pip" install -q -e "$top[test]"
+stamp="$venv/.acmebox-installed"
+if [ ! -f "$stamp" ] || [ "$top/requirements-test.txt" -nt "$stamp" ] || [ "$top/pyproject.toml" -nt "$stamp" ]; then
+  "$venv/bin/pip" install -q --require-hashes --no-deps -r "$top/requirements-test.txt"
+  "$venv/bin/pip" install -q --no-deps -e "$top"
+  "$venv/bin/pip" check >/dev/null
   touch "$stamp"
 fi
-echo "setup: ready (venv $top/.venv, pebble $(cat "$here/.pebble/VERSION"))"
+echo "setup: ready (venv $venv, pebble $(cat "$here/.pebble/VERSION"))"

@@ -1,10 +1,14 @@
 """Error answers Pebble cannot produce (it has no rate limits): a 429 `rateLimited` problem
 and a bare 503, each with Retry-After, as seen through the real `acme` library and requests.
-The stand-in CA is an aiohttp app on loopback that answers just these requests."""
+The stand-in CA is an aiohttp app on loopback that answers just these requests, and answers
+them as RFC 8555 says: nonces are base64url of random bytes (section 6.5.1), Location headers
+are absolute URLs, problem documents are `application/problem+json` (section 6.7)."""
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import secrets
 import time
 from pathlib import Path
 
@@ -17,6 +21,10 @@ from acmebox.client import AcmeClient
 from acmebox.errors import CAProblem
 
 
+def new_nonce() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+
+
 async def stand_in_ca(retry_after: str, status: int, problem: bool) -> TestServer:
     async def directory(request: web.Request) -> web.Response:
         base = f"http://{request.host}"
@@ -24,14 +32,14 @@ async def stand_in_ca(retry_after: str, status: int, problem: bool) -> TestServe
                                   "newOrder": f"{base}/order"})  # fmt: skip
 
     async def nonce(request: web.Request) -> web.Response:
-        return web.Response(headers={"Replay-Nonce": f"n{time.monotonic_ns()}", "Cache-Control": "no-store"})
+        return web.Response(headers={"Replay-Nonce": new_nonce(), "Cache-Control": "no-store"})
 
     async def account(request: web.Request) -> web.Response:
         return web.json_response({"status": "valid"}, status=200, headers={
-            "Location": f"http://{request.host}/acct/1", "Replay-Nonce": f"n{time.monotonic_ns()}"})  # fmt: skip
+            "Location": f"http://{request.host}/acct/1", "Replay-Nonce": new_nonce()})  # fmt: skip
 
     async def order(request: web.Request) -> web.Response:
-        headers = {"Retry-After": retry_after, "Replay-Nonce": f"n{time.monotonic_ns()}"}
+        headers = {"Retry-After": retry_after, "Replay-Nonce": new_nonce()}
         if problem:
             body = {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many certificates"}
             return web.json_response(body, status=status, headers=headers, content_type="application/problem+json")

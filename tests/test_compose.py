@@ -16,16 +16,31 @@ from stack import COMPOSE, compose, host_path_of
 ROOT = COMPOSE.parent.parent
 
 
-def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def user_free_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the variables a user's own stack would set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_REGISTRY_", "ACMEBOX_"))}
+    return {**env, **extra}
+
+
+@pytest.fixture
+def compose_copy(tmp_path: Path) -> Path:
+    """start-registry.sh in a copy of compose/ beside a copy of nginx/, without the .env and
+    data/ a user's own run may have left in the work tree: tests read and write only the copy."""
+    shutil.copytree(ROOT / "compose", tmp_path / "compose", ignore=shutil.ignore_patterns(".env", "data"))
+    shutil.copytree(ROOT / "nginx", tmp_path / "nginx")
+    return tmp_path / "compose" / "start-registry.sh"
+
+
+def compose_config(compose_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is not installed (Debian package docker-compose)")
-    return subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
-                          env={**os.environ, **env}, cwd=COMPOSE.parent)  # fmt: skip
+    return subprocess.run(["docker-compose", "-f", str(compose_dir / COMPOSE.name), "config"], capture_output=True,
+                          text=True, env=env, cwd=compose_dir)  # fmt: skip
 
 
-def test_compose_file_is_valid_and_complete() -> None:
-    out = compose_config({"DOCKER_REGISTRY_DOMAIN_NAME": "registry.example.com",
-                          "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com"})  # fmt: skip
+def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
+    out = compose_config(compose_copy.parent, user_free_env(DOCKER_REGISTRY_DOMAIN_NAME="registry.example.com",
+                                                            DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="ops@example.com"))
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load(out.stdout)
     services = resolved["services"]
@@ -53,18 +68,9 @@ def test_compose_file_is_valid_and_complete() -> None:
     )
 
 
-def test_compose_refuses_a_missing_domain() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DOCKER_REGISTRY_DOMAIN_NAME"}
-    out = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True, env=env,
-                         cwd=COMPOSE.parent)  # fmt: skip
+def test_compose_refuses_a_missing_domain(compose_copy: Path) -> None:
+    out = compose_config(compose_copy.parent, user_free_env())
     assert out.returncode != 0 and "DOCKER_REGISTRY_DOMAIN_NAME" in out.stderr
-
-
-@pytest.fixture
-def compose_copy(tmp_path: Path) -> Path:
-    """A copy of compose/ beside a copy of nginx/, so the script writes into tmp, not the repo."""
-    shutil.copytree(ROOT / "compose", tmp_path / "compose", ignore=shutil.ignore_patterns(".env", "data"))
-    return tmp_path / "compose" / "start-registry.sh"
 
 
 @pytest.mark.parametrize(
@@ -81,8 +87,7 @@ def compose_copy(tmp_path: Path) -> Path:
     ],
 )
 def test_start_script_refuses_bad_arguments(compose_copy: Path, args: list[str], message: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_REGISTRY_")}
-    out = subprocess.run(["bash", str(compose_copy), *args], capture_output=True, text=True, env=env)
+    out = subprocess.run(["bash", str(compose_copy), *args], capture_output=True, text=True, env=user_free_env())
     assert out.returncode == 2
     assert out.stderr.startswith("start-registry.sh: ") and message in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -91,7 +96,7 @@ def test_start_script_refuses_bad_arguments(compose_copy: Path, args: list[str],
 
 def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
     out = subprocess.run(["bash", str(compose_copy), "--prepare-only", "--staging", "Registry.Example.com",
-                          "ops@example.com"], capture_output=True, text=True)  # fmt: skip
+                          "ops@example.com"], capture_output=True, text=True, env=user_free_env())  # fmt: skip
     assert out.returncode == 0, out.stderr
     here = compose_copy.parent
     env = dict(line.split("=", 1) for line in (here / ".env").read_text().splitlines())
@@ -105,12 +110,12 @@ def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
 
     # The old stack's environment variables work as well as the arguments.
     (here / ".env").unlink()
-    env_vars = {**os.environ, "DOCKER_REGISTRY_DOMAIN_NAME": "r.example.org",
-                "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "x@example.org"}  # fmt: skip
+    env_vars = user_free_env(DOCKER_REGISTRY_DOMAIN_NAME="r.example.org",
+                             DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="x@example.org")
     out = subprocess.run(["bash", str(compose_copy), "--prepare-only"], capture_output=True, text=True, env=env_vars)
     assert out.returncode == 0, out.stderr
     assert "DOCKER_REGISTRY_DOMAIN_NAME=r.example.org" in (here / ".env").read_text()
     # and the compose file accepts what the script wrote
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_REGISTRY_")}
-    check = subprocess.run(["docker-compose", "config", "-q"], cwd=here, capture_output=True, text=True, env=clean)
+    check = subprocess.run(["docker-compose", "config", "-q"], cwd=here, capture_output=True, text=True,
+                           env=user_free_env())
     assert check.returncode == 0, check.stderr
