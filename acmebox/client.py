@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
-import functools
 import logging
 import re
 from collections.abc import Callable
@@ -49,6 +48,7 @@ BAD_NONCE_RETRIES = 4  # on top of the library's own single retry
 ORDER_TIMEOUT = 300.0  # seconds for one order, from newOrder to the certificate
 POLL_FIRST, POLL_MAX = 0.02, 5.0  # our poll interval doubles from the first to the max
 RETRY_AFTER_MAX = 60.0  # within one order; longer waits give the order up
+REQUEST_DEADLINE = 60.0  # seconds for one CA request, connect to last byte (requests' timeout is per read)
 
 
 class NewOrder(messages.NewOrder):
@@ -62,6 +62,15 @@ def ari_cert_id(cert: x509.Certificate) -> str:
     return acme_client._renewal_info_path_component(cert)
 
 
+def _http_date(value: str | None) -> dt.datetime | None:
+    """An aware datetime from an HTTP-date (RFC 9110 section 5.6.7), which is GMT by definition."""
+    try:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None
+    return when.replace(tzinfo=dt.UTC) if when is not None and when.tzinfo is None else when
+
+
 def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
     """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date), or None.
 
@@ -73,12 +82,9 @@ def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> floa
     value = value.strip()
     if value.isdigit():
         return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    when = _http_date(value)
+    if when is None:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
     now = now or dt.datetime.now(dt.UTC)
     return max(0.0, (when - now).total_seconds())
 
@@ -109,21 +115,32 @@ class AcmeClient:
     def __init__(self, directory_url: str, ca_bundle: Path | None = None) -> None:
         self.directory_url = directory_url
         self.account_url: str | None = None
+        self.ca_bundle = ca_bundle
+        # Seconds the CA's clock (its Date header) is ahead of ours, from the latest answer.
+        self.ca_clock_offset: float | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acme")
-        self._net = acme_client.ClientNetwork(
-            None,
-            alg=ES256,
-            verify_ssl=str(ca_bundle) if ca_bundle else True,  # type: ignore[arg-type]
-            user_agent=f"acmebox/{__version__}",
-        )
-        self._net.session.hooks["response"].append(self._saw_response)
+        self._net = self._new_network()
         self._last_response: requests.Response | None = None
         self._directory: messages.Directory | None = None
+
+    def _new_network(self, previous: acme_client.ClientNetwork | None = None) -> acme_client.ClientNetwork:
+        net = acme_client.ClientNetwork(
+            previous.key if previous is not None else None,
+            account=previous.account if previous is not None else None,
+            alg=ES256,
+            verify_ssl=str(self.ca_bundle) if self.ca_bundle else True,  # type: ignore[arg-type]
+            user_agent=f"acmebox/{__version__}",
+        )
+        net.session.hooks["response"].append(self._saw_response)
+        return net
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _saw_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self._last_response = response  # the library drops it (and Retry-After) on errors
+        ca_now = _http_date(response.headers.get("Date"))
+        if ca_now is not None:
+            self.ca_clock_offset = (ca_now - dt.datetime.now(dt.UTC)).total_seconds()
 
     def _last_retry_after(self) -> float | None:
         r = self._last_response
@@ -146,7 +163,8 @@ class AcmeClient:
             raise  # 200 + Location: "this account exists", handled by the caller
         except requests.RequestException as e:
             raise CAUnreachable(f"cannot reach the CA: {_short(e)}") from None
-        except (acme_errors.ClientError, acme_errors.UnexpectedUpdate, ValueError, DeserializationError) as e:
+        except (acme_errors.ClientError, acme_errors.UnexpectedUpdate, ValueError, DeserializationError,
+                KeyError, TypeError) as e:  # fmt: skip
             r = self._last_response
             where = f" (HTTP {r.status_code} from {r.url})" if r is not None else ""
             raise CAProblem(
@@ -154,19 +172,45 @@ class AcmeClient:
             ) from None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the account thread, retrying badNonce. Each try has REQUEST_DEADLINE
+        seconds in all; a CA that trickles its answer past that costs this account its worker
+        thread, which is abandoned (it ends when the socket does) and replaced with a new one."""
         loop = asyncio.get_running_loop()
         for attempt in range(BAD_NONCE_RETRIES + 1):
             try:
-                return await loop.run_in_executor(self._executor, self._in_thread, fn, *args)
+                future = loop.run_in_executor(self._executor, self._in_thread, fn, *args)
+                return await asyncio.wait_for(future, REQUEST_DEADLINE)
+            except TimeoutError:
+                self._replace_worker()
+                raise CAUnreachable(f"the CA did not answer within {REQUEST_DEADLINE:.0f}s") from None
             except CAProblem as e:
                 if e.short_type != "badNonce" or attempt == BAD_NONCE_RETRIES:
                     raise
                 log.debug("badNonce from the CA, retrying (%d)", attempt + 1)
         raise AssertionError("unreachable")
 
+    def _replace_worker(self) -> None:
+        log.warning("a request to the CA is stuck; continuing on a new connection and worker thread")
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acme")
+        self._net = self._new_network(self._net)
+
     async def _post(self, url: str, obj: JSONDeSerializable | None) -> requests.Response:
         """A signed POST (obj=None: POST-as-GET)."""
-        return await self._call(functools.partial(self._net.post, new_nonce_url=self.directory["newNonce"]), url, obj)
+        return (await self._post_parsed(url, obj, lambda resp: None))[0]
+
+    async def _post_parsed(
+        self, url: str, obj: JSONDeSerializable | None, parse: Callable[[requests.Response], T]
+    ) -> tuple[requests.Response, T]:
+        """A signed POST whose answer is parsed on the account thread, so that an answer the
+        client cannot read (bad JSON, a missing field) becomes a CAProblem, not a traceback."""
+
+        def post_and_parse() -> tuple[requests.Response, T]:
+            # Read through self at call time: a replaced worker comes with a new network.
+            resp = self._net.post(url, obj, new_nonce_url=self.directory["newNonce"])
+            return resp, parse(resp)
+
+        return await self._call(post_and_parse)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -180,10 +224,21 @@ class AcmeClient:
         return self._directory
 
     async def connect(self) -> messages.Directory:
+        """Fetch the directory. A 2xx that is not a directory is a NotADirectory (bad input);
+        a CA in trouble (5xx, 429, a maintenance page) is a CAProblem with its Retry-After."""
+
         def fetch() -> messages.Directory:
+            net = self._net
+            resp = net.session.get(self.directory_url, verify=net.verify_ssl, timeout=net._default_timeout)
+            if resp.status_code >= 400:
+                try:
+                    raise _problem(messages.Error.from_json(resp.json()), self._last_retry_after())
+                except (ValueError, DeserializationError):
+                    raise CAProblem(ACME_ERROR + "serverInternal", f"HTTP {resp.status_code} from {resp.url}",
+                                    self._last_retry_after()) from None  # fmt: skip
             try:
-                return acme_client.ClientV2.get_directory(self.directory_url, self._net)
-            except (ValueError, DeserializationError, acme_errors.ClientError, messages.Error):
+                return messages.Directory.from_json(resp.json())
+            except (ValueError, DeserializationError):
                 raise NotADirectory(f"{self.directory_url} is not an ACME directory") from None
 
         directory = await self._call(fetch)
@@ -192,6 +247,12 @@ class AcmeClient:
                 raise NotADirectory(f"{self.directory_url} is not an ACME directory (no {needed})")
         self._directory = directory
         return directory
+
+    async def check_clock(self) -> float | None:
+        """Seconds the CA's clock is ahead of ours (negative: behind), from the Date header of
+        a fresh newNonce answer (RFC 8555 section 7.2); None when the CA sends no Date."""
+        await self._call(lambda: self._net.head(self.directory["newNonce"]))
+        return self.ca_clock_offset
 
     @property
     def has_ari(self) -> bool:
@@ -263,10 +324,14 @@ class AcmeClient:
             profile=profile or "",
             replaces=replaces,
         )
-        resp = await self._post(self.directory["newOrder"], new)
-        order_url = resp.headers["Location"]
-        order = messages.Order.from_json(resp.json())
-        echoed = resp.json().get("replaces")
+        def read_order(resp: requests.Response) -> tuple[str, messages.Order, Any]:
+            location = resp.headers.get("Location")
+            if not location:
+                raise CAProblem(ACME_ERROR + "malformed", "the newOrder answer has no Location header")
+            body = resp.json()
+            return location, messages.Order.from_json(body), body.get("replaces")
+
+        _, (order_url, order, echoed) = await self._post_parsed(self.directory["newOrder"], new, read_order)
         log.info(
             "order %s for %s sent%s%s",
             order_url,
@@ -278,7 +343,7 @@ class AcmeClient:
         try:
             pending: list[str] = []
             for authz_url in order.authorizations:
-                authz = messages.Authorization.from_json((await self._post(authz_url, None)).json())
+                _, authz = await self._post_parsed(authz_url, None, _authorization)
                 if authz.status == messages.STATUS_VALID:
                     continue  # the CA reused an earlier validation
                 if authz.status != messages.STATUS_PENDING:
@@ -305,8 +370,7 @@ class AcmeClient:
 
         csr = x509.load_pem_x509_csr(csr_pem)
         try:
-            resp = await self._post(order.finalize, messages.CertificateRequest(csr=csr))
-            order = messages.Order.from_json(resp.json())
+            _, order = await self._post_parsed(order.finalize, messages.CertificateRequest(csr=csr), _order)
         except CAProblem as e:
             if e.short_type != "orderNotReady":
                 raise
@@ -316,15 +380,30 @@ class AcmeClient:
 
     async def _wait(self, response: requests.Response | None, delay: float) -> None:
         asked = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
+        await self._sleep(asked, delay)
+
+    async def _sleep(self, asked: float | None, delay: float) -> None:
         if asked is not None and asked > RETRY_AFTER_MAX:
             raise CAProblem(ACME_ERROR + "serverInternal", f"the CA asked to wait {asked:.0f}s", retry_after=asked)
         await asyncio.sleep(max(delay, asked or 0.0))
 
+    async def _poll(self, url: str, parse: Callable[[requests.Response], T]) -> tuple[requests.Response | None, T]:
+        """POST-as-GET `url` (RFC 8555 section 6.3) until it answers. A poll changes nothing at
+        the CA, so a passing refusal that says when to come back (503 or 429 with a short
+        Retry-After) is waited out instead of abandoning the whole order."""
+        while True:
+            try:
+                return await self._post_parsed(url, None, parse)
+            except CAProblem as e:
+                if e.retry_after is None or e.short_type not in ("serverInternal", "rateLimited"):
+                    raise
+                log.info("the CA asked to poll %s again in %.0fs (%s)", url, e.retry_after, e.detail)
+                await self._sleep(e.retry_after, 0.0)
+
     async def _poll_authorization(self, url: str) -> None:
         delay = POLL_FIRST
         while True:
-            resp = await self._post(url, None)
-            authz = messages.Authorization.from_json(resp.json())
+            resp, authz = await self._poll(url, _authorization)
             if authz.status == messages.STATUS_VALID:
                 return
             if authz.status not in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
@@ -349,12 +428,11 @@ class AcmeClient:
                     raise _problem(order.error)
                 raise CAProblem(ACME_ERROR + "serverInternal", "the order became invalid without a reason")
             if order.status == messages.STATUS_READY:  # finalize was early (orderNotReady)
-                resp = await self._post(order.finalize, messages.CertificateRequest(csr=csr))
+                resp, order = await self._post_parsed(order.finalize, messages.CertificateRequest(csr=csr), _order)
             else:
                 await self._wait(resp, delay)
                 delay = min(delay * 2, POLL_MAX)
-                resp = await self._post(url, None)
-            order = messages.Order.from_json(resp.json())
+                resp, order = await self._poll(url, _order)
 
     # -- renewal information and revocation --------------------------------------------------
 
@@ -378,6 +456,16 @@ class AcmeClient:
     async def revoke(self, cert: x509.Certificate, reason: int = 0) -> None:
         acme = acme_client.ClientV2(self.directory, self._net)
         await self._call(acme.revoke, cert, reason)
+
+
+def _authorization(resp: requests.Response) -> messages.Authorization:
+    authz: messages.Authorization = messages.Authorization.from_json(resp.json())
+    return authz
+
+
+def _order(resp: requests.Response) -> messages.Order:
+    order: messages.Order = messages.Order.from_json(resp.json())
+    return order
 
 
 def _short(e: BaseException) -> str:
