@@ -2,6 +2,7 @@
 
     <state>/accounts/<ca-host>/<directory-path>/key.pem       created once, reused forever
     <state>/accounts/<ca-host>/<directory-path>/account.json  {"url": ..., "directory": ...}
+    <state>/accounts/<ca-host>/<directory-path>/key.pem.deactivated-<time>  a retired key
 
 Keeping accounts per directory URL means switching from staging to production starts a new
 account instead of sending the staging account's URL to production.
@@ -9,6 +10,7 @@ account instead of sending the staging account's URL to production.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import re
@@ -69,4 +71,14 @@ class AccountFiles:
             return None
 
     def save_url(self, url: str, directory_url: str) -> None:
-        atomic_write_json(self.info_path, {"url": url, "directory": directory_url}, 0o600)
+        """Record the account URL (only when it changed: a full state dir must not stop a login)."""
+        if self.load_url() != url:
+            atomic_write_json(self.info_path, {"url": url, "directory": directory_url}, 0o600)
+
+    def retire_key(self, now: dt.datetime) -> Path:
+        """Move the key of an account the CA deactivated aside (never delete a key: it may be
+        needed to prove control, e.g. to revoke) so that the next login registers a new one."""
+        retired = self.key_path.with_name(f"key.pem.deactivated-{now:%Y%m%dT%H%M%SZ}")
+        self.key_path.rename(retired)
+        self.info_path.unlink(missing_ok=True)
+        return retired

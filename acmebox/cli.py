@@ -240,3 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as e:  # a disk or a file failing under a one-shot command
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"acmebox: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: one line for the user, the traceback only at debug level
+        log.debug("internal error", exc_info=True)
+        print(f"acmebox: internal error: {type(e).__name__}: {e} (--log-level debug shows where)", file=sys.stderr)
+        return 1

@@ -408,12 +408,12 @@ class AcmeClient:
                 return
             if authz.status not in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
                 failed = next((c.error for c in authz.challenges if c.error is not None), None)
+                name = str(authz.identifier.value)
                 if failed is not None:
                     problem = _problem(failed)
-                    raise CAProblem(problem.typ, f"{authz.identifier.value}: {problem.detail}")
-                raise CAProblem(
-                    ACME_ERROR + "unauthorized", f"{authz.identifier.value}: authorization {authz.status.name}"
-                )
+                    raise CAProblem(problem.typ, f"{name}: {problem.detail}", invalid=(name,))
+                why = f"{name}: authorization {authz.status.name}"
+                raise CAProblem(ACME_ERROR + "unauthorized", why, invalid=(name,))
             await self._wait(resp, delay)
             delay = min(delay * 2, POLL_MAX)
 

@@ -41,7 +41,7 @@ def status(certs_dir: Path, state_dir: Path) -> int:
     rows = [("NAME", "DOMAINS", "ISSUER", "NOT AFTER", "NEXT RENEWAL", "WHY", "LAST ERROR")]
     for name in names:
         stored = store.current(name)
-        state = states.load(name)
+        state = states.load(name, owner=False)
         if stored is None:
             rows.append((name, "-", "(unreadable)", "-", "-", "-", state.last_error or "-"))
             continue
@@ -70,7 +70,7 @@ def renew(state_dir: Path, name: str | None, force: bool, timeout: float) -> int
     failed = False
     while pending and time.monotonic() < deadline:
         for n in sorted(pending):
-            state = states.load(n)
+            state = states.load(n, owner=False)
             if state.handled_request == req.id:
                 print(f"{n}: {state.request_result}")
                 failed |= (state.request_result or "").startswith("failed")

@@ -8,13 +8,16 @@ without opening another port.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+from acmebox.errors import ConfigError
 from acmebox.fsutil import atomic_write_json
 
 
@@ -23,6 +26,30 @@ class Request:
     id: str
     name: str | None  # None: every certificate
     force: bool
+
+
+def hold_lock(state_dir: Path) -> IO[str]:
+    """Take <state>/acmebox.lock for this process's life (release: close the returned file).
+    Two instances on one state dir would order the same certificate at once and fail each
+    other's challenges; the second gets a ConfigError naming the PID of the first."""
+    path = state_dir / "acmebox.lock"
+    try:
+        f = open(path, "a+")  # noqa: SIM115 - held open on purpose, closed by the caller
+    except OSError as e:
+        raise ConfigError(f"state dir {state_dir} is not usable: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise ConfigError(
+            f"state dir {state_dir} is in use by another acmebox (PID {holder}); run one instance per state dir"
+        ) from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def pid_file(state_dir: Path) -> Path:

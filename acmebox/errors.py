@@ -6,6 +6,8 @@ user as a traceback.
 
 from __future__ import annotations
 
+import datetime as dt
+
 
 class AcmeboxError(Exception):
     """Base class. `exit_code` is what the CLI exits with."""
@@ -30,9 +32,13 @@ class NotADirectory(ConfigError):
 class CAProblem(AcmeboxError):
     """The CA answered with an RFC 8555 problem document (or an order/challenge failed)."""
 
-    def __init__(self, typ: str, detail: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, typ: str, detail: str, retry_after: float | None = None, invalid: tuple[str, ...] = ()
+    ) -> None:
         self.typ = typ or "urn:ietf:params:acme:error:serverInternal"
         self.detail = detail
+        # Names whose authorization the CA found invalid (a failed validation, RFC 8555 7.1.4).
+        self.invalid = invalid
         # Seconds the CA asked us to wait (from a Retry-After header), when it said.
         self.retry_after = retry_after
         super().__init__(f"CA problem {self.typ}: {detail}")
@@ -41,3 +47,20 @@ class CAProblem(AcmeboxError):
     def short_type(self) -> str:
         """`rateLimited` for `urn:ietf:params:acme:error:rateLimited`."""
         return self.typ.rsplit(":", 1)[-1]
+
+
+class Deferred(AcmeboxError):
+    """Not a failure of the CA: acmebox itself holds back an order until `until` (a full
+    disk, a wrong clock, the order ledger). No order was placed for it."""
+
+    def __init__(self, message: str, until: dt.datetime) -> None:
+        self.until = until
+        super().__init__(message)
+
+
+class ClockError(Deferred):
+    """The local clock disagrees with the CA's, or with a certificate just received."""
+
+
+class DiskError(Deferred):
+    """The certs or state dir cannot take what an order would bring."""

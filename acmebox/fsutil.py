@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -46,3 +47,21 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def atomic_write_json(path: Path, obj: Any, mode: int = 0o644) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode)
+
+
+def space_problem(path: Path, min_free: int) -> str | None:
+    """None when `path` (a directory) takes a new file and has `min_free` bytes free for an
+    unprivileged writer; otherwise what is wrong, in a few words."""
+    probe = path / f".acmebox-probe-{os.getpid()}"
+    try:
+        st = os.statvfs(path)
+        write_new(probe, b"\0", 0o600)
+    except OSError as e:
+        return f"not writable ({e.strerror or e})"
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    free = st.f_bavail * st.f_frsize
+    if free < min_free:
+        return f"only {free} bytes free (at least {min_free} needed)"
+    return None

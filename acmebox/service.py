@@ -25,6 +25,7 @@ from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, ConfigError
 from acmebox.fsutil import atomic_write
 from acmebox.maintain import CertMaintainer, why_not_reusable
 from acmebox.metrics import Metrics
+from acmebox.pending import Received
 from acmebox.reload import Reloader, ReloadTarget
 from acmebox.state import StateStore
 from acmebox.store import CertStore, StoredCert
@@ -32,6 +33,11 @@ from acmebox.store import CertStore, StoredCert
 log = logging.getLogger(__name__)
 
 CONNECT_RETRY = (5, 30, 120, 600)  # seconds between attempts to reach an unreachable CA
+
+
+def account_deactivated(e: CAProblem) -> bool:
+    """RFC 8555 section 7.3.6: requests signed by a deactivated account's key are refused."""
+    return e.short_type == "unauthorized" and "deactivated" in e.detail.lower()
 
 
 class Service:
@@ -49,6 +55,7 @@ class Service:
         )  # fmt: skip
         self._client: AcmeClient | None = None
         self._connected = asyncio.Event()
+        self.ca_error: str | None = "not connected to the CA yet"
         self.maintainers = {
             spec.name: CertMaintainer(
                 spec,
@@ -68,18 +75,29 @@ class Service:
     # -- health -------------------------------------------------------------------------------
 
     def health(self) -> tuple[bool, str]:
+        """(healthy, one line per certificate). Unhealthy while a certificate is missing, in
+        its last 1/20 of life, or failing (its last attempt failed or was held back), or while
+        the CA cannot be reached at all."""
         now = self.clock.now()
         lines, ok = [], True
+        if self.ca_error is not None:
+            ok = False
+            lines.append(f"CA {self.config.directory}: {self.ca_error}")
         for spec in self.config.certs:
             stored = self.store.current(spec.name)
+            state = self.maintainers[spec.name].state
             if stored is None or stored.placeholder:
                 ok = False
-                lines.append(f"{spec.name}: no certificate yet")
+                line = f"{spec.name}: no certificate yet"
             elif now >= renewal.last_call(stored.not_before, stored.not_after):
                 ok = False
-                lines.append(f"{spec.name}: expiring {stored.not_after.isoformat()}")
+                line = f"{spec.name}: expiring {stored.not_after.isoformat()}"
             else:
-                lines.append(f"{spec.name}: valid until {stored.not_after.isoformat()}")
+                line = f"{spec.name}: valid until {stored.not_after.isoformat()}"
+            if state is not None and state.last_error is not None and state.next_attempt is not None:
+                ok = False
+                line += f"; failing: {state.last_error[:200]} (next attempt {state.next_attempt.isoformat()})"
+            lines.append(line)
         return ok, "\n".join(lines)
 
     # -- the CA -------------------------------------------------------------------------------
@@ -102,19 +120,46 @@ class Service:
         self._connected.set()
 
     async def _login(self, client: AcmeClient) -> None:
+        """Find or register the account. An account the CA reports as deactivated (after a key
+        leak, by the CA or an operator) cannot be used again, nor can its key register anew:
+        the key is retired and a new account registered, with a warning that says so."""
         eab = (self.config.eab_kid, self.config.eab_hmac_key) if self.config.eab_kid else None
         key = self.account.load_or_create_key()
-        url = await client.login(key, self.config.email, eab)  # type: ignore[arg-type]
-        self.account.save_url(url, self.config.directory)
+        try:
+            url = await client.login(key, self.config.email, eab)  # type: ignore[arg-type]
+        except CAProblem as e:
+            if not account_deactivated(e):
+                raise
+            try:
+                retired = self.account.retire_key(self.clock.now())
+            except OSError as err:
+                raise AcmeboxError(f"the CA deactivated account {client.account_url or ''} ({e.detail}), "
+                                   f"and its key cannot be moved aside: {err.strerror or err}") from None  # fmt: skip
+            log.warning("the CA reports the ACME account as deactivated (%s); its key is kept as %s and a new "
+                        "account is registered", e.detail, retired)  # fmt: skip
+            key = self.account.load_or_create_key()
+            url = await client.login(key, self.config.email, eab)  # type: ignore[arg-type]
+        try:
+            self.account.save_url(url, self.config.directory)
+        except OSError as e:  # the URL is found again from the key at the next start
+            log.warning("cannot record the account URL in %s (%s)", self.account.dir, e.strerror or e)
 
     async def connect_until_reachable(self) -> None:
+        """Connect, retrying whatever goes wrong (the CA down, in maintenance, rate limiting,
+        answering nonsense; the state dir full) with growing waits and the CA's Retry-After.
+        Meanwhile the challenge server and /healthz run and the certificates on disk are served."""
         for attempt in range(10**9):
             try:
                 await self.connect()
+                self.ca_error = None
                 return
-            except CAUnreachable as e:
-                wait = CONNECT_RETRY[min(attempt, len(CONNECT_RETRY) - 1)]
-                log.error("%s: %s; trying again in %ds (certificates on disk stay served)",
+            except (AcmeboxError, OSError) as e:
+                wait = float(CONNECT_RETRY[min(attempt, len(CONNECT_RETRY) - 1)])
+                if isinstance(e, CAProblem) and e.retry_after is not None:
+                    wait = max(wait, min(e.retry_after, 86400.0))
+                self.ca_error = str(e)
+                self.metrics.failures.labels("-", "connect").inc()
+                log.error("%s: %s; trying again in %.0fs (certificates on disk stay served)",
                           self.config.directory, e, wait)  # fmt: skip
                 await asyncio.sleep(wait)
 
@@ -131,15 +176,15 @@ class Service:
 
     # -- issuing ------------------------------------------------------------------------------
 
-    async def issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None = None) -> StoredCert:
+    async def issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None = None) -> Received:
         key_pem = keys.to_pem(keys.generate(spec.key_type))
         csr_pem = crypto_util.make_csr(key_pem, list(spec.names))
         try:
             fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces)
         except CAProblem as e:
-            if e.short_type != "accountDoesNotExist":
+            if e.short_type != "accountDoesNotExist" and not account_deactivated(e):
                 raise
-            log.warning("the CA no longer knows account %s; registering again", client.account_url)
+            log.warning("the CA no longer knows account %s (%s); logging in again", client.account_url, e.detail)
             await self._login(client)
             fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces)
         meta = {
@@ -152,10 +197,8 @@ class Service:
             "replaced": replaces,
             "placeholder": False,
         }
-        stored = self.store.save(spec.name, key_pem, fullchain.encode(), meta)
-        log.info("%s: certificate issued: serial %x, valid until %s, stored as version %s",
-                 spec.name, stored.serial, stored.not_after.isoformat(), stored.version)  # fmt: skip
-        return stored
+        log.info("%s: certificate issued by the CA", spec.name)
+        return Received(key_pem, fullchain.encode(), meta)
 
     def _renewed(self, stored: StoredCert) -> None:
         self.reloader.request(stored.name, stored.serial)
@@ -164,7 +207,12 @@ class Service:
         for spec in self.config.certs:
             if self.store.current(spec.name) is None:
                 key_pem, cert_pem = placeholder.make(spec.names, spec.key_type, self.clock.now())
-                self.store.save(spec.name, key_pem, cert_pem, {"placeholder": True, "names": list(spec.names)})
+                try:
+                    self.store.save(spec.name, key_pem, cert_pem, {"placeholder": True, "names": list(spec.names)})
+                except OSError as e:
+                    log.error("%s: cannot write a placeholder to %s (%s); nginx may not start until it can",
+                              spec.name, self.store.root, e.strerror or e)  # fmt: skip
+                    continue
                 log.info("%s: wrote a self-signed placeholder so nginx can start", spec.name)
 
     # -- requests from `acmebox renew` ---------------------------------------------------------
@@ -208,11 +256,10 @@ class Service:
             if plan is not None and stored is not None and missing is None:
                 log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
                          m.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
-            if missing is not None:
-                state = self.states.load(m.name)
+            if missing is not None and m.state is not None:
                 failed = failed or AcmeboxError(
-                    f"{m.name}: {missing}, and attempts are backing off until {state.next_attempt} after: "
-                    f"{state.last_error} (--force-renew tries now)"
+                    f"{m.name}: {missing}, and attempts are backing off until {m.state.next_attempt} after: "
+                    f"{m.state.last_error} (--force-renew tries now)"
                 )
         await self.reloader.wait_idle()
         if failed is not None:
@@ -222,7 +269,10 @@ class Service:
     async def run_forever(self) -> int:
         self.write_placeholders()
         pid_file = control.pid_file(self.config.state_dir)
-        atomic_write(pid_file, f"{os.getpid()}\n".encode())
+        try:
+            atomic_write(pid_file, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            log.error("cannot write %s (%s); `acmebox renew` will not find this service", pid_file, e.strerror or e)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.handle_requests)
         try:
@@ -238,11 +288,15 @@ class Service:
         return 0
 
     async def run(self, once: bool = False, force: bool = False) -> int:
-        self.store.prepare()
         try:
             self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"state dir {self.config.state_dir} is not usable: {e.strerror or e}") from None
+        with control.hold_lock(self.config.state_dir):
+            self.store.prepare()  # after the lock: it removes what an interrupted save left
+            return await self._run(once, force)
+
+    async def _run(self, once: bool, force: bool) -> int:
         token_service = None
         if self.config.token_auth is not None:
             t = self.config.token_auth
