@@ -112,8 +112,9 @@ class RenewalInfo:
 class AcmeClient:
     """One account at one CA. Not thread-safe by design: use it from one event loop."""
 
-    def __init__(self, directory_url: str, ca_bundle: Path | None = None) -> None:
+    def __init__(self, directory_url: str, ca_bundle: Path | None = None, deadline: float = REQUEST_DEADLINE) -> None:
         self.directory_url = directory_url
+        self.deadline = deadline  # seconds for one request to the CA, first byte sent to last received
         self.account_url: str | None = None
         self.ca_bundle = ca_bundle
         # Seconds the CA's clock (its Date header) is ahead of ours, from the latest answer.
@@ -162,27 +163,31 @@ class AcmeClient:
                     raise CAProblem(ACME_ERROR + "conflict", f"HTTP 409 from {r.url}") from None
             raise  # 200 + Location: "this account exists", handled by the caller
         except requests.RequestException as e:
+            if isinstance(e, requests.JSONDecodeError):  # an answer that arrived, but not as JSON
+                raise self._unexpected(e) from None
             raise CAUnreachable(f"cannot reach the CA: {_short(e)}") from None
         except (acme_errors.ClientError, acme_errors.UnexpectedUpdate, ValueError, DeserializationError,
                 KeyError, TypeError) as e:  # fmt: skip
-            r = self._last_response
-            where = f" (HTTP {r.status_code} from {r.url})" if r is not None else ""
-            raise CAProblem(
-                ACME_ERROR + "serverInternal", f"unexpected answer{where}: {_short(e)}", self._last_retry_after()
-            ) from None
+            raise self._unexpected(e) from None
+
+    def _unexpected(self, e: Exception) -> CAProblem:
+        r = self._last_response
+        where = f" (HTTP {r.status_code} from {r.url})" if r is not None else ""
+        return CAProblem(ACME_ERROR + "serverInternal", f"unexpected answer{where}: {_short(e)}",
+                         self._last_retry_after())  # fmt: skip
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` on the account thread, retrying badNonce. Each try has REQUEST_DEADLINE
-        seconds in all; a CA that trickles its answer past that costs this account its worker
+        """Run `fn` on the account thread, retrying badNonce. Each try has `deadline` seconds
+        in all; a CA that trickles its answer past that costs this account its worker
         thread, which is abandoned (it ends when the socket does) and replaced with a new one."""
         loop = asyncio.get_running_loop()
         for attempt in range(BAD_NONCE_RETRIES + 1):
             try:
                 future = loop.run_in_executor(self._executor, self._in_thread, fn, *args)
-                return await asyncio.wait_for(future, REQUEST_DEADLINE)
+                return await asyncio.wait_for(future, self.deadline)
             except TimeoutError:
                 self._replace_worker()
-                raise CAUnreachable(f"the CA did not answer within {REQUEST_DEADLINE:.0f}s") from None
+                raise CAUnreachable(f"the CA did not answer within {self.deadline:.0f}s") from None
             except CAProblem as e:
                 if e.short_type != "badNonce" or attempt == BAD_NONCE_RETRIES:
                     raise
@@ -343,7 +348,7 @@ class AcmeClient:
         try:
             pending: list[str] = []
             for authz_url in order.authorizations:
-                _, authz = await self._post_parsed(authz_url, None, _authorization)
+                _, authz = await self._poll(authz_url, _authorization)
                 if authz.status == messages.STATUS_VALID:
                     continue  # the CA reused an earlier validation
                 if authz.status != messages.STATUS_PENDING:

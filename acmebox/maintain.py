@@ -220,7 +220,12 @@ class CertMaintainer:
         stored = self.store.current(self.name)
         kept = self._unsaved or self.pending.load(self.name)
         if kept is not None:
-            plan = Plan(self.clock.now(), "a certificate already received waits to be stored", self.clock.now())
+            now = self.clock.now()
+            retry = state.next_attempt
+            if retry is not None and now < retry and self._request is None:
+                plan = Plan(retry, f"a received certificate waits to be stored ({state.last_error})", retry)
+            else:
+                plan = Plan(now, "a certificate already received waits to be stored", now)
         else:
             plan = await self.plan(state, stored)
         self._log_plan(plan, state)
