@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(run, "--reload", "how to tell nginx about new certificates", "none", choices=KINDS)
     _opt(run, "--reload-target", "docker: container name or label=KEY=VALUE; signal: PID or PID file; "
          "command: a command line")  # fmt: skip
+    _opt(run, "--self-check-via", "before asking the CA to validate, fetch the challenge through HOST:PORT "
+         "(Host: the name) instead of http://NAME/", metavar="HOST:PORT")
+    _opt(run, "--no-self-check", "ask the CA to validate without fetching the challenge through the front door first",
+         action="store_true")
     _opt(run, "--reload-verify", "after reloading, check by TLS handshake that HOST:PORT serves the new certificate",
          metavar="HOST:PORT")  # fmt: skip
     auth = run.add_argument_group("registry token service (enabled by --auth-htpasswd)")
@@ -170,6 +174,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         reload=ReloadTarget.parse(args.reload, args.reload_target),
         reload_verify=HostPort.parse(args.reload_verify, "--reload-verify address") if args.reload_verify else None,
         token_auth=_token_auth(args),
+        self_check=not args.no_self_check,
+        self_check_via=HostPort.parse(args.self_check_via, "--self-check-via address") if args.self_check_via else None,
     )
 
 

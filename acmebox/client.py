@@ -37,7 +37,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWK
 
 from acmebox import __version__
-from acmebox.challenges import Http01Tokens
+from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, NotADirectory
 
 log = logging.getLogger(__name__)
@@ -313,16 +313,24 @@ class AcmeClient:
         tokens: Http01Tokens,
         profile: str | None = None,
         replaces: str | None = None,
+        self_check: SelfCheck | None = None,
     ) -> str:
-        """Order, validate over HTTP-01, finalize, download. Returns the PEM full chain."""
+        """Order, validate over HTTP-01 (after `self_check` when given), finalize, download.
+        Returns the PEM full chain."""
         try:
             async with asyncio.timeout(ORDER_TIMEOUT):
-                return await self._issue(names, csr_pem, tokens, profile, replaces)
+                return await self._issue(names, csr_pem, tokens, profile, replaces, self_check)
         except TimeoutError:
             raise AcmeboxError(f"order for {', '.join(names)} did not complete in {ORDER_TIMEOUT:.0f}s") from None
 
     async def _issue(
-        self, names: tuple[str, ...], csr_pem: bytes, tokens: Http01Tokens, profile: str | None, replaces: str | None
+        self,
+        names: tuple[str, ...],
+        csr_pem: bytes,
+        tokens: Http01Tokens,
+        profile: str | None,
+        replaces: str | None,
+        self_check: SelfCheck | None,
     ) -> str:
         new = NewOrder(
             identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in names],
@@ -365,6 +373,8 @@ class AcmeClient:
                 token = challb.chall.encode("token")
                 tokens.present(token, key_authz)
                 presented.append(token)
+                if self_check is not None:
+                    await self_check(str(authz.identifier.value), token, key_authz)
                 await self._post(challb.uri, response)
                 pending.append(authz_url)
             for authz_url in pending:

@@ -131,6 +131,8 @@ class Config:
     reload: ReloadTarget | None = None
     reload_verify: HostPort | None = None
     token_auth: TokenAuth | None = None
+    self_check: bool = True
+    self_check_via: HostPort | None = None
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}

@@ -52,12 +52,18 @@ def _span(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
 
 
-def why_not_reusable(spec: CertSpec, stored: StoredCert | None, now: dt.datetime) -> str | None:
-    """None when `stored` serves `spec` as it is; otherwise why a new certificate is needed."""
+def why_not_reusable(spec: CertSpec, stored: StoredCert | None, now: dt.datetime, directory: str) -> str | None:
+    """None when `stored` serves `spec` as it is; otherwise why a new certificate is needed.
+    A certificate from another CA directory (staging, before switching to production) is not
+    reusable: it is replaced at once, not at its next renewal. One without a recorded directory
+    (taken over from certbot) is kept until then."""
     if stored is None:
         return "no certificate yet"
     if stored.placeholder:
         return "only a placeholder is in place"
+    issued_by = stored.meta.get("directory")
+    if issued_by is not None and issued_by != directory:
+        return f"issued by another CA directory ({issued_by})"
     if sorted(stored.names) != sorted(spec.names):
         return f"names changed (on disk: {', '.join(stored.names)})"
     if stored.key_type != spec.key_type:
@@ -146,7 +152,7 @@ class CertMaintainer:
             why = (f"backoff after {state.failures} failure(s): {state.last_error}" if state.failures
                    else f"held back: {state.last_error}")  # fmt: skip
             return Plan(state.next_attempt, why, state.next_attempt)
-        reason = why_not_reusable(self.spec, stored, now)
+        reason = why_not_reusable(self.spec, stored, now, self.directory)
         if reason is not None or stored is None:
             decision, wake = renewal.Decision(now, reason or "no certificate yet"), now
         else:
@@ -158,7 +164,10 @@ class CertMaintainer:
                 decision = renewal.decide(stored.not_before, stored.not_after)
                 wake = min(decision.at, self._ari_retry_at) if self._ari_retry_at else decision.at
         recent = state.last_success
-        if self._request is None and recent is not None and decision.at < recent + MIN_SPACING:
+        # A configuration change (names, key type, profile, CA directory) is acted on at once:
+        # the new certificate ends the difference, so it cannot loop.
+        may_loop = stored is None or stored.placeholder or reason is None or stored.not_after <= now
+        if self._request is None and may_loop and recent is not None and decision.at < recent + MIN_SPACING:
             # A CA (or clock) that makes each fresh certificate due at once, or expired on
             # arrival, must not cause a loop of orders; an operator's `acmebox renew` is not a
             # loop and goes through. The ledger bounds what gets past this.

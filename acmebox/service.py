@@ -17,7 +17,7 @@ from acme import crypto_util
 
 from acmebox import control, keys, placeholder, registry_token, renewal, webapp
 from acmebox.account import AccountFiles
-from acmebox.challenges import Http01Tokens
+from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.client import AcmeClient
 from acmebox.clock import Clock
 from acmebox.config import CertSpec, Config
@@ -47,6 +47,8 @@ class Service:
         self.store = CertStore(config.certs_dir)
         self.states = StateStore(config.state_dir)
         self.tokens = Http01Tokens()
+        via = config.self_check_via
+        self.self_check = SelfCheck((via.host, via.port) if via else None) if config.self_check else None
         self.metrics = Metrics()
         self.account = AccountFiles.for_directory(config.state_dir, config.directory)
         self.reloader = Reloader(
@@ -180,13 +182,13 @@ class Service:
         key_pem = keys.to_pem(keys.generate(spec.key_type))
         csr_pem = crypto_util.make_csr(key_pem, list(spec.names))
         try:
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces)
+            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check)
         except CAProblem as e:
             if e.short_type != "accountDoesNotExist" and not account_deactivated(e):
                 raise
             log.warning("the CA no longer knows account %s (%s); logging in again", client.account_url, e.detail)
             await self._login(client)
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces)
+            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check)
         meta = {
             "names": list(spec.names),
             "key_type": spec.key_type,
@@ -252,14 +254,14 @@ class Service:
                 failed = failed or e
                 continue
             stored = self.store.current(m.name)
-            missing = why_not_reusable(m.spec, stored, self.clock.now())
+            missing = why_not_reusable(m.spec, stored, self.clock.now(), self.config.directory)
             if plan is not None and stored is not None and missing is None:
                 log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
                          m.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
-            if missing is not None and m.state is not None:
+            if missing is not None and plan is not None:
                 failed = failed or AcmeboxError(
-                    f"{m.name}: {missing}, and attempts are backing off until {m.state.next_attempt} after: "
-                    f"{m.state.last_error} (--force-renew tries now)"
+                    f"{m.name}: {missing}; next attempt {plan.at:%Y-%m-%dT%H:%M:%SZ} because of {plan.reason} "
+                    f"(--force-renew tries now)"
                 )
         await self.reloader.wait_idle()
         if failed is not None:

@@ -252,7 +252,7 @@ def test_a_damaged_state_file_is_moved_aside_and_counts_as_a_failure(
     assert list(path.parent.glob(f"{name}.json.unreadable-*")), "moved aside, not lost"
     state = state_of(dirs, name)
     assert state["failures"] == 1, "the backoff errs on the safe side: failed just now"
-    assert out.returncode == 1 and "backing off" in out.stderr
+    assert out.returncode == 1 and "backoff after 1 failure" in out.stderr
 
 
 def test_a_naive_timestamp_is_read_as_utc(pebble: Pebble, dirs: Dirs) -> None:
