@@ -49,6 +49,12 @@ class CAProblem(AcmeboxError):
         return self.typ.rsplit(":", 1)[-1]
 
 
+class AccountRefused(CAProblem):
+    """The CA refused the account itself for a reason that waiting does not fix (external
+    account binding missing or wrong, a contact it does not accept): a matter of configuration,
+    so `--once` reports it without recording a backoff that would delay the corrected run."""
+
+
 class Deferred(AcmeboxError):
     """Not a failure of the CA: acmebox itself holds back an order until `until` (a full
     disk, a wrong clock, the order ledger). No order was placed for it."""

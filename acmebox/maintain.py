@@ -24,7 +24,16 @@ from acmebox import renewal
 from acmebox.client import AcmeClient, ari_cert_id
 from acmebox.clock import Clock
 from acmebox.config import CertSpec
-from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, ClockError, Deferred, DiskError
+from acmebox.errors import (
+    AccountRefused,
+    AcmeboxError,
+    CAProblem,
+    CAUnreachable,
+    ClockError,
+    ConfigError,
+    Deferred,
+    DiskError,
+)
 from acmebox.fsutil import space_problem
 from acmebox.ledger import Ledger, LedgerRefusal
 from acmebox.metrics import Metrics
@@ -36,7 +45,7 @@ log = logging.getLogger(__name__)
 
 ARI_RETRY_ON_ERROR = dt.timedelta(hours=1)
 MIN_SPACING = dt.timedelta(minutes=5)  # between two scheduled renewals of one certificate
-MIN_FREE = 64 * 1024  # bytes free in the certs and state dirs before ordering (a version takes ~20 KiB)
+MIN_FREE = 24 * 1024  # bytes free in the certs and state dirs before ordering: one version, in 4 KiB blocks
 DISK_RECHECK = dt.timedelta(minutes=5)
 MAX_CLOCK_SKEW = dt.timedelta(hours=1)  # certificates are backdated by about that much
 CLOCK_RECHECK = dt.timedelta(hours=1)
@@ -149,8 +158,7 @@ class CertMaintainer:
         if forced:
             return Plan(now, "renewal requested (--force)", now)
         if state.next_attempt is not None and now < state.next_attempt:
-            why = (f"backoff after {state.failures} failure(s): {state.last_error}" if state.failures
-                   else f"held back: {state.last_error}")  # fmt: skip
+            why = f"backoff after {state.failures} failure(s): {state.last_error}"
             return Plan(state.next_attempt, why, state.next_attempt)
         reason = why_not_reusable(self.spec, stored, now, self.directory)
         if reason is not None or stored is None:
@@ -246,6 +254,8 @@ class CertMaintainer:
         log.info("%s: %s now (%s)", self.name, "installing" if kept else "renewing", plan.reason)
         try:
             new = self._install(kept) if kept is not None else await self._attempt(stored)
+        except (ConfigError, AccountRefused):
+            raise  # bad input (--once: no CA at that URL, EAB missing): nothing to back off from once fixed
         except AcmeboxError as e:
             self._failed(state, e)
             raise
@@ -379,8 +389,8 @@ class CertMaintainer:
 
     def _failed(self, state: CertState, e: AcmeboxError) -> None:
         now = self.clock.now()
-        if isinstance(e, Deferred):
-            # acmebox held the order back itself: not a CA failure, so the backoff does not grow.
+        state.failures += 1
+        if isinstance(e, Deferred):  # acmebox held the order back itself, and says until when
             problem = {LedgerRefusal: "ledger", ClockError: "clock", DiskError: "disk"}.get(type(e), "held")
             state.next_attempt = e.until
         else:
@@ -388,7 +398,6 @@ class CertMaintainer:
                 e.short_type if isinstance(e, CAProblem) else "connection" if isinstance(e, CAUnreachable) else "other"
             )
             retry_after = e.retry_after if isinstance(e, CAProblem) else None
-            state.failures += 1
             state.next_attempt = now + renewal.backoff(state.failures, retry_after, self.rng)
         state.last_failure = now
         state.last_error = str(e)

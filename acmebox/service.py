@@ -21,7 +21,7 @@ from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.client import AcmeClient
 from acmebox.clock import Clock
 from acmebox.config import CertSpec, Config
-from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, ConfigError
+from acmebox.errors import AccountRefused, AcmeboxError, CAProblem, CAUnreachable, ConfigError
 from acmebox.fsutil import atomic_write
 from acmebox.maintain import CertMaintainer, why_not_reusable
 from acmebox.metrics import Metrics
@@ -33,6 +33,7 @@ from acmebox.store import CertStore, StoredCert
 log = logging.getLogger(__name__)
 
 CONNECT_RETRY = (5, 30, 120, 600)  # seconds between attempts to reach an unreachable CA
+TRANSIENT = {"badNonce", "serverInternal", "rateLimited"}  # problems at connect that waiting may fix
 
 
 def account_deactivated(e: CAProblem) -> bool:
@@ -57,6 +58,9 @@ class Service:
         )  # fmt: skip
         self._client: AcmeClient | None = None
         self._connected = asyncio.Event()
+        self._once = False
+        self._connect_lock = asyncio.Lock()
+        self._connect_error: AcmeboxError | None = None
         self.ca_error: str | None = "not connected to the CA yet"
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -105,6 +109,23 @@ class Service:
     # -- the CA -------------------------------------------------------------------------------
 
     async def client(self) -> AcmeClient:
+        """The connected client. The service connects at start and maintainers wait for it;
+        `--once` connects on first need, so a run with nothing due sends no request, and a
+        connect failure becomes the asking certificate's failure, with its persisted backoff."""
+        if self._once:
+            async with self._connect_lock:
+                if self._client is None and self._connect_error is None:
+                    try:
+                        await self.connect()
+                    except CAUnreachable as e:  # exit 2 in --once: most likely a wrong --directory
+                        self._connect_error = ConfigError(f"{self.config.directory}: {e}")
+                    except CAProblem as e:
+                        transient = e.retry_after is not None or e.short_type in TRANSIENT
+                        self._connect_error = e if transient else AccountRefused(e.typ, e.detail)
+                    except AcmeboxError as e:
+                        self._connect_error = e
+                if self._connect_error is not None:
+                    raise self._connect_error
         await self._connected.wait()
         assert self._client is not None
         return self._client
@@ -240,10 +261,7 @@ class Service:
     # -- running ------------------------------------------------------------------------------
 
     async def run_once(self, force: bool) -> int:
-        try:
-            await self.connect()
-        except CAUnreachable as e:
-            raise ConfigError(f"{self.config.directory}: {e}") from None
+        self._once = True
         failed: AcmeboxError | None = None
         for m in self.maintainers.values():
             if force:
