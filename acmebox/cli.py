@@ -27,9 +27,12 @@ from acmebox.config import (
     TokenAuth,
     certs_from_toml,
     normalize_email,
+    parse_key_group,
+    parse_key_mode,
 )
 from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.keys import KEY_TYPES
+from acmebox.names import canonical_name
 from acmebox.reload import KINDS, ReloadTarget
 
 log = logging.getLogger("acmebox")
@@ -106,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(run, "--listen", "HOST:PORT of the challenge, health and metrics server", "0.0.0.0:8080")
     _opt(run, "--key-type", "certificate key type", "ec256", choices=KEY_TYPES)
     _opt(run, "--profile", "ACME profile to ask for, e.g. shortlived")
+    _opt(run, "--key-group", "group (name or GID) given privkey.pem and combined.pem on every write "
+         "(default: the previous key's group)")  # fmt: skip
+    _opt(run, "--key-mode", "permissions of privkey.pem and combined.pem, e.g. 0640 (default: the previous "
+         "key's, 0600 for a first key; 0640 with --key-group)")  # fmt: skip
     _opt(run, "--eab-kid", "external account binding key id")
     _opt(run, "--eab-hmac-key", "external account binding HMAC key, base64url")
     _opt(run, "--no-ari", "ignore the CA's renewal information (ARI); renew by lifetime only", action="store_true")
@@ -156,6 +163,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     domains = args.domain or ([] if specs else _split(_env("DOMAIN", "DOCKER_REGISTRY_DOMAIN_NAME")))
     if domains or not specs:
         specs.insert(0, CertSpec.build(domains, args.key_type, args.profile))
+    _warn_if_not_canonical(specs[0].names)
+    key_group = parse_key_group(args.key_group) if args.key_group else None
+    key_mode = parse_key_mode(args.key_mode) if args.key_mode else (0o640 if key_group is not None else None)
     return Config(
         certs=tuple(specs),
         email=normalize_email(email) if email else None,
@@ -170,7 +180,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
         reload=ReloadTarget.parse(args.reload, args.reload_target),
         reload_verify=HostPort.parse(args.reload_verify, "--reload-verify address") if args.reload_verify else None,
         token_auth=_token_auth(args),
+        key_mode=key_mode,
+        key_group=key_group,
     )
+
+
+def _warn_if_not_canonical(names: tuple[str, ...]) -> None:
+    """The compose file hands DOCKER_REGISTRY_DOMAIN_NAME to nginx's template as typed; if that
+    is not the canonical form, nginx looks for a live/ directory acmebox never writes."""
+    typed = (os.environ.get("DOCKER_REGISTRY_DOMAIN_NAME") or "").strip()
+    try:
+        same = bool(typed) and canonical_name(typed) == names[0]
+    except ConfigError:
+        return
+    if same and typed != names[0]:
+        log.warning("DOCKER_REGISTRY_DOMAIN_NAME=%r: the certificate is written to live/%s/; nginx's template "
+                    "must use that form (compose/start-registry.sh writes it to .env)", typed, names[0])  # fmt: skip
 
 
 def _token_auth(args: argparse.Namespace) -> TokenAuth | None:
