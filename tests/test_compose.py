@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,14 @@ def test_compose_refuses_a_missing_domain() -> None:
     assert out.returncode != 0 and "DOCKER_REGISTRY_DOMAIN_NAME" in out.stderr
 
 
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment for start-registry.sh: no DOCKER_REGISTRY_* from outside, and the test
+    virtualenv's python3 first on PATH (the script asks acmebox for the canonical name)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_REGISTRY_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return {**env, **extra}
+
+
 @pytest.fixture
 def compose_copy(tmp_path: Path) -> Path:
     """A copy of compose/ beside a copy of nginx/, so the script writes into tmp, not the repo."""
@@ -75,14 +84,15 @@ def compose_copy(tmp_path: Path) -> Path:
         (["*.example.com", "a@example.com"], "bad DOMAIN '*.example.com'"),
         (["192.0.2.1", "a@example.com"], "bad DOMAIN '192.0.2.1'"),
         (["bad..example.com", "a@example.com"], "bad DOMAIN"),
+        (["exa\u200bmple.com", "a@example.com"], "contains U+200B (zero width space)"),
+        (["xn--zz.example.com", "a@example.com"], "bad DOMAIN 'xn--zz.example.com': malformed domain name"),
         (["registry.example.com", "not-an-email"], "bad EMAIL 'not-an-email'"),
         (["a.example.com", "a@example.com", "extra"], "too many arguments"),
         (["--frobnicate"], "unknown option --frobnicate"),
     ],
 )
 def test_start_script_refuses_bad_arguments(compose_copy: Path, args: list[str], message: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_REGISTRY_")}
-    out = subprocess.run(["bash", str(compose_copy), *args], capture_output=True, text=True, env=env)
+    out = subprocess.run(["bash", str(compose_copy), *args], capture_output=True, text=True, env=script_env())
     assert out.returncode == 2
     assert out.stderr.startswith("start-registry.sh: ") and message in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -91,7 +101,7 @@ def test_start_script_refuses_bad_arguments(compose_copy: Path, args: list[str],
 
 def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
     out = subprocess.run(["bash", str(compose_copy), "--prepare-only", "--staging", "Registry.Example.com",
-                          "ops@example.com"], capture_output=True, text=True)  # fmt: skip
+                          "ops@example.com"], capture_output=True, text=True, env=script_env())  # fmt: skip
     assert out.returncode == 0, out.stderr
     here = compose_copy.parent
     env = dict(line.split("=", 1) for line in (here / ".env").read_text().splitlines())
@@ -105,8 +115,8 @@ def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
 
     # The old stack's environment variables work as well as the arguments.
     (here / ".env").unlink()
-    env_vars = {**os.environ, "DOCKER_REGISTRY_DOMAIN_NAME": "r.example.org",
-                "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "x@example.org"}  # fmt: skip
+    env_vars = script_env(DOCKER_REGISTRY_DOMAIN_NAME="R.Example.org.",
+                          DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="x@example.org")  # fmt: skip
     out = subprocess.run(["bash", str(compose_copy), "--prepare-only"], capture_output=True, text=True, env=env_vars)
     assert out.returncode == 0, out.stderr
     assert "DOCKER_REGISTRY_DOMAIN_NAME=r.example.org" in (here / ".env").read_text()

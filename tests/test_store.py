@@ -53,7 +53,8 @@ def test_save_switches_and_prunes(tmp_path: Path) -> None:
         assert stored.version == f"{i + 1:04d}"
         current = store.current("registry.test")
         assert current is not None and current.serial == stored.serial and current.version == stored.version
-        assert current.meta == {"placeholder": False} and current.path == tmp_path / "archive" / "registry.test" / stored.version
+        assert current.meta == {"placeholder": False}
+        assert current.path == tmp_path / "archive" / "registry.test" / stored.version
         if i == 0:
             inode = live.stat().st_ino
     # live/<name> is one directory for good (a bind mount of it keeps seeing renewals), of real files
