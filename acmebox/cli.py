@@ -255,10 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command == "status":
             return commands.status(args.certs_dir, args.state_dir)
+        name = canonical_name(args.name) if getattr(args, "name", None) else None  # as `run` wrote it
         if args.command == "renew":
-            return commands.renew(args.state_dir, args.name, args.force, args.timeout)
+            return commands.renew(args.state_dir, name, args.force, args.timeout)
         if args.command == "revoke":
-            return asyncio.run(commands.revoke(args.certs_dir, args.state_dir, args.name, args.reason, args.ca_bundle))
+            assert name is not None
+            return asyncio.run(commands.revoke(args.certs_dir, args.state_dir, name, args.reason, args.ca_bundle))
         raise ConfigError(f"unknown command {args.command}")
     except AcmeboxError as e:
         print(f"acmebox: error: {e}", file=sys.stderr)

@@ -210,7 +210,12 @@ class CertStore:
             log.warning("certificate %s: live/%s/ is not readable as a key and chain (%s); it will be "
                         "replaced by the next certificate", name, name, e.strerror or e)  # fmt: skip
             return
-        stored = self.save(name, key_pem, fullchain_pem, {"migrated_from": "certbot"})
+        meta: dict[str, Any] = {"migrated_from": "certbot" if any(p.is_symlink() for p in live.iterdir()) else "files"}
+        renewal_conf = self.root / "renewal" / f"{name}.conf"
+        server = re.search(r"(?m)^\s*server\s*=\s*(\S+)", _read_text(renewal_conf))
+        if server:  # certbot's record of the CA: the renewal then asks that CA to replace it
+            meta["directory"] = server.group(1)
+        stored = self.save(name, key_pem, fullchain_pem, meta)
         log.info("certificate %s: took over live/%s/ (serial %x) as version %s, without a new order",
                  name, name, stored.serial, stored.version)  # fmt: skip
 
@@ -360,6 +365,13 @@ class CertStore:
 
 def _may_use_group(gid: int) -> bool:
     return os.geteuid() == 0 or gid == os.getegid() or gid in os.getgroups()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _json(obj: dict[str, Any]) -> bytes:

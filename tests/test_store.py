@@ -102,7 +102,10 @@ def certbot_layout(root: Path, name: str, versions: int = 2) -> list[tuple[bytes
         (live / f"{kind}.pem").symlink_to(f"../../archive/{name}/{kind}{versions}.pem")
     (live / "README").write_text("certbot's README\n")
     (root / "renewal").mkdir()
-    (root / "renewal" / f"{name}.conf").write_text(f"archive_dir = {archive}\n")
+    (root / "renewal" / f"{name}.conf").write_text(
+        f"version = 2.11.0\narchive_dir = {archive}\n[renewalparams]\nauthenticator = webroot\n"
+        "server = https://acme-v02.api.letsencrypt.org/directory\n"
+    )
     return pairs
 
 
@@ -119,7 +122,7 @@ def test_takes_over_a_certbot_live_directory(tmp_path: Path) -> None:
     assert not [p for p in live.iterdir() if p.is_symlink()] and consistent(live)
     found = store.current("old.test")
     assert found is not None and found.serial == serial and found.version == "0001"
-    assert found.meta == {"migrated_from": "certbot"}
+    assert found.meta == {"migrated_from": "certbot", "directory": "https://acme-v02.api.letsencrypt.org/directory"}
     key = (live / "privkey.pem").stat()
     assert (stat.S_IMODE(key.st_mode), key.st_gid) == (0o640, 101)  # the admin's permissions survive
     store.prepare()  # a second start changes nothing
