@@ -19,6 +19,7 @@ import idna
 
 from acmebox.errors import ConfigError
 
+MIN_IDNA = (3, 7)  # as pyproject.toml requires
 MAX_NAMES = 100  # per certificate: Let's Encrypt's limit on names in one order
 _LDH_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -88,7 +89,11 @@ def canonical_names(raw_names: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """`python -m acmebox.names NAME...`: each canonical form on its own line, or one error
-    line and exit code 2 (compose/start-registry.sh uses this)."""
+    line and exit code 2 (compose/start-registry.sh uses this). Exit code 1 when this
+    python's `idna` is older than acmebox requires: the script then asks the image instead."""
+    if tuple(int(p) for p in idna.__version__.split(".")[:2] if p.isdigit()) < MIN_IDNA:
+        print(f"acmebox: idna {idna.__version__} is older than {'.'.join(map(str, MIN_IDNA))}", file=sys.stderr)
+        return 1
     try:
         for name in canonical_names(argv):
             print(name)
