@@ -332,8 +332,9 @@ class CertStore:
         fsync_dir(self.live)
 
     def _key_perms(self, name: str, previous: os.stat_result | None = None) -> KeyPerms:
-        """The flags when given; else the previous key's group and group bits (certbot keeps
-        them too, since its PR 6480); else 0600 and the process's group."""
+        """The flags when given; else the previous key's group bits and, when they grant
+        anything, its group (certbot keeps them too, since its PR 6480); else 0600 and the
+        process's group."""
         if previous is None:
             try:
                 previous = (self.live / name / "privkey.pem").stat()
@@ -345,7 +346,9 @@ class CertStore:
             mode = (previous.st_mode & 0o660) | 0o400
         else:
             mode = 0o600
-        gid = self.key_group if self.key_group is not None else (previous.st_gid if previous else None)
+        gid = self.key_group
+        if gid is None and previous is not None and previous.st_mode & 0o060:  # a group that has no access is no loss
+            gid = previous.st_gid
         if gid is not None and self.key_group is None and not _may_use_group(gid):
             log.error("certificate %s: cannot keep group %d on privkey.pem: acmebox (uid %d) is not a member; "
                       "readers in that group lose access (pass --key-group and add acmebox to the group)",

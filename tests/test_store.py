@@ -7,10 +7,12 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -348,3 +350,42 @@ def test_killed_writer_never_leaves_a_mismatched_pair_in_any_mount_view(tmp_path
         reader.wait()
     assert bad == 0 and checks > 1000, (checks, bad)
     assert len(seen_versions) > 5
+
+
+AS_NOBODY = """
+import datetime as dt, logging, os, sys
+from pathlib import Path
+from acmebox import placeholder
+from acmebox.store import CertStore
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+store = CertStore(Path(sys.argv[1]))
+store.prepare()
+store.save("a.test", *placeholder.make(("a.test",), "ec256", dt.datetime.now(dt.UTC)), {})
+st = (Path(sys.argv[1]) / "live" / "a.test" / "privkey.pem").stat()
+print(oct(st.st_mode & 0o777), st.st_gid)
+"""
+
+
+def test_a_group_acmebox_may_not_use_is_reported_not_fatal(tmp_path: Path) -> None:
+    """acmebox not root (as in its image): a previous key of root's group without group bits
+    (certbot's) is no loss and says nothing; a reader's group it cannot give is an error line,
+    and the renewal still happens."""
+    top = Path(tempfile.mkdtemp(prefix="acmebox-nobody-", dir="/tmp"))  # pytest's tmp is root-only
+    try:
+        certs = top / "certs"
+        store = CertStore(certs)
+        store.prepare()
+        store.save("a.test", *make_cert(["a.test"]), {})
+        subprocess.run(["chown", "-R", "65534:65534", str(top)], check=True)
+        key = certs / "live" / "a.test" / "privkey.pem"
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", AS_NOBODY,
+                   str(certs)]  # fmt: skip
+        for gid, mode, expected, logged in ((0, 0o600, "0o600 65534", False), (101, 0o640, "0o640 65534", True)):
+            os.chown(key, 65534, gid)
+            key.chmod(mode)
+            out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.strip() == expected
+            assert ("cannot keep group 101 on privkey.pem" in out.stderr) == logged, out.stderr
+    finally:
+        shutil.rmtree(top)
