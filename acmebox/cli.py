@@ -27,9 +27,12 @@ from acmebox.config import (
     TokenAuth,
     certs_from_toml,
     normalize_email,
+    parse_key_group,
+    parse_key_mode,
 )
 from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.keys import KEY_TYPES
+from acmebox.names import canonical_name
 from acmebox.reload import KINDS, ReloadTarget
 
 log = logging.getLogger("acmebox")
@@ -106,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(run, "--listen", "HOST:PORT of the challenge, health and metrics server", "0.0.0.0:8080")
     _opt(run, "--key-type", "certificate key type", "ec256", choices=KEY_TYPES)
     _opt(run, "--profile", "ACME profile to ask for, e.g. shortlived")
+    _opt(run, "--key-group", "group (name or GID) given privkey.pem and combined.pem on every write "
+         "(default: the previous key's group)")  # fmt: skip
+    _opt(run, "--key-mode", "permissions of privkey.pem and combined.pem, e.g. 0640 (default: the previous "
+         "key's, 0600 for a first key; 0640 with --key-group)")  # fmt: skip
     _opt(run, "--eab-kid", "external account binding key id")
     _opt(run, "--eab-hmac-key", "external account binding HMAC key, base64url")
     _opt(run, "--no-ari", "ignore the CA's renewal information (ARI); renew by lifetime only", action="store_true")
@@ -160,6 +167,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     domains = args.domain or ([] if specs else _split(_env("DOMAIN", "DOCKER_REGISTRY_DOMAIN_NAME")))
     if domains or not specs:
         specs.insert(0, CertSpec.build(domains, args.key_type, args.profile))
+    _warn_if_not_canonical(specs[0].names)
+    key_group = parse_key_group(args.key_group) if args.key_group else None
+    key_mode = parse_key_mode(args.key_mode) if args.key_mode else (0o640 if key_group is not None else None)
     return Config(
         certs=tuple(specs),
         email=normalize_email(email) if email else None,
@@ -176,7 +186,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
         token_auth=_token_auth(args),
         self_check=not args.no_self_check,
         self_check_via=HostPort.parse(args.self_check_via, "--self-check-via address") if args.self_check_via else None,
+        key_mode=key_mode,
+        key_group=key_group,
     )
+
+
+def _warn_if_not_canonical(names: tuple[str, ...]) -> None:
+    """The compose file hands DOCKER_REGISTRY_DOMAIN_NAME to nginx's template as typed; if that
+    is not the canonical form, nginx looks for a live/ directory acmebox never writes."""
+    typed = (os.environ.get("DOCKER_REGISTRY_DOMAIN_NAME") or "").strip()
+    try:
+        same = bool(typed) and canonical_name(typed) == names[0]
+    except ConfigError:
+        return
+    if same and typed != names[0]:
+        log.warning("DOCKER_REGISTRY_DOMAIN_NAME=%r: the certificate is written to live/%s/; nginx's template "
+                    "must use that form (compose/start-registry.sh writes it to .env)", typed, names[0])  # fmt: skip
 
 
 def _token_auth(args: argparse.Namespace) -> TokenAuth | None:
@@ -236,10 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command == "status":
             return commands.status(args.certs_dir, args.state_dir)
+        name = canonical_name(args.name) if getattr(args, "name", None) else None  # as `run` wrote it
         if args.command == "renew":
-            return commands.renew(args.state_dir, args.name, args.force, args.timeout)
+            return commands.renew(args.state_dir, name, args.force, args.timeout)
         if args.command == "revoke":
-            return asyncio.run(commands.revoke(args.certs_dir, args.state_dir, args.name, args.reason, args.ca_bundle))
+            assert name is not None
+            return asyncio.run(commands.revoke(args.certs_dir, args.state_dir, name, args.reason, args.ca_bundle))
         raise ConfigError(f"unknown command {args.command}")
     except AcmeboxError as e:
         print(f"acmebox: error: {e}", file=sys.stderr)

@@ -6,7 +6,7 @@ Everything a user types passes through here first, so bad input fails with one c
 
 from __future__ import annotations
 
-import ipaddress
+import grp
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from acmebox.errors import ConfigError
 from acmebox.keys import KEY_TYPES
+from acmebox.names import canonical_name, canonical_names
 
 if TYPE_CHECKING:
     from acmebox.reload import ReloadTarget
@@ -22,33 +23,12 @@ if TYPE_CHECKING:
 LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LE_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _EMAIL = re.compile(r"^[^@\s,;:<>()\[\]\"]+@[^@\s,;:<>()\[\]\"]+\.[^@\s,;:<>()\[\]\".]+$")
 
 
 def normalize_domain(raw: str) -> str:
-    """A lower-case ASCII (punycode) DNS name that HTTP-01 can validate, or a ConfigError."""
-    name = raw.strip().rstrip(".").lower()
-    if not name:
-        raise ConfigError("empty domain name")
-    if "*" in name:
-        raise ConfigError(f"wildcard domain {raw!r}: HTTP-01 cannot validate wildcards; list each name instead")
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        pass
-    else:
-        raise ConfigError(f"{raw!r} is an IP address; acmebox issues certificates for DNS names only")
-    try:
-        name = name.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ConfigError(f"malformed domain name {raw!r}") from None
-    labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
-        raise ConfigError(f"malformed domain name {raw!r}")
-    if labels[-1].isdigit():
-        raise ConfigError(f"malformed domain name {raw!r}: the top-level label is numeric")
-    return name
+    """The canonical form of one name (see acmebox.names), or a ConfigError."""
+    return canonical_name(raw)
 
 
 def normalize_email(raw: str) -> str:
@@ -76,12 +56,7 @@ class CertSpec:
     def build(cls, raw_names: list[str], key_type: str = "ec256", profile: str | None = None) -> CertSpec:
         if not raw_names:
             raise ConfigError("no domain given: pass --domain (or set DOCKER_REGISTRY_DOMAIN_NAME)")
-        names: list[str] = []
-        for raw in raw_names:
-            name = normalize_domain(raw)
-            if name in names:
-                raise ConfigError(f"duplicate domain name {name!r}")
-            names.append(name)
+        names = canonical_names(raw_names)
         if key_type not in KEY_TYPES:
             raise ConfigError(f"unknown key type {key_type!r}; choose one of {', '.join(KEY_TYPES)}")
         return cls(tuple(names), key_type, profile or None)
@@ -133,6 +108,8 @@ class Config:
     token_auth: TokenAuth | None = None
     self_check: bool = True
     self_check_via: HostPort | None = None
+    key_mode: int | None = None  # None: keep the previous key's mode (0600 for a first key)
+    key_group: int | None = None  # None: keep the previous key's group
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -178,3 +155,29 @@ def certs_from_toml(path: Path, key_type: str, profile: str | None) -> tuple[lis
                                     entry.get("profile", profile)))  # fmt: skip
     email = data.get("email")
     return specs, str(email) if email else None
+
+
+def parse_key_mode(raw: str) -> int:
+    """`--key-mode`: octal permissions for privkey.pem and combined.pem, e.g. 0640. The owner
+    keeps read access; "other" never gets any (certbot's rule since its PR 6480)."""
+    text = raw.strip().lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{3,4}", text):
+        raise ConfigError(f"bad --key-mode {raw!r}: want octal permissions like 0600 or 0640")
+    mode = int(text, 8)
+    if mode & 0o007:
+        raise ConfigError(f"--key-mode {raw}: a private key must not be accessible to others (want 0600 or 0640)")
+    if mode & ~0o660 or not mode & 0o400:
+        raise ConfigError(f"--key-mode {raw}: want read (and write) bits for owner and group only, e.g. 0640")
+    return mode
+
+
+def parse_key_group(raw: str) -> int:
+    """`--key-group`: a group name known here, or a numeric GID (another container's group
+    need not exist in this one)."""
+    text = raw.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ConfigError(f"--key-group {raw!r}: no such group here; give its numeric GID instead") from None

@@ -18,11 +18,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create `path` (which must not exist) with `mode` from the first byte on, and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+def write_new(path: Path, data: bytes, mode: int, gid: int | None = None) -> None:
+    """Create `path` (which must not exist) with `mode` (and group `gid`, when given), and fsync
+    it. The file is owner-only until its group and mode are set, so a key is never readable by
+    a group it was not meant for, not even for an instant."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.fchmod(fd, mode)  # the umask may have narrowed or the caller may want it wider
+        if gid is not None and os.fstat(fd).st_gid != gid:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)  # the umask may have narrowed it, or the caller wants it wider
         os.write(fd, data)
         os.fsync(fd)
     finally:

@@ -45,7 +45,7 @@ class Service:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or Clock()
-        self.store = CertStore(config.certs_dir)
+        self.store = CertStore(config.certs_dir, key_mode=config.key_mode, key_group=config.key_group)
         self.states = StateStore(config.state_dir)
         self.tokens = Http01Tokens()
         via = config.self_check_via

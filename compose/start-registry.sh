@@ -27,10 +27,26 @@ domain=${args[0]:-${DOCKER_REGISTRY_DOMAIN_NAME:-}}
 email=${args[1]:-${DOCKER_REGISTRY_CERT_EMAIL_ADDRESS:-}}
 [ -n "$domain" ] || die "missing DOMAIN: usage: start-registry.sh DOMAIN EMAIL"
 [ -n "$email" ] || die "missing EMAIL: usage: start-registry.sh DOMAIN EMAIL"
-domain=${domain,,}
-label='[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?'
-[[ "$domain" =~ ^($label\.)+[a-z][a-z0-9-]*[a-z0-9]$ ]] && [ ${#domain} -le 253 ] ||
-  die "bad DOMAIN '$domain': want a DNS name like registry.example.com (no wildcard, no IP)"
+
+# The name's canonical form (lower case, IDNA 2008 A-labels) comes from acmebox itself, so
+# nginx's template points at the live/ directory acmebox writes, however the name was typed.
+# python3 with the idna package runs acmebox/names.py from this checkout; without it, the
+# acmebox image does (built first).
+canonical_name() {
+  local out rc=0
+  out=$(PYTHONPATH="$here/.." python3 -m acmebox.names "$1" 2>&1) || rc=$?
+  if [ $rc -eq 127 ] || { [ $rc -ne 0 ] && [ $rc -ne 2 ]; }; then
+    command -v docker >/dev/null 2>&1 ||
+      die "cannot check DOMAIN: need python3 with the idna package, or docker"
+    (cd "$here" && { docker compose build -q acmebox 2>/dev/null || docker-compose build -q acmebox; }) >&2 ||
+      die "cannot check DOMAIN: building the acmebox image failed"
+    rc=0
+    out=$(docker run --rm --entrypoint python acmebox:local -m acmebox.names "$1" 2>&1) || rc=$?
+  fi
+  [ $rc -eq 0 ] || die "bad DOMAIN '$1': ${out#acmebox: error: }"
+  printf '%s\n' "$out"
+}
+domain=$(canonical_name "$domain") || exit 2
 [[ "$email" =~ ^[^@[:space:],\;]+@[^@[:space:],\;]+\.[^@[:space:],\;.]+$ ]] ||
   die "bad EMAIL '$email'"
 
@@ -57,6 +73,8 @@ echo "start-registry.sh: wrote $here/.env for $domain ($email)$([ $staging = 1 ]
 
 [ "$prepare_only" = 1 ] && exit 0
 cd "$here"
+# compose prefers the environment over .env: hand it the canonical form, not what was typed.
+export DOCKER_REGISTRY_DOMAIN_NAME=$domain DOCKER_REGISTRY_CERT_EMAIL_ADDRESS=$email
 if docker compose version >/dev/null 2>&1; then
   exec docker compose up -d --build
 else

@@ -17,7 +17,7 @@ echo "== Pebble is up at $PEBBLE_DIRECTORY; running acmebox"
   --certs-dir "$top/demo/certs" --state-dir "$top/demo/state" \
   --listen "127.0.0.1:$PEBBLE_HTTP_PORT"
 live="$top/demo/certs/live/registry.test"
-echo "== $live -> $(readlink "$live")"
+echo "== $live: version $(sed -n 's/.*"version": "\(.*\)".*/\1/p' "$live/meta.json")"
 ls -l "$live/"
 openssl x509 -in "$live/cert.pem" -noout -subject -issuer -serial -dates -ext subjectAltName
 echo "== key matches certificate: $( [ "$(openssl pkey -in "$live/privkey.pem" -pubout)" = "$(openssl x509 -in "$live/cert.pem" -noout -pubkey)" ] && echo yes || echo NO)"

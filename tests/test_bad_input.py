@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, pebble_args, run_acmebox
+from conftest import Dirs, Pebble, acmebox_env, pebble_args, run_acmebox
 
 
 def assert_usage_error(result: object, expected: str) -> None:
@@ -103,3 +107,39 @@ def test_operator_commands_without_a_service(tmp_path: Path) -> None:
     )
     status = run_acmebox("status", "--certs-dir", str(tmp_path / "none"), "--state-dir", str(tmp_path))
     assert status.returncode == 0 and "no certificates in" in status.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--key-mode", "0644"], "--key-mode 0644: a private key must not be accessible to others"),
+        (["--key-mode", "0604"], "must not be accessible to others"),
+        (["--key-mode", "0750"], "--key-mode 0750: want read (and write) bits for owner and group only"),
+        (["--key-mode", "0040"], "want read (and write) bits for owner and group only"),
+        (["--key-mode", "rw-r-----"], "bad --key-mode 'rw-r-----': want octal permissions"),
+        (["--key-group", "no-such-group-here"], "--key-group 'no-such-group-here': no such group here"),
+    ],
+)
+def test_bad_key_permission_flags(tmp_path: Path, flags: list[str], expected: str) -> None:
+    result = run_acmebox("run", "--once", "--domain", "a.test", *flags, "--certs-dir", str(tmp_path / "c"),
+                         "--state-dir", str(tmp_path / "s"))  # fmt: skip
+    assert_usage_error(result, expected)
+    assert not (tmp_path / "c").exists()
+
+
+def test_key_group_acmebox_may_not_use() -> None:
+    """Not root and not in the group: refused at start, before any order, not at the first save."""
+    top = Path(tempfile.mkdtemp(prefix="acmebox-keygroup-", dir="/tmp"))  # pytest's tmp is root-only
+    top.chmod(0o777)
+    try:
+        _refused_as_nobody(top)
+    finally:
+        shutil.rmtree(top)
+
+
+def _refused_as_nobody(top: Path) -> None:
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "acmebox",
+               "run", "--once", "--domain", "a.test", "--key-group", "101", "--certs-dir", str(top / "c"),
+               "--state-dir", str(top / "s"), "--directory", "https://127.0.0.1:1/dir"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=acmebox_env(), cwd=top, timeout=60)
+    assert_usage_error(result, "--key-group 101: acmebox (uid 65534) may not give files to that group")

@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ ROOT = COMPOSE.parent.parent
 
 
 def user_free_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the variables a user's own stack would set."""
+    """This process's environment without the variables a user's own stack would set, and the
+    test virtualenv's python3 first on PATH (start-registry.sh asks acmebox for the canonical name)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_REGISTRY_", "ACMEBOX_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return {**env, **extra}
 
 
@@ -81,6 +84,8 @@ def test_compose_refuses_a_missing_domain(compose_copy: Path) -> None:
         (["*.example.com", "a@example.com"], "bad DOMAIN '*.example.com'"),
         (["192.0.2.1", "a@example.com"], "bad DOMAIN '192.0.2.1'"),
         (["bad..example.com", "a@example.com"], "bad DOMAIN"),
+        (["exa\u200bmple.com", "a@example.com"], "contains U+200B (zero width space)"),
+        (["xn--zz.example.com", "a@example.com"], "bad DOMAIN 'xn--zz.example.com': malformed domain name"),
         (["registry.example.com", "not-an-email"], "bad EMAIL 'not-an-email'"),
         (["a.example.com", "a@example.com", "extra"], "too many arguments"),
         (["--frobnicate"], "unknown option --frobnicate"),
@@ -110,8 +115,8 @@ def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
 
     # The old stack's environment variables work as well as the arguments.
     (here / ".env").unlink()
-    env_vars = user_free_env(DOCKER_REGISTRY_DOMAIN_NAME="r.example.org",
-                             DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="x@example.org")
+    env_vars = user_free_env(DOCKER_REGISTRY_DOMAIN_NAME="R.Example.org.",
+                          DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="x@example.org")  # fmt: skip
     out = subprocess.run(["bash", str(compose_copy), "--prepare-only"], capture_output=True, text=True, env=env_vars)
     assert out.returncode == 0, out.stderr
     assert "DOCKER_REGISTRY_DOMAIN_NAME=r.example.org" in (here / ".env").read_text()

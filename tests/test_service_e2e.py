@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import urllib.request
@@ -33,6 +32,7 @@ from acmebox.client import ari_cert_id
 from acmebox.config import CertSpec, Config, HostPort
 from acmebox.reload import served_serial
 from acmebox.service import Service
+from acmebox.store import CertStore
 
 pytestmark = pytest.mark.e2e
 
@@ -102,10 +102,10 @@ def test_ari_windows_drive_renewal(pebble: Pebble, dirs: Dirs, tmp_path: Path) -
 
         # An operator rolls back to the first certificate, already replaced at the CA: the
         # CA refuses `replaces` for it, and the order goes again without.
-        link = dirs.certs / "live" / "ari.test"
-        rollback = dirs.certs / "live" / ".rollback"
-        rollback.symlink_to(os.readlink(link).replace("0003", "0002"))
-        os.replace(rollback, link)
+        first_version = dirs.certs / "archive" / "ari.test" / "0002"
+        CertStore(dirs.certs).save("ari.test", (first_version / "privkey.pem").read_bytes(),
+                                   (first_version / "fullchain.pem").read_bytes(),
+                                   json.loads((first_version / "meta.json").read_text()))  # fmt: skip
         assert live_cert(dirs, "ari.test") == first
         result = run_acmebox("renew", "--force", "ari.test", "--state-dir", str(dirs.state))
         assert result.returncode == 0, result.stderr + svc.log()
