@@ -4,15 +4,13 @@ Kinds (`--reload`): `docker` sends SIGHUP through the Docker API to the containe
 name or label; `signal` sends SIGHUP to a PID (or the PID in a PID file, e.g. with a shared
 PID namespace); `command` runs a command line (e.g. `nginx -s reload`); `none` does nothing.
 
-The Reloader coalesces: requests that arrive together (several certificates renewed in one
-go) cause one reload. After reloading it can check, by a TLS handshake with SNI to a given
-address, that the server now presents each new certificate's serial, and reloads again with
-backoff when it does not.
+The Reloader reconciles what the server presents with what the store holds (see Reloader).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
@@ -30,8 +28,11 @@ from acmebox.errors import ConfigError
 log = logging.getLogger(__name__)
 
 KINDS = ("docker", "signal", "command", "none")
-VERIFY_ATTEMPTS = 5
-VERIFY_FIRST_DELAY = 0.5  # seconds; doubles per attempt (nginx swaps workers gracefully)
+VERIFY_DELAY = 0.5  # seconds between a reload and the look at what is served (nginx swaps workers gracefully)
+RETRY_FIRST, RETRY_MAX = 1.0, 300.0  # seconds between reload attempts while a difference lasts
+OBSERVE_INTERVAL = 300.0  # seconds between looks at what is served when nothing changed
+LOOK_TIMEOUT = 30.0  # seconds for one look at every name
+ONCE_ATTEMPTS = 5  # `run --once` gives up (exit 1) after this many
 
 
 class ReloadFailed(Exception):
@@ -131,74 +132,143 @@ def served_serial(host: str, port: int, server_name: str, timeout: float = 5) ->
 OnResult = Callable[[str], None]  # called with "ok", "failed" or "mismatch" (for metrics)
 
 
-class Reloader:
-    """Coalesces reload requests; one task performs them, then verifies."""
+@dataclass(frozen=True)
+class Served:
+    """What the front door presented for one name at the last look."""
 
-    def __init__(self, target: ReloadTarget, verify: HostPort | None = None,
-                 on_result: OnResult | None = None, settle: float = 0.2) -> None:  # fmt: skip
+    serial: int | None  # None: no answer
+    error: str | None = None
+
+
+class Reloader:
+    """Makes the front door serve what the store holds, and says whether it does.
+
+    Desired: for each name, the serial of its live certificate (`request`, at start for every
+    live certificate and after every renewal). Observed, when `verify` is set: the serial the
+    server presents to a TLS handshake with that name as SNI, looked at after each change, after
+    each reload and every OBSERVE_INTERVAL. A difference has one action: reload, then look
+    again, with a backoff from RETRY_FIRST to RETRY_MAX seconds, for as long as the difference
+    lasts (`attempts` bounds it for `run --once`). Without `verify`, a change causes one reload,
+    retried the same way until the reload itself succeeds. Requests that arrive together (several
+    certificates renewed in one go) cause one reload. One task runs `run()`; the other methods
+    are called from the same event loop.
+    """
+
+    def __init__(self, target: ReloadTarget, verify: HostPort | None = None, on_result: OnResult | None = None,
+                 settle: float = 0.2, attempts: int | None = None,
+                 on_observed: Callable[[str, bool], None] | None = None) -> None:  # fmt: skip
         self.target = target
         self.verify = verify
         self.on_result = on_result or (lambda result: None)
+        self.on_observed = on_observed or (lambda name, matches: None)
         self.settle = settle  # wait this long for more requests before reloading
-        self._wanted: dict[str, int] = {}  # server name -> serial it should present
+        self.attempts = attempts
+        self.served: dict[str, Served] = {}  # name -> the last observation
+        self.failed = False  # gave up after `attempts` (only with a bound)
+        self._wanted: dict[str, int] = {}  # name -> serial it should present
+        self._changed = False  # a request since the last successful reload
         self._event = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
     def request(self, server_name: str, serial: int) -> None:
-        if self.target.kind == "none":
-            return
         self._wanted[server_name] = serial
+        self._changed = True
         self._idle.clear()
         self._event.set()
+
+    def matches(self, server_name: str) -> bool | None:
+        """Whether the server presented the wanted serial at the last look (None: not looked)."""
+        seen, wanted = self.served.get(server_name), self._wanted.get(server_name)
+        return None if seen is None or wanted is None else seen.serial == wanted
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
     async def run(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        failures = 0
         while True:
-            await self._event.wait()
+            if failures:
+                wait: float | None = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
+            else:
+                wait = OBSERVE_INTERVAL if self.verify is not None and self._wanted else None
+            if wait is None:
+                await self._event.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._event.wait(), wait)  # a new request cuts the wait short
             await sleep(self.settle)
             self._event.clear()
-            wanted, self._wanted = self._wanted, {}
-            await self._reload_and_verify(wanted, sleep)
-            if not self._event.is_set():
+            if await self._reconcile(sleep):
+                failures = 0
+            else:
+                failures += 1
+                if self.attempts is not None and failures >= self.attempts:
+                    log.error("giving up after %d attempts: the server does not serve the live certificate(s)",
+                              failures)  # fmt: skip
+                    self.failed, failures, self._changed = True, 0, False
+                    self._idle.set()
+                    continue
+            if not failures and not self._event.is_set():
                 self._idle.set()
 
-    async def _reload_and_verify(self, wanted: dict[str, int], sleep: Callable[[float], Awaitable[None]]) -> None:
-        delay = VERIFY_FIRST_DELAY
-        for attempt in range(1, VERIFY_ATTEMPTS + 1):
-            try:
-                what = await self.target.run()
-            except ReloadFailed as e:
-                log.error("reload failed (attempt %d/%d): %s", attempt, VERIFY_ATTEMPTS, e)
-                self.on_result("failed")
-            else:
-                log.info("reloaded: %s (for %s)", what, ", ".join(sorted(wanted)))
-                self.on_result("ok")
-                if self.verify is None or self.target.kind == "none":
-                    return
-                await sleep(delay)
-                wrong = await asyncio.to_thread(self._check, wanted)
-                if not wrong:
-                    log.info("verified: %s:%d now presents the new certificate(s)", self.verify.host, self.verify.port)
-                    return
-                log.error("after reload %s:%d still presents %s (attempt %d/%d)", self.verify.host,
-                          self.verify.port, "; ".join(wrong), attempt, VERIFY_ATTEMPTS)  # fmt: skip
-                self.on_result("mismatch")
-            await sleep(delay)
-            delay *= 2
-        log.error("giving up on reloading after %d attempts; will try again with the next change", VERIFY_ATTEMPTS)
+    async def _reconcile(self, sleep: Callable[[float], Awaitable[None]]) -> bool:
+        """One look and, where it differs, one reload and another look. True when done."""
+        if self.verify is not None:
+            wrong = await self._observe()
+            if not wrong:
+                self._changed = False
+                return True
+        elif not self._changed:
+            return True
+        if self.target.kind == "none":
+            self._changed = False
+            return True  # nothing can be done; /healthz reports what the last look saw
+        names = ", ".join(sorted(self._wanted))
+        try:
+            what = await self.target.run()
+        except ReloadFailed as e:
+            log.error("reload failed (%s); trying again", e)
+            self.on_result("failed")
+            return False
+        log.info("reloaded: %s (for %s)", what, names)
+        self.on_result("ok")
+        self._changed = False
+        if self.verify is None:
+            return True
+        await sleep(VERIFY_DELAY)
+        wrong = await self._observe()
+        if wrong:
+            log.error("after reload %s:%d still presents %s", self.verify.host, self.verify.port, "; ".join(wrong))
+            self.on_result("mismatch")
+            return False
+        log.info("verified: %s:%d now presents the new certificate(s)", self.verify.host, self.verify.port)
+        return True
 
-    def _check(self, wanted: dict[str, int]) -> list[str]:
-        assert self.verify is not None
+    async def _observe(self) -> list[str]:
+        """Look at what is served for every wanted name; returns the differences, as text."""
+        wanted = dict(self._wanted)
+        try:
+            seen = await asyncio.wait_for(asyncio.to_thread(self._look, list(wanted)), LOOK_TIMEOUT)
+        except TimeoutError:
+            seen = {name: Served(None, f"no TLS answer within {LOOK_TIMEOUT:.0f}s") for name in wanted}
+        self.served.update(seen)
         wrong = []
-        for name, serial in wanted.items():
-            try:
-                seen = served_serial(self.verify.host, self.verify.port, name)
-            except (OSError, ReloadFailed) as e:
-                wrong.append(f"{name}: no answer ({e})")
-                continue
-            if seen != serial:
-                wrong.append(f"{name}: serial {seen:x}, expected {serial:x}")
+        for name, serial in sorted(wanted.items()):
+            got = seen[name]
+            self.on_observed(name, got.serial == serial)
+            if got.serial is None:
+                wrong.append(f"{name}: no answer ({got.error})")
+            elif got.serial != serial:
+                wrong.append(f"{name}: serial {got.serial:x}, expected {serial:x}")
         return wrong
+
+    def _look(self, names: list[str]) -> dict[str, Served]:
+        assert self.verify is not None
+        out = {}
+        for name in names:
+            try:
+                out[name] = Served(served_serial(self.verify.host, self.verify.port, name))
+            except (OSError, ReloadFailed, ValueError) as e:
+                out[name] = Served(None, str(e) or type(e).__name__)
+        return out

@@ -26,7 +26,7 @@ from acmebox.fsutil import atomic_write
 from acmebox.maintain import CertMaintainer, why_not_reusable
 from acmebox.metrics import Metrics
 from acmebox.pending import Received
-from acmebox.reload import Reloader, ReloadTarget
+from acmebox.reload import ONCE_ATTEMPTS, Reloader, ReloadTarget
 from acmebox.state import StateStore
 from acmebox.store import CertStore, StoredCert
 
@@ -55,6 +55,7 @@ class Service:
         self.reloader = Reloader(
             config.reload or ReloadTarget("none"), config.reload_verify,
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
+            on_observed=lambda name, matches: self.metrics.served_matches.labels(name).set(int(matches)),
         )  # fmt: skip
         self._client: AcmeClient | None = None
         self._connected = asyncio.Event()
@@ -100,6 +101,12 @@ class Service:
                 line = f"{spec.name}: expiring {stored.not_after.isoformat()}"
             else:
                 line = f"{spec.name}: valid until {stored.not_after.isoformat()}"
+            served = self.reloader.served.get(spec.name)
+            if stored is not None and served is not None and self.reloader.matches(spec.name) is False:
+                ok = False
+                door = self.reloader.verify
+                line += (f"; but {door} serves serial {served.serial:x}, not {stored.serial:x}"
+                         if served.serial is not None else f"; but {door} does not answer ({served.error})")
             if state is not None and state.last_error is not None and state.next_attempt is not None:
                 ok = False
                 line += f"; failing: {state.last_error[:200]} (next attempt {state.next_attempt.isoformat()})"
@@ -284,10 +291,16 @@ class Service:
         await self.reloader.wait_idle()
         if failed is not None:
             raise failed
+        if self.reloader.failed:
+            raise AcmeboxError("the certificate(s) are stored, but the server was not reloaded onto them (see above)")
         return 0
 
     async def run_forever(self) -> int:
         self.write_placeholders()
+        for spec in self.config.certs:  # what the server should present from the start
+            stored = self.store.current(spec.name)
+            if stored is not None:
+                self.reloader.request(spec.name, stored.serial)
         pid_file = control.pid_file(self.config.state_dir)
         try:
             atomic_write(pid_file, f"{os.getpid()}\n".encode())
@@ -323,6 +336,8 @@ class Service:
             token_service = registry_token.build(t.htpasswd, t.key, t.cert, t.service, t.issuer, t.ttl, t.acl)
         app = webapp.build_app(self.tokens, self.health, self.metrics, token_service)
         runner = await webapp.start(app, self.config.listen)
+        if once:
+            self.reloader.attempts = ONCE_ATTEMPTS
         reloader = asyncio.ensure_future(self.reloader.run()) if once else None
         try:
             return await (self.run_once(force) if once else self.run_forever())

@@ -93,3 +93,90 @@ def test_no_validation_before_the_front_door_answers(tmp_path: Path, dirs: Dirs)
         if (run / "nginx.pid").exists():
             subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)
         stop_pebble(pebble)
+
+
+TLS_CONF = """
+worker_processes 1;
+daemon on;
+pid {run}/nginx.pid;
+error_log {run}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {run}/body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {certs}/live/served.test/fullchain.pem;
+        ssl_certificate_key {certs}/live/served.test/privkey.pem;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+
+def healthz(port: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_what_nginx_serves_is_reconciled_with_the_live_certificate(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
+    """A reload target that is wrong at first (the PID file appears later), then a restart after
+    a renewal nginx was never told about: each time acmebox sees the served serial differ from
+    the live one, says so in /healthz, and reloads until nginx serves the live certificate."""
+    from acmebox.reload import served_serial
+    from conftest import wait_sync
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    run = tmp_path / "nginx"
+    run.mkdir()
+    port = free_port()
+    conf = run / "nginx.conf"
+    conf.write_text(TLS_CONF.format(run=run, port=port, certs=dirs.certs))
+    later = run / "later.pid"
+    base = ["run", "--domain", "served.test", *pebble_args(pebble, dirs), "--no-ari", "--reload", "signal",
+            "--reload-verify", f"127.0.0.1:{port}"]  # fmt: skip
+
+    def serial() -> int:
+        return live_chain(dirs, "served.test")[0].serial_number
+
+    def served() -> int:
+        return served_serial("127.0.0.1", port, "served.test")
+
+    first = ServiceProcess([*base, "--reload-target", str(later)], tmp_path / "first.log")
+    try:
+        first.wait_log("wrote a self-signed placeholder")
+        subprocess.run([nginx, "-c", str(conf), "-p", str(run)], check=True, capture_output=True)
+        first.wait_log("certificate stored", timeout=60)
+        first.wait_log("reload failed")
+        status, body = healthz(pebble.http_port)
+        assert status == 503 and f"serves serial {served():x}, not {serial():x}" in body, body
+        shutil.copy(run / "nginx.pid", later)  # the target becomes right while acmebox runs
+        wait_sync(lambda: served() == serial(), timeout=60, what="nginx on the live certificate")
+        wait_sync(lambda: healthz(pebble.http_port)[0] == 200, timeout=30, what="/healthz 200")
+        assert "giving up" not in first.log()
+    finally:
+        first.stop()
+
+    # A renewal nginx never hears of (as if acmebox stopped between the save and the reload) ...
+    out = run_acmebox("run", "--once", "--force-renew", "--domain", "served.test", *pebble_args(pebble, dirs),
+                      "--no-ari")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert served() != serial()
+    # ... is put right by the next start, which compares instead of trusting.
+    second = ServiceProcess([*base, "--reload-target", str(run / "nginx.pid")], tmp_path / "second.log")
+    try:
+        wait_sync(lambda: served() == serial(), timeout=60, what="nginx reloaded at start")
+        assert "reloaded: SIGHUP sent" in second.log()
+    finally:
+        second.stop()
+        subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)

@@ -17,7 +17,7 @@ from cryptography import x509
 
 from acmebox import placeholder
 from acmebox.config import HostPort
-from acmebox.reload import VERIFY_ATTEMPTS, Reloader, ReloadTarget
+from acmebox.reload import Reloader, ReloadTarget
 
 
 async def no_wait(seconds: float) -> None:
@@ -80,13 +80,14 @@ async def test_changes_together_make_one_reload(tmp_path: Path) -> None:
 
 async def test_a_failing_reload_command_is_reported(tmp_path: Path) -> None:
     results: list[str] = []
-    reloader = Reloader(ReloadTarget.parse("command", "false"), on_result=results.append)
+    reloader = Reloader(ReloadTarget.parse("command", "false"), on_result=results.append, attempts=3)
     task = asyncio.create_task(reloader.run(sleep=no_wait))
     try:
         reloader.request("a.test", 1)
         await asyncio.sleep(0)
-        await asyncio.wait_for(reloader.wait_idle(), 10)
-        assert results == ["failed"] * VERIFY_ATTEMPTS
+        await asyncio.wait_for(reloader.wait_idle(), 30)
+        assert results == ["failed"] * 3
+        assert reloader.failed
     finally:
         task.cancel()
 
@@ -98,20 +99,21 @@ async def test_verification_catches_the_old_certificate(
     port, serial = tls_server
     results: list[str] = []
     reloader = Reloader(ReloadTarget.parse("command", "true"), HostPort("127.0.0.1", port),
-                        on_result=results.append)  # fmt: skip
+                        on_result=results.append, attempts=3)  # fmt: skip
     task = asyncio.create_task(reloader.run(sleep=no_wait))
     try:
         reloader.request("srv.test", serial + 1)  # the server never presents it
         await asyncio.sleep(0)
-        await asyncio.wait_for(reloader.wait_idle(), 30)
-        assert results == ["ok", "mismatch"] * VERIFY_ATTEMPTS
+        await asyncio.wait_for(reloader.wait_idle(), 60)
+        assert results == ["ok", "mismatch"] * 3
         assert f"still presents srv.test: serial {serial:x}, expected {serial + 1:x}" in caplog.text
+        assert reloader.matches("srv.test") is False
 
         results.clear()
-        reloader.request("srv.test", serial)
+        reloader.request("srv.test", serial)  # what it serves already: nothing to reload
         await asyncio.sleep(0)
         await asyncio.wait_for(reloader.wait_idle(), 30)
-        assert results == ["ok"]
-        assert "now presents the new certificate(s)" in caplog.text
+        assert results == []
+        assert reloader.matches("srv.test") is True
     finally:
         task.cancel()
