@@ -133,8 +133,9 @@ def test_what_nginx_serves_is_reconciled_with_the_live_certificate(pebble: Pebbl
     """A reload target that is wrong at first (the PID file appears later), then a restart after
     a renewal nginx was never told about: each time acmebox sees the served serial differ from
     the live one, says so in /healthz, and reloads until nginx serves the live certificate."""
-    from acmebox.reload import served_serial
     from conftest import wait_sync
+
+    from acmebox.reload import served_serial
 
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     run = tmp_path / "nginx"
