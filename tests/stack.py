@@ -251,13 +251,27 @@ def push_image(stack: Stack, repo: str, tag: str, token: str, layer: bytes = b"l
     return r.headers["Docker-Content-Digest"]
 
 
+FRONT_REDIRECT = """
+server {{
+    listen 127.0.0.1:{front};
+    access_log {run}/front.log;
+    return 301 https://{domain}:{https}$request_uri;
+}}
+"""
+
+
 @contextlib.contextmanager
-def running_stack(run: Path) -> Iterator[Stack]:
+def running_stack(run: Path, front_redirect: bool = False) -> Iterator[Stack]:
     """Everything up, in the order the compose file implies: acmebox (token certificate and
     placeholder), the registry, nginx on the placeholder; then Pebble, so the first real
-    certificate is validated through nginx and nginx reloaded onto it."""
-    http_port, https_port, acmebox_port, registry_port = (free_port() for _ in range(4))
-    pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(http_port))  # validates via nginx
+    certificate is validated through nginx and nginx reloaded onto it.
+
+    front_redirect: Pebble's VA dials a server in front instead of nginx's port-80 one, which
+    answers everything with a 301 to nginx's 443 server (as a CDN or load balancer that forces
+    https would); its requests are logged to nginx/front.log."""
+    http_port, https_port, acmebox_port, registry_port, front_port = (free_port() for _ in range(5))
+    va_port = front_port if front_redirect else http_port
+    pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(va_port))  # validates via nginx
     stop_pebble(pebble)  # its CA bundle exists now; it comes back once nginx is up
     certs, state = run / "certs", run / "state"
     htpasswd = run / "htpasswd"
@@ -274,6 +288,10 @@ def running_stack(run: Path) -> Iterator[Stack]:
         "CERTS_DIR": str(certs),
         "UI_ROOT": str(nginx_host_path("UI_ROOT")),
     })  # fmt: skip
+    if front_redirect:
+        (nginx.run / "conf.d" / "front.conf").write_text(
+            FRONT_REDIRECT.format(front=front_port, run=nginx.run, domain=DOMAIN, https=https_port)
+        )
     env = acmebox_environment({
         "DOCKER_REGISTRY_DOMAIN_NAME": DOMAIN,
         "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com",
