@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(run, "--eab-hmac-key", "external account binding HMAC key, base64url")
     _opt(run, "--no-ari", "ignore the CA's renewal information (ARI); renew by lifetime only", action="store_true")
     _opt(run, "--reload", "how to tell nginx about new certificates", "none", choices=KINDS)
-    _opt(run, "--reload-target", "docker: container name or label=KEY=VALUE; signal: PID or PID file; "
-         "command: a command line")  # fmt: skip
+    _opt(run, "--reload-target", "file: the generation file nginx's watcher polls; docker: container name or "
+         "label=KEY=VALUE; signal: PID or PID file; command: a command line")  # fmt: skip
     _opt(run, "--reload-verify", "after reloading, check by TLS handshake that HOST:PORT serves the new certificate",
          metavar="HOST:PORT")  # fmt: skip
     auth = run.add_argument_group("registry token service (enabled by --auth-htpasswd)")

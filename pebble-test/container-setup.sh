@@ -29,13 +29,13 @@ pids=()
 for name in python nginx registry; do
   key=$(printf '%s' "bookworm ${include[$name]} $clean" | sha256sum | cut -c1-12)
   tar="$cache/rootfs/$name-$key.tar"
-  [ -s "$tar" ] && continue
+  [ -f "$tar" ] && continue
   rm -f "$cache/rootfs/$name-"*.tar
   echo "container-setup: mmdebstrap $name (${include[$name]})"
   hooks=(--customize-hook="$clean")
   # as in the official python image: pip may install outside a venv (no PEP 668 refusal)
   [ "$name" = python ] && hooks+=(--customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED')
-  (mmdebstrap --quiet --variant=minbase --include="${include[$name]}" "${hooks[@]}" bookworm "$tar.part" \
+  (mmdebstrap --quiet --format=tar --variant=minbase --include="${include[$name]}" "${hooks[@]}" bookworm "$tar.part" \
      && mv "$tar.part" "$tar") &
   pids+=($!)
 done
