@@ -20,7 +20,7 @@ from cryptography import x509
 from acmebox import placeholder
 from acmebox.config import HostPort
 from acmebox.errors import ConfigError
-from acmebox.reload import ReloadFailed, Reloader, ReloadTarget, served_serial
+from acmebox.reload import Reloader, ReloadFailed, ReloadTarget, served_serial
 
 ROOT = Path(__file__).resolve().parent.parent
 WATCHER = ROOT / "nginx" / "reload-on-change.sh"
