@@ -48,6 +48,7 @@ class Service:
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
         )  # fmt: skip
         self._client: AcmeClient | None = None
+        self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
         self._connected = asyncio.Event()
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -221,6 +222,7 @@ class Service:
 
     async def run_forever(self) -> int:
         self.write_placeholders()
+        self.ready = True
         pid_file = control.pid_file(self.config.state_dir)
         atomic_write(pid_file, f"{os.getpid()}\n".encode())
         loop = asyncio.get_running_loop()
@@ -247,7 +249,7 @@ class Service:
         if self.config.token_auth is not None:
             t = self.config.token_auth
             token_service = registry_token.build(t.htpasswd, t.key, t.cert, t.service, t.issuer, t.ttl, t.acl)
-        app = webapp.build_app(self.tokens, self.health, self.metrics, token_service)
+        app = webapp.build_app(self.tokens, self.health, self.metrics, token_service, ready=lambda: self.ready)
         runner = await webapp.start(app, self.config.listen)
         reloader = asyncio.ensure_future(self.reloader.run()) if once else None
         try:
