@@ -313,6 +313,7 @@ def running_stack(run: Path, front_redirect: bool = False) -> Iterator[Stack]:
         acmebox.wait_log("wrote a self-signed placeholder")
         registry = start_registry(run, registry_port, {
             "REGISTRY_AUTH_TOKEN_REALM": f"https://{DOMAIN}:{https_port}/auth/token",
+            "REGISTRY_HTTP_SECRET": "stack-test-secret",
             "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(token_cert),
         })  # fmt: skip
         nginx.start()
