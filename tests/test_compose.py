@@ -38,8 +38,8 @@ def compose_config(compose_dir: Path, env: dict[str, str]) -> subprocess.Complet
                           text=True, env=env, cwd=compose_dir)  # fmt: skip
 
 
-STACK_ENV = {"DOCKER_REGISTRY_DOMAIN_NAME": "registry.example.com", "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com",
-             "REGISTRY_HTTP_SECRET": "s3cret"}  # fmt: skip
+STACK_ENV = {"DOCKER_REGISTRY_DOMAIN_NAME": "registry.example.com",
+             "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com", "REGISTRY_HTTP_SECRET": "s3cret"}  # fmt: skip
 
 
 def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
