@@ -8,12 +8,13 @@ ARG PIP_FIND_LINKS
 WORKDIR /src
 # .dockerignore lets in only the lock file, pyproject.toml, README.md, acmebox/ and wheelhouse/.
 COPY . .
-# A venv, copied whole into the final stage: no wheels layer left behind there. The lock
-# file's exact versions, checked against its hashes; then acmebox itself.
-RUN python -m venv /opt/acmebox \
- && /opt/acmebox/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes --no-deps \
-      -r requirements.txt \
- && /opt/acmebox/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps .
+# A venv without pip (the base image's pip installs into it), copied whole into the final
+# stage: no wheels layer is left behind there. The lock file's exact versions, checked against
+# its hashes; then acmebox itself.
+RUN python -m venv --without-pip /opt/acmebox \
+ && pip --python /opt/acmebox/bin/python install --no-cache-dir --disable-pip-version-check --require-hashes \
+      --no-deps -r requirements.txt \
+ && pip --python /opt/acmebox/bin/python install --no-cache-dir --disable-pip-version-check --no-deps .
 
 FROM python:3.12-slim
 # uid and gid 10001: start-registry.sh gives data/acmebox and data/auth/htpasswd to them.
