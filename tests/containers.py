@@ -12,11 +12,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "pebble-test" / ".container"
@@ -59,12 +62,14 @@ class Engine:
         return ["nsenter", "-t", str(self.pid), "-m", "-n", *command]
 
     def run(self, *command: str, ns: bool = False, check: bool = True, timeout: float = 600,
-            env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+            env: dict[str, str] | None = None, stdin: str | None = None
+            ) -> subprocess.CompletedProcess[str]:  # fmt: skip
         full = self.in_ns(*command) if ns else list(command)
         out = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=stdin,
                              env={**os.environ, **self.env, **(env or {})})  # fmt: skip
         if check and out.returncode != 0:
-            raise AssertionError(f"{' '.join(command)} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            tail = f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+            raise AssertionError(f"{' '.join(command)} exited {out.returncode}:\n{tail}")
         return out
 
     def docker(self, *args: str, check: bool = True, timeout: float = 600, stdin: str | None = None) -> str:
@@ -202,3 +207,90 @@ def project_copy(work: Path) -> Path:
     shutil.copytree(wheels, repo / "wheelhouse")
     (repo / "compose" / "docker-compose.test.yml").write_text(TEST_OVERLAY)
     return repo
+
+
+def wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+USER, PASSWORD = "alice", "alice-s3cret"
+ROOTS_URL = "https://pebble:15000/roots/0"
+
+
+class Project:
+    """The compose project in a copy of the repo, driven as a user drives it: start-registry.sh
+    and compose commands run in the engine's namespaces, from the compose directory."""
+
+    def __init__(self, e: Engine, work: Path, flavor: str) -> None:
+        self.e, self.flavor = e, flavor
+        self.repo = project_copy(work)
+        self.dir = self.repo / "compose"
+        config = work / "docker-config"
+        config.mkdir()
+        if flavor == "v2":
+            v2 = compose_v2()
+            assert v2 is not None, "no Compose v2 binary"
+            (config / "cli-plugins").mkdir()
+            (config / "cli-plugins" / "docker-compose").symlink_to(v2)
+        self.compose_cmd = ["docker", "compose"] if flavor == "v2" else ["docker-compose"]
+        self.env = {
+            "DOCKER_CONFIG": str(config),
+            "COMPOSE_FILE": "docker-compose.yml:docker-compose.test.yml",
+            "PEBBLE_DIR": str(pebble_dir(work)),
+            "ACMEBOX_DIRECTORY": "https://pebble:14000/dir",
+        }
+
+    def start_script(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.e.run("bash", str(self.dir / "start-registry.sh"), *args, DOMAIN, "ops@example.com",
+                          ns=True, env=self.env, timeout=900)  # fmt: skip
+
+    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.e.run("sh", "-c", f'cd "{self.dir}" && exec "$@"', "compose", *self.compose_cmd, *args,
+                          ns=True, env=self.env, check=check, timeout=600)  # fmt: skip
+
+    def container(self, service: str) -> str:
+        ids = self.e.docker("ps", "-aq", "--filter", f"label=com.docker.compose.service={service}").split()
+        assert len(ids) == 1, (service, ids)
+        return ids[0]
+
+    def logs(self, service: str) -> str:
+        out = self.e.run("docker", "logs", self.container(service), check=False)
+        return out.stdout + out.stderr
+
+    def health(self, service: str) -> str:
+        state = self.e.inspect(self.container(service))["State"]
+        return str(state.get("Health", {}).get("Status", state["Status"]))
+
+    def in_ns(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.e.run(*command, ns=True, check=check, timeout=120)
+
+    def served_serial(self) -> int:
+        code = f"from acmebox.reload import served_serial; print(served_serial('127.0.0.1', 443, {DOMAIN!r}))"
+        return int(self.in_ns(sys.executable, "-c", code).stdout)
+
+    def live_cert(self) -> x509.Certificate:
+        pem = self.e.docker("exec", self.container("nginx"), "cat", f"/etc/letsencrypt/live/{DOMAIN}/cert.pem")
+        return x509.load_pem_x509_certificate(pem.encode())
+
+    def pebble_orders(self) -> int:
+        return self.logs("pebble").count("POST /order-plz")
+
+    def prepare(self) -> None:
+        """start-registry.sh --prepare-only, then a user who may push (the README's htpasswd step)."""
+        self.start_script("--prepare-only")
+        subprocess.run(["htpasswd", "-Bb", str(self.dir / "data" / "auth" / "htpasswd"), USER, PASSWORD],
+                       check=True, capture_output=True)  # fmt: skip
+
+    def trust_pebble_root(self) -> Path:
+        """Pebble's root as the engine's certs.d/registry.test/ca.crt (an operator's daemon
+        trusts Let's Encrypt's the same way, built in); returns its path."""
+        code = ("import ssl, urllib.request; ctx = ssl.create_default_context(cafile='/pebble/ca.pem'); "
+                f"print(urllib.request.urlopen({ROOTS_URL!r}, context=ctx).read().decode(), end='')")  # fmt: skip
+        ca = self.e.certs_d / DOMAIN / "ca.crt"
+        ca.parent.mkdir(parents=True, exist_ok=True)
+        ca.write_text(self.e.docker("exec", self.container("acmebox"), "python", "-c", code))
+        return ca
