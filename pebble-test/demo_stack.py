@@ -131,13 +131,14 @@ def containers(work: Path, wait: bool) -> None:
                 e.docker("pull", image)
                 say(f"docker logout, docker pull {image} anonymously")
                 ns = " ".join(e.in_ns())
+                compose_env = " ".join(f"{k}={v}" for k, v in p.env.items())
                 print(f"""
 The stack runs in the demo's own network namespace (its ports 80 and 443 are not the host's):
   a shell in it:  {ns} bash
   then:           curl --cacert {ca} https://{DOMAIN}/        (the browse page)
                   curl -si http://{DOMAIN}/v2/                 (308 to https)
   the engine:     DOCKER_HOST={e.env["DOCKER_HOST"]} docker ps
-  compose:        cd {p.dir} && {" ".join(p.compose_cmd)} ps   (inside the shell above)
+  compose:        cd {p.dir} && {compose_env} {" ".join(p.compose_cmd)} ps   (in that shell)
 Stop: Ctrl-C here (or kill {os.getpid()}); the stack, its volumes and the engine are removed.""",
                       flush=True)  # fmt: skip
                 until_stopped(wait)
