@@ -225,7 +225,7 @@ class Project:
     """The compose project in a copy of the repo, driven as a user drives it: start-registry.sh
     and compose commands run in the engine's namespaces, from the compose directory."""
 
-    def __init__(self, e: Engine, work: Path, flavor: str) -> None:
+    def __init__(self, e: Engine, work: Path, flavor: str, overlays: tuple[str, ...] = ()) -> None:
         self.e, self.flavor = e, flavor
         self.repo = project_copy(work)
         self.dir = self.repo / "compose"
@@ -239,7 +239,7 @@ class Project:
         self.compose_cmd = ["docker", "compose"] if flavor == "v2" else ["docker-compose"]
         self.env = {
             "DOCKER_CONFIG": str(config),
-            "COMPOSE_FILE": "docker-compose.yml:docker-compose.test.yml",
+            "COMPOSE_FILE": ":".join(("docker-compose.yml", *overlays, "docker-compose.test.yml")),
             "PEBBLE_DIR": str(pebble_dir(work)),
             "ACMEBOX_DIRECTORY": "https://pebble:14000/dir",
         }

@@ -60,6 +60,25 @@ def test_shipped_stack(images: Engine, flavor: str, tmp_path: Path) -> None:
         s.compose("down", "-v", "--remove-orphans", check=False)
 
 
+def test_docker_reloader_overlay(images: Engine, tmp_path: Path) -> None:
+    """The optional Docker API reloader (docker-compose.docker-reload.yml): acmebox gets the
+    socket and its group, and SIGHUPs the container labelled acmebox.reload=nginx."""
+    s = Project(images, tmp_path, "v1", overlays=("docker-compose.docker-reload.yml",))
+    try:
+        s.prepare()
+        s.start_script()
+        wait(lambda: "now presents the new certificate(s)" in s.logs("acmebox"), 300, "the first certificate")
+        nginx_name = images.inspect(s.container("nginx"))["Name"].lstrip("/")
+        assert f"reloaded: SIGHUP sent to container(s) {nginx_name}" in s.logs("acmebox")
+        assert s.served_serial() == s.live_cert().serial_number
+        acmebox = images.inspect(s.container("acmebox"))
+        assert any(m["Destination"] == "/var/run/docker.sock" for m in acmebox["Mounts"])
+        gid = (s.dir / ".env").read_text().split("DOCKER_GID=")[1].split()[0]
+        assert acmebox["HostConfig"]["GroupAdd"] == [gid] and gid != "0"
+    finally:
+        s.compose("down", "-v", "--remove-orphans", check=False)
+
+
 def _run_the_stack(s: Project, tmp_path: Path) -> None:
     e = s.e
     s.prepare()
