@@ -19,6 +19,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,23 @@ def start_registry(run: Path, port: int, overrides: dict[str, str]) -> subproces
            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(run / "registry-data"), **overrides}  # fmt: skip
     log = (run / "registry.log").open("w")
     return subprocess.Popen(["docker-registry", "serve", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_reload_watcher(nginx: Nginx, nginx_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The script the compose file puts in nginx's /docker-entrypoint.d/, in the foreground,
+    reloading this nginx; its log is nginx/watcher.log."""
+    script = host_path_of(compose()["services"]["nginx"], "/docker-entrypoint.d/40-acmebox-reload-on-change.sh")
+    env = {"PATH": os.environ["PATH"], "ACMEBOX_RELOAD_FILE": nginx_env["ACMEBOX_RELOAD_FILE"],
+           "ACMEBOX_RELOAD_COMMAND": f"{nginx.binary} -c {nginx.conf} -p {nginx.run} -s reload",
+           "ACMEBOX_RELOAD_FOREGROUND": "1"}  # fmt: skip
+    log_path = nginx.run / "watcher.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(["sh", str(script)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while "watching" not in log_path.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.05)
+    return proc
 
 
 def acmebox_environment(overrides: dict[str, str]) -> dict[str, str]:
@@ -279,7 +297,8 @@ def running_stack(run: Path, front_redirect: bool = False) -> Iterator[Stack]:
         flags = "-Bbc" if i == 0 else "-Bb"
         subprocess.run(["htpasswd", flags, str(htpasswd), user, password], check=True, capture_output=True)
     token_cert = run / "registry-auth" / "token.crt"
-    nginx, _ = prepare_nginx(run / "nginx", {
+    generation = certs / "reload-generation"
+    nginx, nginx_env = prepare_nginx(run / "nginx", {
         "REGISTRY_DOMAIN": DOMAIN,
         "NGINX_LISTEN_HTTP": f"127.0.0.1:{http_port}",
         "NGINX_LISTEN_HTTPS": f"127.0.0.1:{https_port}",
@@ -287,6 +306,7 @@ def running_stack(run: Path, front_redirect: bool = False) -> Iterator[Stack]:
         "REGISTRY_UPSTREAM": f"127.0.0.1:{registry_port}",
         "CERTS_DIR": str(certs),
         "UI_ROOT": str(nginx_host_path("UI_ROOT")),
+        "ACMEBOX_RELOAD_FILE": str(generation),
     })  # fmt: skip
     if front_redirect:
         (nginx.run / "conf.d" / "front.conf").write_text(
@@ -300,15 +320,14 @@ def running_stack(run: Path, front_redirect: bool = False) -> Iterator[Stack]:
         "ACMEBOX_CERTS_DIR": str(certs),
         "ACMEBOX_STATE_DIR": str(state),
         "ACMEBOX_LISTEN": f"127.0.0.1:{acmebox_port}",
-        "ACMEBOX_RELOAD": "signal",  # the compose file's docker reloader needs containers
-        "ACMEBOX_RELOAD_TARGET": str(nginx.run / "nginx.pid"),
+        "ACMEBOX_RELOAD_TARGET": str(generation),  # the compose file's `file` reloader
         "ACMEBOX_RELOAD_VERIFY": f"127.0.0.1:{https_port}",
         "ACMEBOX_AUTH_HTPASSWD": str(htpasswd),
         "ACMEBOX_AUTH_KEY": str(state / "token-signing.key"),
         "ACMEBOX_AUTH_CERT": str(token_cert),
     })  # fmt: skip
     acmebox = ServiceProcess(["run"], run / "acmebox.log", env={"PATH": os.environ["PATH"], **env})
-    registry = None
+    registry = watcher = None
     try:
         acmebox.wait_log("wrote a self-signed placeholder")
         registry = start_registry(run, registry_port, {
@@ -317,11 +336,15 @@ def running_stack(run: Path, front_redirect: bool = False) -> Iterator[Stack]:
             "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(token_cert),
         })  # fmt: skip
         nginx.start()
+        watcher = start_reload_watcher(nginx, nginx_env)
         pebble = start_pebble(run / "pebble", **pebble.env)
         acmebox.wait_log("now presents the new certificate(s)", timeout=60)
         yield Stack(run, pebble, http_port, https_port, certs, state, htpasswd, acmebox)
     finally:
         acmebox.stop()
+        if watcher is not None:
+            watcher.terminate()
+            watcher.wait(timeout=10)
         nginx.stop()
         if registry is not None:
             registry.terminate()

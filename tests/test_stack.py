@@ -37,6 +37,9 @@ def test_https_presents_a_certificate_chaining_to_pebble(stack: Stack) -> None:
     root = x509.load_pem_x509_certificate(stack.root_pem().encode())
     PolicyBuilder().store(Store([root])).build_server_verifier(x509.DNSName(DOMAIN)).verify(leaf, chain[1:])
     assert leaf == chain[0]
+    # nginx got there as in compose: acmebox wrote a generation, the watcher reloaded nginx
+    assert "written to" in stack.acmebox.log() and "reload-generation" in stack.acmebox.log()
+    assert ": nginx reloaded" in (stack.run / "nginx" / "watcher.log").read_text()
 
 
 def test_v2_through_nginx_with_the_registry_headers(stack: Stack) -> None:
