@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(run, "--eab-hmac-key", "external account binding HMAC key, base64url")
     _opt(run, "--no-ari", "ignore the CA's renewal information (ARI); renew by lifetime only", action="store_true")
     _opt(run, "--reload", "how to tell nginx about new certificates", "none", choices=KINDS)
-    _opt(run, "--reload-target", "docker: container name or label=KEY=VALUE; signal: PID or PID file; "
-         "command: a command line")  # fmt: skip
+    _opt(run, "--reload-target", "file: the generation file nginx's watcher polls; docker: container name or "
+         "label=KEY=VALUE; signal: PID or PID file; command: a command line")  # fmt: skip
     _opt(run, "--self-check-via", "before asking the CA to validate, fetch the challenge through HOST:PORT "
          "(Host: the name) instead of http://NAME/", metavar="HOST:PORT")
     _opt(run, "--no-self-check", "ask the CA to validate without fetching the challenge through the front door first",

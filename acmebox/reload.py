@@ -1,8 +1,11 @@
 """Telling nginx about new certificates, and checking that it listened.
 
-Kinds (`--reload`): `docker` sends SIGHUP through the Docker API to the containers picked by
-name or label; `signal` sends SIGHUP to a PID (or the PID in a PID file, e.g. with a shared
-PID namespace); `command` runs a command line (e.g. `nginx -s reload`); `none` does nothing.
+Kinds (`--reload`): `file` writes the next generation number to a file that a watcher beside
+nginx polls (nginx/reload-on-change.sh in the nginx container's /docker-entrypoint.d/ runs
+`nginx -s reload` when it changes: no Docker socket, no shared PID namespace); `docker` sends
+SIGHUP through the Docker API to the containers picked by name or label; `signal` sends SIGHUP
+to a PID (or the PID in a PID file); `command` runs a command line (e.g. `nginx -s reload`);
+`none` does nothing.
 
 The Reloader reconciles what the server presents with what the store holds (see Reloader).
 """
@@ -24,10 +27,14 @@ from cryptography import x509
 
 from acmebox.config import HostPort
 from acmebox.errors import ConfigError
+from acmebox.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
-KINDS = ("docker", "signal", "command", "none")
+KINDS = ("file", "docker", "signal", "command", "none")
+# seconds the `file` kind waits after writing: nginx/reload-on-change.sh polls every second,
+# then nginx starts new workers; the TLS check (--reload-verify) follows this wait
+FILE_PICKUP = 2.0
 VERIFY_DELAY = 0.5  # seconds between a reload and the look at what is served (nginx swaps workers gracefully)
 RETRY_FIRST, RETRY_MAX = 1.0, 300.0  # seconds between reload attempts while a difference lasts
 OBSERVE_INTERVAL = 300.0  # seconds between looks at what is served when nothing changed
@@ -50,21 +57,44 @@ class ReloadTarget:
             raise ConfigError(f"unknown reload kind {kind!r}; choose one of {', '.join(KINDS)}")
         if kind != "none" and not target:
             hint = {"docker": "container name or label=KEY=VALUE", "signal": "a PID or PID file",
-                    "command": "a command line"}[kind]  # fmt: skip
+                    "command": "a command line", "file": "the generation file's path"}[kind]  # fmt: skip
             raise ConfigError(f"--reload {kind} needs --reload-target ({hint})")
         if kind == "signal" and not (target or "").isdigit() and not Path(target or "").parent.is_dir():
             raise ConfigError(f"--reload-target {target!r} is neither a PID nor a PID file path")
+        if kind == "file" and not Path(target or "").is_absolute():
+            raise ConfigError(f"--reload-target {target!r}: the generation file needs an absolute path")
         return cls(kind, target)
 
-    async def run(self) -> str:
-        """Perform one reload; returns what was done, raises ReloadFailed."""
+    async def run(self, pickup: float = FILE_PICKUP) -> str:
+        """Perform one reload; returns what was done, raises ReloadFailed. `pickup`: seconds
+        the `file` kind gives the watcher to notice the new generation."""
         if self.kind == "none":
             return "nothing (reload none)"
+        if self.kind == "file":
+            generation = _next_generation(Path(self.target or ""))
+            await asyncio.sleep(pickup)
+            return f"generation {generation} written to {self.target}"
         if self.kind == "signal":
             return _signal(self.target or "")
         if self.kind == "command":
             return await _command(self.target or "")
         return await asyncio.to_thread(_docker, self.target or "")
+
+
+def _next_generation(path: Path) -> int:
+    """Write the number after the one in `path` (a missing or garbled file counts as 0):
+    the watcher reloads nginx on any change, the number just makes each write differ."""
+    try:
+        current = int(path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        current = 0
+    except OSError as e:
+        raise ReloadFailed(f"reading {path}: {e.strerror or e}") from None
+    try:
+        atomic_write(path, f"{current + 1}\n".encode())
+    except OSError as e:
+        raise ReloadFailed(f"writing {path}: {e.strerror or e}") from None
+    return current + 1
 
 
 def _signal(target: str) -> str:

@@ -58,6 +58,7 @@ class Service:
             on_observed=lambda name, matches: self.metrics.served_matches.labels(name).set(int(matches)),
         )  # fmt: skip
         self._client: AcmeClient | None = None
+        self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
         self._connected = asyncio.Event()
         self._once = False
         self._connect_lock = asyncio.Lock()
@@ -301,6 +302,7 @@ class Service:
             stored = self.store.current(spec.name)
             if stored is not None:
                 self.reloader.request(spec.name, stored.serial)
+        self.ready = True
         pid_file = control.pid_file(self.config.state_dir)
         try:
             atomic_write(pid_file, f"{os.getpid()}\n".encode())
@@ -334,7 +336,7 @@ class Service:
         if self.config.token_auth is not None:
             t = self.config.token_auth
             token_service = registry_token.build(t.htpasswd, t.key, t.cert, t.service, t.issuer, t.ttl, t.acl)
-        app = webapp.build_app(self.tokens, self.health, self.metrics, token_service)
+        app = webapp.build_app(self.tokens, self.health, self.metrics, token_service, ready=lambda: self.ready)
         runner = await webapp.start(app, self.config.listen)
         if once:
             self.reloader.attempts = ONCE_ATTEMPTS

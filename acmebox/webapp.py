@@ -1,4 +1,4 @@
-"""The one aiohttp server acmebox runs: HTTP-01 answers, /healthz, /metrics and, when
+"""The one aiohttp server acmebox runs: HTTP-01 answers, /healthz, /readyz, /metrics and, when
 configured, the registry token service.
 
 It is started before anything talks to the CA and stays up for the process's whole life.
@@ -26,7 +26,10 @@ def build_app(
     health: HealthCheck,
     metrics: Metrics | None = None,
     token_service: registry_token.TokenService | None = None,
+    ready: Callable[[], bool] | None = None,
 ) -> web.Application:
+    """`health` backs /healthz (200 while every certificate is good, else 503); `ready` backs
+    /readyz (200 once what nginx and the registry need to start is on disk, else 503)."""
     app = web.Application()
     challenges.add_routes(app, tokens)
     if token_service is not None:
@@ -37,6 +40,13 @@ def build_app(
         return web.Response(status=200 if ok else 503, text=text + "\n")
 
     app.router.add_get("/healthz", healthz)
+
+    async def readyz(request: web.Request) -> web.Response:
+        if ready is not None and ready():
+            return web.Response(text="ready: certificates (or placeholders) and the token certificate are written\n")
+        return web.Response(status=503, text="starting\n")
+
+    app.router.add_get("/readyz", readyz)
 
     if metrics is not None:
         registry = metrics
@@ -56,5 +66,5 @@ async def start(app: web.Application, listen: HostPort) -> web.AppRunner:
     except OSError as e:
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {listen}: {e.strerror or e}") from None
-    log.info("serving HTTP-01 challenges, /healthz and /metrics on %s", listen)
+    log.info("serving HTTP-01 challenges, /healthz, /readyz and /metrics on %s", listen)
     return runner

@@ -2,10 +2,10 @@
 # Brings the registry stack up: ./start-registry.sh DOMAIN EMAIL
 # (or DOCKER_REGISTRY_DOMAIN_NAME and DOCKER_REGISTRY_CERT_EMAIL_ADDRESS in the environment).
 # Checks the arguments, writes .env next to the compose file, creates the data directories
-# with the owners and modes the containers need, and runs `docker compose up -d`.
+# with the owners and modes the containers need, and runs `docker compose up -d` (Compose v2)
+# or `docker-compose up -d` (v1) when there is no v2. It prints how to stop the stack.
 #   --staging        use Let's Encrypt's staging CA (recommended for a first try)
 #   --prepare-only   do everything but start the containers
-# Stop with `docker compose stop` in this directory.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 ACMEBOX_UID=10001   # the user the acmebox image runs as
@@ -17,7 +17,7 @@ for a in "$@"; do
   case "$a" in
     --staging) staging=1 ;;
     --prepare-only) prepare_only=1 ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $a (see --help)" ;;
     *) args+=("$a") ;;
   esac
@@ -50,14 +50,18 @@ domain=$(canonical_name "$domain") || exit 2
 [[ "$email" =~ ^[^@[:space:],\;]+@[^@[:space:],\;]+\.[^@[:space:],\;.]+$ ]] ||
   die "bad EMAIL '$email'"
 
-docker_gid=0
+docker_gid=0   # only docker-compose.docker-reload.yml uses it
 [ -S /var/run/docker.sock ] && docker_gid=$(stat -c %g /var/run/docker.sock)
+# The registry signs upload state with it; kept across runs (a new one breaks uploads in flight).
+http_secret=$(sed -n 's/^REGISTRY_HTTP_SECRET=//p' "$here/.env" 2>/dev/null || true)
+[ -n "$http_secret" ] || http_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 cat >"$here/.env" <<ENV
 DOCKER_REGISTRY_DOMAIN_NAME=$domain
 DOCKER_REGISTRY_CERT_EMAIL_ADDRESS=$email
 ACMEBOX_STAGING=$staging
 DOCKER_GID=$docker_gid
+REGISTRY_HTTP_SECRET=$http_secret
 ENV
 chmod 600 "$here/.env"
 
@@ -76,7 +80,9 @@ cd "$here"
 # compose prefers the environment over .env: hand it the canonical form, not what was typed.
 export DOCKER_REGISTRY_DOMAIN_NAME=$domain DOCKER_REGISTRY_CERT_EMAIL_ADDRESS=$email
 if docker compose version >/dev/null 2>&1; then
-  exec docker compose up -d --build
+  compose=(docker compose)
 else
-  exec docker-compose up -d --build
+  compose=(docker-compose)
 fi
+"${compose[@]}" up -d --build
+echo "start-registry.sh: started with ${compose[*]}; stop with: cd $here && ${compose[*]} stop"

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# The local demo: sets everything up, starts Pebble on loopback, runs `acmebox run --once`
-# for registry.test against it, shows the certificate it got, and stops Pebble again.
-# Files go to ./demo/ (certs/ and state/): run it twice to see the certificate reused.
+# The whole job on this machine, nothing reachable from outside: installs what is needed
+# (setup.sh), brings up the registry stack on loopback — Pebble as the CA, nginx, the registry,
+# acmebox, the browse page — gets the certificate through nginx's port 80, pushes a small image
+# with a login, pulls it anonymously, prints the addresses to open, and runs until Ctrl-C,
+# which stops everything it started. Files go to ./demo/.
+#   --containers   the same with the image and compose/docker-compose.yml, through
+#                  start-registry.sh, in a dockerd of its own (private network namespace)
+#   --no-wait      stop right after the checks
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
+args=()
+for a in "$@"; do
+  case "$a" in
+    --containers|--no-wait) args+=("$a") ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "demo.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
+  esac
+done
 bash "$here/setup.sh"
-export PEBBLE_RUN_DIR="$top/demo/pebble"
-bash "$here/stop.sh"
-trap 'bash "$here/stop.sh"' EXIT
-eval "$(bash "$here/start.sh")"
-echo "== Pebble is up at $PEBBLE_DIRECTORY; running acmebox"
-"$top/.venv/bin/python" -m acmebox run --once \
-  --domain registry.test --domain ui.registry.test --email demo@example.com \
-  --directory "$PEBBLE_DIRECTORY" --ca-bundle "$PEBBLE_CA_BUNDLE" \
-  --certs-dir "$top/demo/certs" --state-dir "$top/demo/state" \
-  --listen "127.0.0.1:$PEBBLE_HTTP_PORT"
-live="$top/demo/certs/live/registry.test"
-echo "== $live: version $(sed -n 's/.*"version": "\(.*\)".*/\1/p' "$live/meta.json")"
-ls -l "$live/"
-openssl x509 -in "$live/cert.pem" -noout -subject -issuer -serial -dates -ext subjectAltName
-echo "== key matches certificate: $( [ "$(openssl pkey -in "$live/privkey.pem" -pubout)" = "$(openssl x509 -in "$live/cert.pem" -noout -pubkey)" ] && echo yes || echo NO)"
+case " ${args[*]:-} " in *" --containers "*) bash "$here/container-setup.sh" ;; esac
+exec "$top/.venv/bin/python" "$here/demo_stack.py" "${args[@]}"

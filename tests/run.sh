@@ -6,6 +6,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 bash pebble-test/setup.sh
+bash pebble-test/container-setup.sh   # base images, wheels, compose v2 for tests/test_containers.py (cached)
 .venv/bin/ruff check acmebox tests bench
 .venv/bin/mypy
 mkdir -p test-artifacts

@@ -19,6 +19,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,23 @@ def start_registry(run: Path, port: int, overrides: dict[str, str]) -> subproces
            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(run / "registry-data"), **overrides}  # fmt: skip
     log = (run / "registry.log").open("w")
     return subprocess.Popen(["docker-registry", "serve", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_reload_watcher(nginx: Nginx, nginx_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The script the compose file puts in nginx's /docker-entrypoint.d/, in the foreground,
+    reloading this nginx; its log is nginx/watcher.log."""
+    script = host_path_of(compose()["services"]["nginx"], "/docker-entrypoint.d/40-acmebox-reload-on-change.sh")
+    env = {"PATH": os.environ["PATH"], "ACMEBOX_RELOAD_FILE": nginx_env["ACMEBOX_RELOAD_FILE"],
+           "ACMEBOX_RELOAD_COMMAND": f"{nginx.binary} -c {nginx.conf} -p {nginx.run} -s reload",
+           "ACMEBOX_RELOAD_FOREGROUND": "1"}  # fmt: skip
+    log_path = nginx.run / "watcher.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(["sh", str(script)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while "watching" not in log_path.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.05)
+    return proc
 
 
 def acmebox_environment(overrides: dict[str, str]) -> dict[str, str]:
@@ -251,13 +269,27 @@ def push_image(stack: Stack, repo: str, tag: str, token: str, layer: bytes = b"l
     return r.headers["Docker-Content-Digest"]
 
 
+FRONT_REDIRECT = """
+server {{
+    listen 127.0.0.1:{front};
+    access_log {run}/front.log;
+    return 301 https://{domain}:{https}$request_uri;
+}}
+"""
+
+
 @contextlib.contextmanager
-def running_stack(run: Path) -> Iterator[Stack]:
+def running_stack(run: Path, front_redirect: bool = False) -> Iterator[Stack]:
     """Everything up, in the order the compose file implies: acmebox (token certificate and
     placeholder), the registry, nginx on the placeholder; then Pebble, so the first real
-    certificate is validated through nginx and nginx reloaded onto it."""
-    http_port, https_port, acmebox_port, registry_port = (free_port() for _ in range(4))
-    pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(http_port))  # validates via nginx
+    certificate is validated through nginx and nginx reloaded onto it.
+
+    front_redirect: Pebble's VA dials a server in front instead of nginx's port-80 one, which
+    answers everything with a 301 to nginx's 443 server (as a CDN or load balancer that forces
+    https would); its requests are logged to nginx/front.log."""
+    http_port, https_port, acmebox_port, registry_port, front_port = (free_port() for _ in range(5))
+    va_port = front_port if front_redirect else http_port
+    pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(va_port))  # validates via nginx
     stop_pebble(pebble)  # its CA bundle exists now; it comes back once nginx is up
     certs, state = run / "certs", run / "state"
     htpasswd = run / "htpasswd"
@@ -265,7 +297,8 @@ def running_stack(run: Path) -> Iterator[Stack]:
         flags = "-Bbc" if i == 0 else "-Bb"
         subprocess.run(["htpasswd", flags, str(htpasswd), user, password], check=True, capture_output=True)
     token_cert = run / "registry-auth" / "token.crt"
-    nginx, _ = prepare_nginx(run / "nginx", {
+    generation = certs / "reload-generation"
+    nginx, nginx_env = prepare_nginx(run / "nginx", {
         "REGISTRY_DOMAIN": DOMAIN,
         "NGINX_LISTEN_HTTP": f"127.0.0.1:{http_port}",
         "NGINX_LISTEN_HTTPS": f"127.0.0.1:{https_port}",
@@ -273,7 +306,12 @@ def running_stack(run: Path) -> Iterator[Stack]:
         "REGISTRY_UPSTREAM": f"127.0.0.1:{registry_port}",
         "CERTS_DIR": str(certs),
         "UI_ROOT": str(nginx_host_path("UI_ROOT")),
+        "ACMEBOX_RELOAD_FILE": str(generation),
     })  # fmt: skip
+    if front_redirect:
+        (nginx.run / "conf.d" / "front.conf").write_text(
+            FRONT_REDIRECT.format(front=front_port, run=nginx.run, domain=DOMAIN, https=https_port)
+        )
     env = acmebox_environment({
         "DOCKER_REGISTRY_DOMAIN_NAME": DOMAIN,
         "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com",
@@ -282,27 +320,31 @@ def running_stack(run: Path) -> Iterator[Stack]:
         "ACMEBOX_CERTS_DIR": str(certs),
         "ACMEBOX_STATE_DIR": str(state),
         "ACMEBOX_LISTEN": f"127.0.0.1:{acmebox_port}",
-        "ACMEBOX_RELOAD": "signal",  # the compose file's docker reloader needs containers
-        "ACMEBOX_RELOAD_TARGET": str(nginx.run / "nginx.pid"),
+        "ACMEBOX_RELOAD_TARGET": str(generation),  # the compose file's `file` reloader
         "ACMEBOX_RELOAD_VERIFY": f"127.0.0.1:{https_port}",
         "ACMEBOX_AUTH_HTPASSWD": str(htpasswd),
         "ACMEBOX_AUTH_KEY": str(state / "token-signing.key"),
         "ACMEBOX_AUTH_CERT": str(token_cert),
     })  # fmt: skip
     acmebox = ServiceProcess(["run"], run / "acmebox.log", env={"PATH": os.environ["PATH"], **env})
-    registry = None
+    registry = watcher = None
     try:
         acmebox.wait_log("wrote a self-signed placeholder")
         registry = start_registry(run, registry_port, {
             "REGISTRY_AUTH_TOKEN_REALM": f"https://{DOMAIN}:{https_port}/auth/token",
+            "REGISTRY_HTTP_SECRET": "stack-test-secret",
             "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(token_cert),
         })  # fmt: skip
         nginx.start()
+        watcher = start_reload_watcher(nginx, nginx_env)
         pebble = start_pebble(run / "pebble", **pebble.env)
         acmebox.wait_log("now presents the new certificate(s)", timeout=60)
         yield Stack(run, pebble, http_port, https_port, certs, state, htpasswd, acmebox)
     finally:
         acmebox.stop()
+        if watcher is not None:
+            watcher.terminate()
+            watcher.wait(timeout=10)
         nginx.stop()
         if registry is not None:
             registry.terminate()

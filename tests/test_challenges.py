@@ -77,3 +77,20 @@ async def test_healthz() -> None:
             assert await r.text() == "status\n"
         finally:
             await client.close()
+
+
+async def test_readyz_is_separate_from_healthz() -> None:
+    """Ready (what nginx and the registry need is on disk) while not yet healthy (no real
+    certificate): compose starts them on /readyz, /healthz stays about the certificate."""
+    state = {"ready": False}
+    app = webapp.build_app(Http01Tokens(), lambda: (False, "a.test: no certificate yet"), ready=lambda: state["ready"])
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        assert (await client.get("/readyz")).status == 503
+        state["ready"] = True
+        r = await client.get("/readyz")
+        assert r.status == 200 and (await r.text()).startswith("ready:")
+        assert (await client.get("/healthz")).status == 503
+    finally:
+        await client.close()

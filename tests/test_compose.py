@@ -41,24 +41,48 @@ def compose_config(compose_dir: Path, env: dict[str, str]) -> subprocess.Complet
                           text=True, env=env, cwd=compose_dir)  # fmt: skip
 
 
+STACK_ENV = {"DOCKER_REGISTRY_DOMAIN_NAME": "registry.example.com",
+             "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com", "REGISTRY_HTTP_SECRET": "s3cret"}  # fmt: skip
+
+
 def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
-    out = compose_config(compose_copy.parent, user_free_env(DOCKER_REGISTRY_DOMAIN_NAME="registry.example.com",
-                                                            DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="ops@example.com"))
+    out = compose_config(compose_copy.parent, user_free_env(**STACK_ENV))
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load(out.stdout)
     services = resolved["services"]
     assert set(services) == {"nginx", "registry", "acmebox"}
     assert services["nginx"]["environment"]["REGISTRY_DOMAIN"] == "registry.example.com"
     assert services["acmebox"]["environment"]["DOCKER_REGISTRY_DOMAIN_NAME"] == "registry.example.com"
-    assert services["nginx"]["labels"]["acmebox.reload"] == "nginx"
-    assert services["acmebox"]["environment"]["ACMEBOX_RELOAD_TARGET"] == "label=acmebox.reload=nginx"
+    assert services["registry"]["environment"]["REGISTRY_HTTP_SECRET"] == "s3cret"
     assert "certs" in resolved["volumes"]
+
+    # No Docker socket by default: acmebox writes the generation file on the certs volume,
+    # the watcher in nginx's /docker-entrypoint.d/ polls the same path.
+    acmebox, nginx = services["acmebox"], services["nginx"]
+    assert acmebox["environment"]["ACMEBOX_RELOAD"] == "file"
+    generation = acmebox["environment"]["ACMEBOX_RELOAD_TARGET"]
+    assert generation == nginx["environment"]["ACMEBOX_RELOAD_FILE"]
+    assert generation.startswith(nginx["environment"]["CERTS_DIR"] + "/")
+    assert not any("docker.sock" in str(v) for s in services.values() for v in s.get("volumes", []))
+    assert "group_add" not in acmebox
+    raw = compose()["services"]
+    watcher = host_path_of(raw["nginx"], "/docker-entrypoint.d/40-acmebox-reload-on-change.sh")
+    assert watcher == ROOT / "nginx" / "reload-on-change.sh" and os.access(watcher, os.X_OK)
+
+    # Start order by readiness, least privilege.
+    for name in ("nginx", "registry"):
+        assert services[name]["depends_on"]["acmebox"]["condition"] == "service_healthy", name
+    assert "/readyz" in " ".join(acmebox["healthcheck"]["test"])
+    for name, service in services.items():
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+    assert acmebox["read_only"] is True and services["registry"]["read_only"] is True
+    assert "user" not in acmebox  # the image's uid 10001
     for name in ("nginx", "registry"):
         assert "healthcheck" in services[name], name
     assert "HEALTHCHECK" in (ROOT / "Dockerfile").read_text()  # acmebox's is in its image
 
     # The files the compose file mounts are the ones the stack test uses.
-    raw = compose()["services"]
     assert host_path_of(raw["nginx"], "/etc/nginx/templates") == ROOT / "nginx" / "templates"
     assert host_path_of(raw["registry"], "/etc/docker/registry/config.yml").is_file()
     nginx_volumes = services["nginx"]["volumes"]
@@ -69,6 +93,20 @@ def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
     assert acmebox_env["ACMEBOX_LISTEN"].endswith(
         ":" + services["nginx"]["environment"]["ACMEBOX_UPSTREAM"].split(":")[1]
     )
+
+
+def test_docker_reload_overlay_adds_the_socket_only_there(compose_copy: Path) -> None:
+    here = compose_copy.parent
+    out = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.docker-reload.yml",
+                          "config"], capture_output=True, text=True, cwd=here,
+                         env=user_free_env(**STACK_ENV, DOCKER_GID="106"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    acmebox = yaml.safe_load(out.stdout)["services"]["acmebox"]
+    assert acmebox["environment"]["ACMEBOX_RELOAD"] == "docker"
+    assert acmebox["environment"]["ACMEBOX_RELOAD_TARGET"] == "label=acmebox.reload=nginx"
+    assert compose()["services"]["nginx"]["labels"]["acmebox.reload"] == "nginx"
+    assert any("/var/run/docker.sock" in str(v) for v in acmebox["volumes"])
+    assert [str(g) for g in acmebox["group_add"]] == ["106"]
 
 
 def test_compose_refuses_a_missing_domain(compose_copy: Path) -> None:
@@ -108,6 +146,8 @@ def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
     assert env["DOCKER_REGISTRY_DOMAIN_NAME"] == "registry.example.com"
     assert env["DOCKER_REGISTRY_CERT_EMAIL_ADDRESS"] == "ops@example.com"
     assert env["ACMEBOX_STAGING"] == "1"
+    secret = env["REGISTRY_HTTP_SECRET"]
+    assert len(secret) == 64
     assert stat.S_IMODE((here / ".env").stat().st_mode) == 0o600
     acmebox_data = (here / "data" / "acmebox").stat()
     assert stat.S_IMODE(acmebox_data.st_mode) == 0o700 and acmebox_data.st_uid == 10001
@@ -120,6 +160,14 @@ def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
     out = subprocess.run(["bash", str(compose_copy), "--prepare-only"], capture_output=True, text=True, env=env_vars)
     assert out.returncode == 0, out.stderr
     assert "DOCKER_REGISTRY_DOMAIN_NAME=r.example.org" in (here / ".env").read_text()
+    def http_secret() -> str:
+        return dict(line.split("=", 1) for line in (here / ".env").read_text().splitlines())["REGISTRY_HTTP_SECRET"]
+
+    first = http_secret()
+    assert first != secret  # a fresh .env, a new secret; a second run keeps it
+    out = subprocess.run(["bash", str(compose_copy), "--prepare-only"], capture_output=True, text=True, env=env_vars)
+    assert out.returncode == 0, out.stderr
+    assert http_secret() == first
     # and the compose file accepts what the script wrote
     check = subprocess.run(["docker-compose", "config", "-q"], cwd=here, capture_output=True, text=True,
                            env=user_free_env())

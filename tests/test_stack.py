@@ -4,18 +4,21 @@ behind it, and a renewal under a polling client fails no request."""
 
 from __future__ import annotations
 
+import http.client
+import re
 import socket
 import ssl
 import subprocess
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 from conftest import run_acmebox
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
-from stack import DOMAIN, Stack
+from stack import DOMAIN, Stack, running_stack
 
 from acmebox.reload import served_serial
 
@@ -34,6 +37,9 @@ def test_https_presents_a_certificate_chaining_to_pebble(stack: Stack) -> None:
     root = x509.load_pem_x509_certificate(stack.root_pem().encode())
     PolicyBuilder().store(Store([root])).build_server_verifier(x509.DNSName(DOMAIN)).verify(leaf, chain[1:])
     assert leaf == chain[0]
+    # nginx got there as in compose: acmebox wrote a generation, the watcher reloaded nginx
+    assert "written to" in stack.acmebox.log() and "reload-generation" in stack.acmebox.log()
+    assert ": nginx reloaded" in (stack.run / "nginx" / "watcher.log").read_text()
 
 
 def test_v2_through_nginx_with_the_registry_headers(stack: Stack) -> None:
@@ -125,3 +131,29 @@ def test_rendered_config_passes_nginx_t(stack: Stack) -> None:
     run = stack.run / "nginx"
     out = subprocess.run(["nginx", "-t", "-c", str(run / "nginx.conf"), "-p", str(run)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_redirect_uses_the_registry_name_whatever_the_host_header(stack: Stack) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.http_port, timeout=10)
+    try:
+        conn.request("GET", "/v2/", headers={"Host": "attacker.example"})
+        r = conn.getresponse()
+        r.read()
+    finally:
+        conn.close()
+    assert r.status == 308  # port 80's default server, even for a name it does not serve
+    assert r.headers["Location"] == f"https://{DOMAIN}/v2/"
+
+
+def test_issuance_through_a_front_that_redirects_port_80_to_https(tmp_path: Path) -> None:
+    """Pebble's VA asks a front server, which 301s to nginx's 443 server; that server answers
+    the challenge from acmebox too, so the certificate is issued."""
+    with running_stack(tmp_path, front_redirect=True) as s:
+        token_paths = re.findall(r'"GET (/\.well-known/acme-challenge/\S+) HTTP/1\.1" 301',
+                                 (s.run / "nginx" / "front.log").read_text())  # fmt: skip
+        assert token_paths, "the VA never came through the front"
+        served = (s.run / "nginx" / "access.log").read_text()
+        for path in token_paths:  # followed to the 443 server (the VA never dials port 80 here)
+            assert f'"GET {path} HTTP/1.1" 200' in served, path
+        leaf = x509.load_pem_x509_certificate((s.certs / "live" / DOMAIN / "cert.pem").read_bytes())
+        assert served_serial("127.0.0.1", s.https_port, DOMAIN) == leaf.serial_number
