@@ -137,10 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(run, "--once", "obtain or confirm the certificates, then exit", action="store_true")
     _opt(run, "--force-renew", "order new certificates even when valid ones exist", action="store_true")
 
-    status = sub.add_parser("status", help="a table of the certificates and their renewal plans")
+    status = sub.add_parser("status", help="the certificates and their renewal plans; exit 1 if any is not ok")
     _dirs(status)
+    status.add_argument("--json", action="store_true", help="everything known, as JSON")
     renew = sub.add_parser("renew", help="ask the running service to check (or with --force, renew) now")
-    renew.add_argument("name", nargs="?", help="certificate name (its first domain); default: all")
+    renew.add_argument("name", nargs="?", help="any name of the certificate; default: all")
     renew.add_argument("--force", action="store_true", help="renew even when not due")
     renew.add_argument("--timeout", type=float, default=300, help="seconds to wait for the outcome")
     _dirs(renew)
@@ -157,16 +158,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.directory and args.staging:
         raise ConfigError("--staging and --directory are exclusive")
     directory = args.directory or (LE_STAGING if args.staging else LE_PRODUCTION)
-    specs: list[CertSpec] = []
     email = args.email
+    specs = _certificates(args)
     if args.config is not None:
-        specs, file_email = certs_from_toml(args.config, args.key_type, args.profile)
+        file_specs, file_email = certs_from_toml(args.config, args.key_type, args.profile)
+        specs += file_specs
         email = email or file_email
-    cert_groups = args.cert or [g for g in (_env("CERTS") or "").split(";") if g.strip()]
-    specs += [CertSpec.build(_split(group), args.key_type, args.profile) for group in cert_groups]
-    domains = args.domain or ([] if specs else _split(_env("DOMAIN", "DOCKER_REGISTRY_DOMAIN_NAME")))
-    if domains or not specs:
-        specs.insert(0, CertSpec.build(domains, args.key_type, args.profile))
+    specs = _merged(specs)
     _warn_if_not_canonical(specs[0].names)
     key_group = parse_key_group(args.key_group) if args.key_group else None
     key_mode = parse_key_mode(args.key_mode) if args.key_mode else (0o640 if key_group is not None else None)
@@ -189,6 +187,34 @@ def config_from_args(args: argparse.Namespace) -> Config:
         key_mode=key_mode,
         key_group=key_group,
     )
+
+
+def _certificates(args: argparse.Namespace) -> list[CertSpec]:
+    """Every source adds certificates, none replaces another (compose always sets the registry's
+    domain; a --cert for a second certificate must not drop it): the domain from the
+    environment (ACMEBOX_DOMAIN, or DOCKER_REGISTRY_DOMAIN_NAME of the old stack), --domain,
+    each --cert and each ;-separated group of ACMEBOX_CERTS. --config adds its own after these."""
+    groups = [_split(_env("DOMAIN", "DOCKER_REGISTRY_DOMAIN_NAME")), args.domain or []]
+    groups += [_split(g) for g in [*(args.cert or []), *(_env("CERTS") or "").split(";")]]
+    specs = [CertSpec.build(g, args.key_type, args.profile) for g in groups if g]
+    if not specs and args.config is None:
+        CertSpec.build([])  # raises the "no domain given" error
+    return specs
+
+
+def _merged(specs: list[CertSpec]) -> list[CertSpec]:
+    """One certificate per set of names, whichever sources named it; a name in two different
+    certificates stays an error (Config says which)."""
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for spec in specs:
+        key = tuple(sorted(spec.names))
+        if key not in seen:
+            seen.add(key)
+            out.append(spec)
+    if not out:
+        raise ConfigError("no certificate configured: --config names none, and no --domain or --cert is given")
+    return out
 
 
 def _warn_if_not_canonical(names: tuple[str, ...]) -> None:
@@ -260,10 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from acmebox import commands
 
         if args.command == "status":
-            return commands.status(args.certs_dir, args.state_dir)
+            return commands.status(args.certs_dir, args.state_dir, args.json)
         name = canonical_name(args.name) if getattr(args, "name", None) else None  # as `run` wrote it
         if args.command == "renew":
-            return commands.renew(args.state_dir, name, args.force, args.timeout)
+            return commands.renew(args.certs_dir, args.state_dir, name, args.force, args.timeout)
         if args.command == "revoke":
             assert name is not None
             return asyncio.run(commands.revoke(args.certs_dir, args.state_dir, name, args.reason, args.ca_bundle))

@@ -8,8 +8,10 @@ They read the same certs and state directories as the service (inside the contai
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography.x509.oid import NameOID
 
@@ -32,40 +34,115 @@ def _issuer(stored: StoredCert) -> str:
     return str(cn[0].value) if cn else stored.cert.issuer.rfc4514_string()
 
 
-def status(certs_dir: Path, state_dir: Path) -> int:
+def _short(text: str | None, width: int = 80) -> str:
+    text = " ".join((text or "-").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _status_of(name: str, store: CertStore, states: StateStore, served: dict[str, Any]) -> dict[str, Any]:
+    """Everything `status` knows about one certificate, as JSON-ready values."""
+    stored = store.current(name)
+    state = states.load(name, owner=False)
+    seen = served.get(name) or {}
+    serial = f"{stored.serial:x}" if stored is not None else None
+    matches = None if not seen or serial is None else seen.get("serial") == serial
+    if state.last_error and state.next_attempt:
+        condition = "failing"
+    elif stored is None:
+        condition = "missing"
+    elif stored.placeholder:
+        condition = "placeholder"
+    elif stored.not_after <= dt.datetime.now(dt.UTC):
+        condition = "expired"
+    elif matches is False:
+        condition = "not served"
+    else:
+        condition = "ok"
+    return {
+        "name": name,
+        "condition": condition,
+        "names": stored.names if stored is not None else [],
+        "issuer": _issuer(stored) if stored is not None else None,
+        "directory": stored.meta.get("directory") if stored is not None else None,
+        "serial": serial,
+        "not_after": stored.not_after.isoformat() if stored is not None else None,
+        "served_serial": seen.get("serial"),
+        "served_matches": matches,
+        "served_checked": seen.get("at"),
+        "next_renewal": state.next_renewal.isoformat() if state.next_renewal else None,
+        "reason": state.renewal_reason,
+        "failures": state.failures,
+        "next_attempt": state.next_attempt.isoformat() if state.next_attempt else None,
+        "last_error": state.last_error,
+        "last_success": state.last_success.isoformat() if state.last_success else None,
+    }
+
+
+def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
+    """One line per certificate (or `--json`), for every name with a live certificate or a
+    state (a configured certificate that never got one is listed too). Exit 1 when any is not
+    `ok`: missing, a placeholder, expired, failing, or served differently from the live one."""
     store, states = CertStore(certs_dir), StateStore(state_dir)
-    names = sorted(p.name for p in store.live.iterdir() if not p.name.startswith(".")) if store.live.is_dir() else []
-    if not names:
+    names = {p.name for p in store.live.iterdir() if not p.name.startswith(".")} if store.live.is_dir() else set()
+    names |= {p.stem for p in states.dir.glob("*.json")} if states.dir.is_dir() else set()
+    served = control.read_served(state_dir)
+    rows = [_status_of(name, store, states, served) for name in sorted(names)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
         print(f"no certificates in {certs_dir}")
-        return 0
-    rows = [("NAME", "DOMAINS", "ISSUER", "NOT AFTER", "NEXT RENEWAL", "WHY", "LAST ERROR")]
-    for name in names:
-        stored = store.current(name)
-        state = states.load(name, owner=False)
-        if stored is None:
-            rows.append((name, "-", "(unreadable)", "-", "-", "-", state.last_error or "-"))
-            continue
-        error = state.last_error or "-"
-        if state.failures:
-            error = f"{error} ({state.failures} in a row; next attempt {_when(state.next_attempt)})"
-        rows.append((name, ",".join(stored.names), _issuer(stored), _when(stored.not_after),
-                     _when(state.next_renewal), state.renewal_reason or "-", error))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
-    return 0
+    else:
+        table = [("NAME", "CONDITION", "NOT AFTER", "SERVED", "NEXT", "WHY / LAST ERROR")]
+        for r in rows:
+            served_text = {True: "yes", False: f"no ({r['served_serial'] or 'no answer'})", None: "-"}
+            why = r["last_error"] if r["condition"] == "failing" else r["reason"]
+            table.append((r["name"], r["condition"], _when_iso(r["not_after"]), served_text[r["served_matches"]],
+                          _when_iso(r["next_attempt"] if r["condition"] == "failing" else r["next_renewal"]),
+                          _short(why)))  # fmt: skip
+        widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]
+        for t in table:
+            print("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=False)) + "  " + t[-1])
+    return 0 if all(r["condition"] == "ok" for r in rows) else 1
 
 
-def renew(state_dir: Path, name: str | None, force: bool, timeout: float) -> int:
+def _when_iso(value: str | None) -> str:
+    return _when(dt.datetime.fromisoformat(value)) if value else "-"
+
+
+def owner(store: CertStore, states: StateStore, name: str) -> str | None:
+    """The certificate (its first name) that has `name` among its names, or None."""
+    known = {p.name for p in store.live.iterdir() if not p.name.startswith(".")} if store.live.is_dir() else set()
+    known |= {p.stem for p in states.dir.glob("*.json")} if states.dir.is_dir() else set()
+    if name in known:
+        return name
+    for cert in sorted(known):
+        stored = store.current(cert)
+        if stored is not None and name in (stored.meta.get("names") or stored.names):
+            return cert
+    return None
+
+
+def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeout: float) -> int:
+    """Ask the running service, then wait for its answer per certificate: nothing to do (and
+    when it is due), ordered and what the server made of it, or failed and why. A certificate
+    busy with an order answers when that order ends. Exit 1 when any failed."""
     if control.running_pid(state_dir) is None:
         raise ConfigError(f"no acmebox service is running with state dir {state_dir}")
-    states = StateStore(state_dir)
-    if name and not states.path(name).exists():
-        raise ConfigError(f"the service manages no certificate named {name}")
-    req = control.submit(state_dir, name, force)
+    store, states = CertStore(certs_dir), StateStore(state_dir)
+    target = owner(store, states, name) if name else None
+    if name and target is None:
+        raise ConfigError(f"the service manages no certificate with the name {name}")
+    if target is not None and target != name:
+        print(f"{name} is a name of certificate {target}")
+    req = control.submit(state_dir, target, force)
     control.wake_service(state_dir)
-    targets = [name] if name else sorted(p.stem for p in states.dir.glob("*.json"))
-    pending = set(targets)
+    if target is not None:
+        pending = {target}
+    else:
+        live = {p.name for p in store.live.iterdir() if not p.name.startswith(".")} if store.live.is_dir() else set()
+        pending = live | {p.stem for p in states.dir.glob("*.json")}
+    if not pending:
+        raise AcmeboxError("the service has no certificate yet; see `acmebox status` or its log")
     deadline = time.monotonic() + timeout
     failed = False
     while pending and time.monotonic() < deadline:
@@ -77,7 +154,8 @@ def renew(state_dir: Path, name: str | None, force: bool, timeout: float) -> int
                 pending.discard(n)
         time.sleep(0.1)
     if pending:
-        raise AcmeboxError(f"no answer from the service for {', '.join(sorted(pending))} within {timeout:.0f}s")
+        raise AcmeboxError(f"no answer from the service for {', '.join(sorted(pending))} within {timeout:.0f}s "
+                           "(it may be busy with an order; see `acmebox status`)")  # fmt: skip
     return 1 if failed else 0
 
 

@@ -15,7 +15,7 @@ import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from acmebox.errors import ConfigError
 from acmebox.fsutil import atomic_write_json
@@ -93,3 +93,21 @@ def wake_service(state_dir: Path) -> bool:
         return False
     os.kill(pid, signal.SIGHUP)
     return True
+
+
+def served_file(state_dir: Path) -> Path:
+    return state_dir / "served.json"
+
+
+def write_served(state_dir: Path, served: dict[str, dict[str, str | None]]) -> None:
+    """What the service last saw served, per name ({"serial": hex or None, "at": ISO time}),
+    for `acmebox status` in another process."""
+    atomic_write_json(served_file(state_dir), served, 0o600)
+
+
+def read_served(state_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(served_file(state_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -104,7 +104,7 @@ class CertMaintainer:
         states: StateStore,
         client: Callable[[], Awaitable[AcmeClient]],
         issue: Issuer,
-        on_renewed: Callable[[StoredCert], None],
+        on_renewed: Callable[[StoredCert, bool], Awaitable[str]],
         metrics: Metrics,
         clock: Clock,
         directory: str,
@@ -258,14 +258,28 @@ class CertMaintainer:
             raise  # bad input (--once: no CA at that URL, EAB missing): nothing to back off from once fixed
         except AcmeboxError as e:
             self._failed(state, e)
+            await self._record_next_plan(state)
             raise
         except Exception as e:  # a bug must not become a loop of orders: it backs off like any failure
             log.exception("%s: internal error", self.name)
             error = AcmeboxError(f"internal error: {type(e).__name__}: {e}")
             self._failed(state, error)
+            await self._record_next_plan(state)
             raise error from None
-        self._succeeded(state, new)
+        await self._succeeded(state, new)
+        await self._record_next_plan(state)
         return None
+
+    async def _record_next_plan(self, state: CertState) -> None:
+        """After an attempt, what comes next, so that `status` shows the plan held now (also
+        after `run --once`), not the one that led to the attempt."""
+        try:
+            plan = await self.plan(state, self.store.current(self.name))
+        except AcmeboxError as e:  # the plan is recorded at the next step instead
+            log.debug("%s: no plan recorded after the attempt: %s", self.name, e)
+            return
+        self._log_plan(plan, state)
+        self._save(state)
 
     async def _attempt(self, stored: StoredCert | None) -> StoredCert:
         client = await self._client()
@@ -409,16 +423,18 @@ class CertMaintainer:
                   self.name, "held back" if isinstance(e, Deferred) else "renewal failed", e,
                   _iso(state.next_attempt), problem, state.failures)  # fmt: skip
 
-    def _succeeded(self, state: CertState, new: StoredCert) -> None:
+    async def _succeeded(self, state: CertState, new: StoredCert) -> None:
         now = self.clock.now()
         state.failures, state.next_attempt, state.last_error = 0, None, None
         state.last_success = now
         state.ari = None
-        self._finish_request(state, f"renewed: serial {new.serial:x}, valid until {_iso(new.not_after)}")
         self._save(state)
         self.metrics.set_time(self.metrics.last_success, self.name, now)
         self._publish_cert(new)
-        self._on_renewed(new)
+        # An operator waiting in `acmebox renew` hears what nginx made of it, not just the order.
+        served = await self._on_renewed(new, self._request is not None)
+        self._finish_request(state, f"renewed: serial {new.serial:x}, valid until {_iso(new.not_after)}; {served}")
+        self._save(state)
 
     def _finish_request(self, state: CertState, result: str) -> None:
         if self._request is not None:

@@ -33,6 +33,7 @@ from acmebox.store import CertStore, StoredCert
 log = logging.getLogger(__name__)
 
 CONNECT_RETRY = (5, 30, 120, 600)  # seconds between attempts to reach an unreachable CA
+CONFIRM_WAIT = 60.0  # seconds `acmebox renew` is kept waiting for the reload's outcome
 TRANSIENT = {"badNonce", "serverInternal", "rateLimited"}  # problems at connect that waiting may fix
 
 
@@ -55,7 +56,7 @@ class Service:
         self.reloader = Reloader(
             config.reload or ReloadTarget("none"), config.reload_verify,
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
-            on_observed=lambda name, matches: self.metrics.served_matches.labels(name).set(int(matches)),
+            on_observed=self._observed,
         )  # fmt: skip
         self._client: AcmeClient | None = None
         self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
@@ -231,8 +232,37 @@ class Service:
         log.info("%s: certificate issued by the CA", spec.name)
         return Received(key_pem, fullchain.encode(), meta)
 
-    def _renewed(self, stored: StoredCert) -> None:
+    def _observed(self, name: str, matches: bool) -> None:
+        self.metrics.served_matches.labels(name).set(int(matches))
+        now = self.clock.now().isoformat()
+        served = {n: {"serial": f"{s.serial:x}" if s.serial is not None else None, "error": s.error, "at": now}
+                  for n, s in self.reloader.served.items()}  # fmt: skip
+        try:
+            control.write_served(self.config.state_dir, served)
+        except OSError as e:
+            log.debug("cannot record what is served: %s", e)
+
+    async def _renewed(self, stored: StoredCert, confirm: bool) -> str:
+        """Tell the reloader; with `confirm` (someone waits in `acmebox renew`), wait a while for
+        its outcome and say it. Returns what is known about nginx, in a few words."""
         self.reloader.request(stored.name, stored.serial)
+        if self.reloader.target.kind == "none" and self.reloader.verify is None:
+            return "no reload configured"
+        if not confirm:
+            return "reload requested"
+        if self.reloader.verify is None:
+            try:
+                await asyncio.wait_for(self.reloader.wait_idle(), CONFIRM_WAIT)
+            except TimeoutError:
+                return f"the reload has not succeeded after {CONFIRM_WAIT:.0f}s (it is retried; see the log)"
+            return "the server was reloaded (not verified: no --reload-verify)"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONFIRM_WAIT
+        while not self.reloader.matches(stored.name):  # another name's trouble does not hold this answer
+            if loop.time() > deadline:
+                return f"the server does not serve it after {CONFIRM_WAIT:.0f}s (the reload is retried; see the log)"
+            await asyncio.sleep(0.2)
+        return "the server serves it (verified)"
 
     def write_placeholders(self) -> None:
         for spec in self.config.certs:
@@ -257,9 +287,9 @@ class Service:
         for req in requests:
             if req.name is None:
                 targets = list(self.maintainers.values())
-            elif req.name in self.maintainers:
-                targets = [self.maintainers[req.name]]
-            else:
+            else:  # any of a certificate's names
+                targets = [m for m in self.maintainers.values() if req.name in m.spec.names]
+            if not targets:
                 log.error("renew request for unknown certificate %s ignored", req.name)
                 continue
             for m in targets:

@@ -1,0 +1,102 @@
+"""What an operator reads and scripts: the certificates from every configuration source,
+`status` (table and --json, exit codes) against a running service with Debian's nginx in
+front, and `renew` by any of a certificate's names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from conftest import Dirs, Pebble, ServiceProcess, acmebox_env, free_port, pebble_args, run_acmebox, wait_sync
+
+
+def test_every_source_adds_certificates(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
+    config = tmp_path / "certs.toml"
+    config.write_text('[[certificate]]\nnames = ["file.test"]\n')
+    env = acmebox_env(DOCKER_REGISTRY_DOMAIN_NAME="registry.test", ACMEBOX_CERTS="b.test,www.b.test;c.test")
+    out = run_acmebox("run", "--once", "--cert", "d.test", "--config", str(config), *pebble_args(pebble, dirs),
+                      env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    live = sorted(p.name for p in (dirs.certs / "live").iterdir())
+    assert live == ["b.test", "c.test", "d.test", "file.test", "registry.test"]
+
+    clash = run_acmebox("run", "--once", "--cert", "registry.test,x.test", *pebble_args(pebble, dirs), env=env)
+    assert clash.returncode == 2 and "'registry.test' is in two certificates" in clash.stderr.splitlines()[-1]
+    same = run_acmebox("run", "--once", "--domain", "registry.test", *pebble_args(pebble, dirs), env=env)
+    assert same.returncode == 0, "the same certificate named twice is one certificate"
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon on;
+pid {run}/nginx.pid;
+error_log {run}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {run}/body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl default_server;
+        ssl_certificate {certs}/live/good.test/fullchain.pem;
+        ssl_certificate_key {certs}/live/good.test/privkey.pem;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+
+def test_status_and_renew_against_a_running_service(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
+    """good.test is served by nginx; blocked.test is refused by the CA (Pebble's blocklist);
+    unserved.test is issued but nginx presents good.test's certificate for it."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    run = tmp_path / "nginx"
+    run.mkdir()
+    port = free_port()
+    conf = run / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(run=run, port=port, certs=dirs.certs))
+    svc = ServiceProcess(["run", "--cert", "good.test,www.good.test", "--cert", "blocked.test", "--cert",
+                          "unserved.test", *pebble_args(pebble, dirs), "--no-ari", "--reload", "signal",
+                          "--reload-target", str(run / "nginx.pid"), "--reload-verify", f"127.0.0.1:{port}"],
+                         tmp_path / "service.log")  # fmt: skip
+    status_args = ["--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state)]
+
+    def status() -> dict[str, dict]:  # type: ignore[type-arg]
+        out = run_acmebox("status", "--json", *status_args)
+        return {row["name"]: row for row in json.loads(out.stdout)}
+
+    try:
+        svc.wait_log("wrote a self-signed placeholder", count=3)
+        subprocess.run([nginx, "-c", str(conf), "-p", str(run)], check=True, capture_output=True)
+        wait_sync(lambda: {r["condition"] for r in status().values()} == {"ok", "failing", "not served"},
+                  timeout=60, what="one good, one failing, one not served")  # fmt: skip
+        rows = status()
+        assert rows["good.test"]["condition"] == "ok" and rows["good.test"]["served_matches"] is True
+        assert rows["good.test"]["names"] == ["good.test", "www.good.test"]
+        assert rows["blocked.test"]["condition"] == "failing" and rows["blocked.test"]["failures"] >= 1
+        assert "blocked.test" in rows["blocked.test"]["last_error"]
+        assert rows["unserved.test"]["served_matches"] is False
+        assert rows["unserved.test"]["served_serial"] == rows["good.test"]["serial"]
+
+        table = run_acmebox("status", *status_args)
+        assert table.returncode == 1, "a failing or unserved certificate makes status fail"
+        lines = table.stdout.splitlines()
+        assert len(lines) == 4 and all(len(line) < 200 for line in lines), table.stdout
+
+        renewed = run_acmebox("renew", "www.good.test", *status_args, "--timeout", "60")
+        assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+        assert "www.good.test is a name of certificate good.test" in renewed.stdout
+        assert "good.test: not due" in renewed.stdout
+
+        forced = run_acmebox("renew", "--force", "good.test", *status_args, "--timeout", "90")
+        assert forced.returncode == 0, forced.stdout + forced.stderr
+        assert "renewed: serial" in forced.stdout and "the server serves it (verified)" in forced.stdout
+    finally:
+        svc.stop()
+        if (run / "nginx.pid").exists():
+            subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)
