@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(parser, "--log-level", "log verbosity", "info", choices=LOG_LEVELS, type=str.lower)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="obtain certificates and keep them fresh")
+    run = sub.add_parser("run", aliases=["check"], help="obtain certificates and keep them fresh; `check` "
+                         "takes the same flags and only checks, orders nothing")  # fmt: skip
+    run.add_argument("--json", action="store_true", help="check: the findings as JSON")
     run.add_argument(
         "--domain",
         "-d",
@@ -283,6 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             config = config_from_args(args)
             return asyncio.run(_run_until_signalled(config, args.once, args.force_renew))
+        if args.command == "check":
+            from acmebox import check
+
+            config = config_from_args(args)
+            return check.report(asyncio.run(check.run(config)), args.json)
         from acmebox import commands
 
         if args.command == "status":

@@ -268,21 +268,30 @@ class AcmeClient:
         profiles = self.directory.meta.profiles
         return dict(profiles) if profiles is not None else None
 
-    async def login(self, account_key: JWK, email: str | None, eab: tuple[str, str] | None = None) -> str:
-        """Find this key's account at the CA, or register one (agreeing to the ToS)."""
+    async def find_account(self, account_key: JWK) -> str | None:
+        """The URL of this key's account at the CA (RFC 8555 section 7.3.1, onlyReturnExisting),
+        or None when it has none. Registers nothing."""
         self._net.key = account_key
         acme = acme_client.ClientV2(self.directory, self._net)
         self._net.account = None  # an account lookup must be signed with the JWK, not a kid
         try:
-            try:
-                await self._call(acme.new_account, messages.NewRegistration.from_data(only_return_existing=True))
-                raise CAProblem(ACME_ERROR + "malformed", "account lookup returned no Location")
-            except acme_errors.ConflictError as found:
-                url = found.location
-                log.info("using existing ACME account %s", url)
+            await self._call(acme.new_account, messages.NewRegistration.from_data(only_return_existing=True))
+            raise CAProblem(ACME_ERROR + "malformed", "account lookup returned no Location")
+        except acme_errors.ConflictError as found:
+            return str(found.location)
         except CAProblem as e:
             if e.short_type != "accountDoesNotExist":
                 raise
+            return None
+
+    async def login(self, account_key: JWK, email: str | None, eab: tuple[str, str] | None = None) -> str:
+        """Find this key's account at the CA, or register one (agreeing to the ToS)."""
+        found = await self.find_account(account_key)
+        acme = acme_client.ClientV2(self.directory, self._net)
+        if found is not None:
+            url = found
+            log.info("using existing ACME account %s", url)
+        else:
             external = None
             if eab is not None:
                 external = messages.ExternalAccountBinding.from_data(

@@ -100,3 +100,60 @@ def test_status_and_renew_against_a_running_service(pebble: Pebble, dirs: Dirs, 
         svc.stop()
         if (run / "nginx.pid").exists():
             subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)
+
+
+FRONT_CONF = """
+worker_processes 1;
+daemon on;
+pid {run}/nginx.pid;
+error_log {run}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {run}/body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location /.well-known/acme-challenge/ {{ proxy_pass http://127.0.0.1:{upstream}; }}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+
+
+def test_check_reports_before_going_live(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    run = tmp_path / "nginx"
+    run.mkdir()
+    front, upstream = free_port(), free_port()
+    conf = run / "nginx.conf"
+    conf.write_text(FRONT_CONF.format(run=run, port=front, upstream=upstream))
+    args = pebble_args(pebble, dirs)
+    args[args.index("--listen") + 1] = f"127.0.0.1:{upstream}"
+    args += ["--domain", "check.test", "--self-check-via", f"127.0.0.1:{front}", "--reload", "signal",
+             "--reload-target", str(run / "nginx.pid")]  # fmt: skip
+
+    def findings() -> tuple[int, dict[str, dict]]:  # type: ignore[type-arg]
+        out = run_acmebox("check", "--json", *args)
+        assert "Traceback" not in out.stderr
+        return out.returncode, {f["check"]: f for f in json.loads(out.stdout)}
+
+    orders = pebble.orders_in_log()
+    code, before = findings()  # nginx not started: no route, no PID
+    assert code == 1
+    assert before["CA"]["ok"] and before["certs dir"]["ok"] and before["state dir"]["ok"]
+    assert not before["challenge path check.test"]["ok"] and not before["reload"]["ok"]
+    assert not list(dirs.state.glob("accounts/**/key.pem")), "check registers nothing"
+    try:
+        subprocess.run([nginx, "-c", str(conf), "-p", str(run)], check=True, capture_output=True)
+        code, after = findings()
+        assert after["challenge path check.test"]["ok"], after["challenge path check.test"]
+        assert after["reload"]["ok"]
+        assert not after["DNS check.test"]["ok"], "a .test name does not resolve on this machine"
+        assert code == 1
+        assert pebble.orders_in_log() == orders, "check orders nothing"
+    finally:
+        subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)
