@@ -46,7 +46,9 @@ def _status_of(name: str, store: CertStore, states: StateStore, served: dict[str
     seen = served.get(name) or {}
     serial = f"{stored.serial:x}" if stored is not None else None
     matches = None if not seen or serial is None else seen.get("serial") == serial
-    if state.last_error and state.next_attempt:
+    if stored is not None and f"{stored.serial:x}" in control.read_revoked(states.dir.parent):
+        condition = "revoked"
+    elif state.last_error and state.next_attempt:
         condition = "failing"
     elif stored is None:
         condition = "missing"
@@ -177,6 +179,7 @@ async def revoke(certs_dir: Path, state_dir: Path, name: str, reason: int, ca_bu
     finally:
         await client.close()
     print(f"{name}: revoked serial {stored.serial:x} at {directory}")
+    control.record_revoked(state_dir, stored.serial)
     if control.running_pid(state_dir) is not None:
         control.submit(state_dir, name, force=True)
         control.wake_service(state_dir)

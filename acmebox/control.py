@@ -111,3 +111,19 @@ def read_served(state_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def record_revoked(state_dir: Path, serial: int) -> None:
+    """Remember a serial `acmebox revoke` revoked, so `status` does not show it as valid while
+    the service replaces it. Kept to the last 100."""
+    path = state_dir / "revoked.json"
+    serials = [s for s in read_revoked(state_dir) if s != f"{serial:x}"] + [f"{serial:x}"]
+    atomic_write_json(path, serials[-100:], 0o600)
+
+
+def read_revoked(state_dir: Path) -> list[str]:
+    try:
+        data = json.loads((state_dir / "revoked.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [str(s) for s in data] if isinstance(data, list) else []

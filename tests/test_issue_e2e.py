@@ -176,6 +176,8 @@ def test_revoke(pebble: Pebble, dirs: Dirs) -> None:
     assert result.returncode == 0, result.stderr
     assert f"revoke.test: revoked serial {serial:x}" in result.stdout
     assert json.loads(pebble.get(f"/cert-status-by-serial/{serial:x}"))["Status"] == "Revoked"
+    status = run_acmebox("status", "--json", "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))
+    assert status.returncode == 1 and json.loads(status.stdout)[0]["condition"] == "revoked"
     again = run_acmebox("revoke", "revoke.test", "--ca-bundle", str(pebble.ca_bundle),
                         "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))  # fmt: skip
     assert again.returncode == 1 and "alreadyRevoked" in again.stderr.strip().splitlines()[-1]
