@@ -375,14 +375,17 @@ function copyButton(text, what, label = "Copy") {
   return button;
 }
 
-// The pull line breaks after '/' and before ':' or '@' so on a phone the tag wraps onto the
-// next line instead of running off the edge.
+// The pull line may break after each '/' and before the tag's ':' or the '@', never inside
+// the host's port, so on a phone the tag wraps onto the next line instead of running off
+// the edge (and anywhere at all if a piece is still too long).
 function pullLine(line, what, extraClass) {
   const box = el("div", "pull");
   const code = el("code", `pull-command${extraClass ? ` ${extraClass}` : ""}`);
-  for (const part of line.split(/(?<=\/)|(?=[:@])/)) {
-    code.append(part, document.createElement("wbr"));
-  }
+  const parts = line.split(/(?<=\/)/);
+  const last = parts.pop();
+  const at = last.indexOf("@") >= 0 ? last.indexOf("@") : last.lastIndexOf(":");
+  if (at > 0) parts.push(last.slice(0, at), last.slice(at)); else parts.push(last);
+  for (const part of parts) code.append(part, document.createElement("wbr"));
   code.dataset.line = line;
   box.append(code, copyButton(line, what));
   return box;
@@ -785,11 +788,13 @@ function showRepo(repo) {
   filterLabel.append(el("span", "label", "Filter tags"), filter);
   const body = el("div", "repo-body");
   body.append(el("p", "note", "Reading tags…"));
-  view.replaceChildren(back, title, pull, filterLabel, body);
+  const count = el("p", "count", "");
+  view.replaceChildren(back, title, count, pull, filterLabel, body);
   const list = new TagList(repo, body, 3);
   repoPage = { repo, list };
   filter.addEventListener("input", () => list.setFilter(filter.value.trim()));
   const status = document.getElementById("status");
+  status.classList.add("sr-only");  // the page says it under the title; screen readers still hear it
   status.textContent = `Repository ${repo}`;
   document.getElementById("more").hidden = true;
   document.title = `${repo} · Registry`;
@@ -797,7 +802,8 @@ function showRepo(repo) {
   loadTags(repo).then((tags) => {
     if (repoPage && repoPage.list === list) {
       list.setTags(tags);
-      status.textContent = `${repo}: ${plural(tags.length, "tag", "tags")}`;
+      count.textContent = plural(tags.length, "tag", "tags");
+      status.textContent = `${repo}: ${count.textContent}`;
     }
   }, (e) => {
     if (!repoPage || repoPage.list !== list) return;
@@ -813,6 +819,7 @@ function showList(query) {
   repoPage = null;
   document.title = "Registry";
   document.getElementById("repo-view").hidden = true;
+  document.getElementById("status").classList.remove("sr-only");
   document.getElementById("list-view").hidden = false;
   const search = document.getElementById("search");
   if (query !== state.query) {
