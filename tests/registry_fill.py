@@ -105,3 +105,17 @@ def push_index(stack: Stack, repo: str, tags: list[str], token: str,
     for tag in tags:
         digest = _put_manifest(stack, repo, tag, index, "application/vnd.oci.image.index.v1+json", token)
     return digest
+
+
+def push_built_image(stack: Stack, repo: str, tag: str, token: str, created: str, layer: bytes) -> str:
+    """A one-layer image whose config says it was built at `created` (RFC 3339)."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "created": created,
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": push_blob(stack, repo, config, token), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": push_blob(stack, repo, layer, token), "size": len(layer)}],
+    }).encode()  # fmt: skip
+    return _put_manifest(stack, repo, tag, manifest, "application/vnd.oci.image.manifest.v1+json", token)

@@ -119,9 +119,13 @@ function learnChallenge(header) {
 
 // One GET to the registry with a token for `scope`, through the queue.
 function registryGet(path, scope, { accept, wanted } = {}) {
+  // Ask for the token now, not when the queue gets to it: everything queued in this turn
+  // then shares one token request.
+  const early = token(scope).catch(() => null);
   return schedule(async () => {
     for (let attempt = 0; ; attempt++) {
-      const headers = { Authorization: `Bearer ${await token(scope)}` };
+      const bearer = (attempt === 0 && (await early)) || (await token(scope));
+      const headers = { Authorization: `Bearer ${bearer}` };
       if (accept) headers.Accept = accept;
       const r = await fetch(path, { headers });
       if (r.status === 401 && attempt === 0) {
@@ -170,7 +174,9 @@ function loadCatalogPage() {
   return catalog.loading;
 }
 
-const tagsCache = new Map();  // repo -> Promise<string[]> ([] for a repository without tags)
+// repo -> Promise<string[]>: [] for a repository without tags, with .unknown set when the
+// registry does not know the name at all.
+const tagsCache = new Map();
 
 function loadTags(repo, wanted) {
   let p = tagsCache.get(repo);
@@ -184,7 +190,7 @@ function loadTags(repo, wanted) {
           r = await registryGet(path, pullScope(repo), { wanted: tags.length ? undefined : wanted });
         } catch (e) {
           // Deleting every tag can leave a name in the catalog that tags/list calls unknown.
-          if (e instanceof HttpError && e.status === 404) return tags;
+          if (e instanceof HttpError && e.status === 404) return Object.assign(tags, { unknown: true });
           throw e;
         }
         tags.push(...((await r.json()).tags || []));
@@ -801,16 +807,19 @@ function showRepo(repo) {
   title.focus();
   loadTags(repo).then((tags) => {
     if (repoPage && repoPage.list === list) {
+      if (tags.unknown) {
+        body.replaceChildren(el("p", "error", `There is no repository named ${repo} here (or all its tags were deleted).`));
+        status.textContent = `No repository named ${repo}`;
+        return;
+      }
       list.setTags(tags);
       count.textContent = plural(tags.length, "tag", "tags");
       status.textContent = `${repo}: ${count.textContent}`;
     }
   }, (e) => {
     if (!repoPage || repoPage.list !== list) return;
-    const unknown = e instanceof HttpError && e.code === "NAME_UNKNOWN";
-    body.replaceChildren(el("p", "error", unknown ? `There is no repository named ${repo} here.`
-      : `Could not read the tags: ${e.message}`));
-    status.textContent = unknown ? `No repository named ${repo}` : `Could not read ${repo}`;
+    body.replaceChildren(el("p", "error", `Could not read the tags: ${e.message}`));
+    status.textContent = `Could not read ${repo}`;
   });
 }
 
