@@ -252,10 +252,11 @@ def push_image(stack: Stack, repo: str, tag: str, token: str, layer: bytes = b"l
 
 
 @contextlib.contextmanager
-def running_stack(run: Path) -> Iterator[Stack]:
+def running_stack(run: Path, ui_root: Path | None = None) -> Iterator[Stack]:
     """Everything up, in the order the compose file implies: acmebox (token certificate and
     placeholder), the registry, nginx on the placeholder; then Pebble, so the first real
-    certificate is validated through nginx and nginx reloaded onto it."""
+    certificate is validated through nginx and nginx reloaded onto it. `ui_root` replaces the
+    compose file's browse page directory (the browse-page benchmark swaps pages in it)."""
     http_port, https_port, acmebox_port, registry_port = (free_port() for _ in range(4))
     pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(http_port))  # validates via nginx
     stop_pebble(pebble)  # its CA bundle exists now; it comes back once nginx is up
@@ -272,7 +273,7 @@ def running_stack(run: Path) -> Iterator[Stack]:
         "ACMEBOX_UPSTREAM": f"127.0.0.1:{acmebox_port}",
         "REGISTRY_UPSTREAM": f"127.0.0.1:{registry_port}",
         "CERTS_DIR": str(certs),
-        "UI_ROOT": str(nginx_host_path("UI_ROOT")),
+        "UI_ROOT": str(ui_root or nginx_host_path("UI_ROOT")),
     })  # fmt: skip
     env = acmebox_environment({
         "DOCKER_REGISTRY_DOMAIN_NAME": DOMAIN,
