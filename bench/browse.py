@@ -94,8 +94,8 @@ def measure(browser: Any, stack: Stack, last_repo: str) -> dict[str, Any]:
         first = page.evaluate("window.__firstPaint")
         page.wait_for_function("document.getElementById('status').textContent !== 'Loading…'", timeout=600_000)
         wait_quiet(requests)
-        settled = {"t": page.evaluate("Math.max(...performance.getEntriesByType('resource').map((e) => e.responseEnd))"),
-                   "n": len(requests)}  # fmt: skip
+        last = page.evaluate("Math.max(...performance.getEntriesByType('resource').map((e) => e.responseEnd))")
+        settled = {"t": last, "n": len(requests)}
         before = len(requests)
         started = time.monotonic()
         page.fill("#search", last_repo)
@@ -150,14 +150,18 @@ def main() -> int:
                         rows.append((size, which, result))
                         print(f"{size} {which}: {result}", file=sys.stderr, flush=True)
                 browser.close()
-    print("| repositories | page | first paint: requests | first paint: ms | settled: requests | settled: ms "
-          "| search for the last: requests | search: ms |")
+    print(
+        "| repositories | page | first paint: requests | first paint: ms | settled: requests | settled: ms "
+        "| search for the last: requests | search: ms |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for size, which, r in rows:
         s = r["search"]
         found = f"{s['t']:.0f}" if s["found"] else "not found"
-        print(f"| {size:,} | {which} | {r['first']['n']} | {r['first']['t']:.0f} | {r['settled']['n']} "
-              f"| {r['settled']['t']:.0f} | {s['n']} | {found} |")
+        print(
+            f"| {size:,} | {which} | {r['first']['n']} | {r['first']['t']:.0f} | {r['settled']['n']} "
+            f"| {r['settled']['t']:.0f} | {s['n']} | {found} |"
+        )
     return 0
 
 

@@ -29,7 +29,9 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 BULK = 1500
 # What the page may fetch before the first repositories are on screen: itself, the token for
 # the catalog, the first catalog page (and the icon, which Chromium asks for on its own time).
-FIRST_PAINT_ALLOWED = re.compile(r"/(style\.css|app\.js|favicon\.svg|auth/token\?[^ ]*catalog[^ ]*|v2/_catalog\?n=1000)$")
+FIRST_PAINT_ALLOWED = re.compile(
+    r"/(style\.css|app\.js|favicon\.svg|auth/token\?[^ ]*catalog[^ ]*|v2/_catalog\?n=1000)$"
+)
 MULTIARCH = [("linux", "amd64", None, 300_000, "2026-11-20T10:00:00Z"),
              ("linux", "arm64", "v8", 280_000, "2026-11-20T10:05:00Z")]  # fmt: skip
 
@@ -225,7 +227,8 @@ def test_a_link_opens_one_repository_and_leads_back(desktop: Page) -> None:
 
     page = desktop.open("#/repo/no/such")
     expect(page.locator("#repo-view .error")).to_have_text(
-        "There is no repository named no/such here (or all its tags were deleted).")
+        "There is no repository named no/such here (or all its tags were deleted)."
+    )
 
 
 def test_keyboard_and_labels(desktop: Page) -> None:
