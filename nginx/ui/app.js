@@ -88,13 +88,17 @@ async function flushTokens() {
   flushTimer = null;
   const batch = pendingScopes;
   pendingScopes = new Map();
-  if (!batch.size) return;
+  if (batch.size) await fetchToken(batch);
+}
+
+async function fetchToken(batch) {
   const scopes = [...batch.keys()].map((s) => `&scope=${encodeURIComponent(s)}`).join("");
   try {
     const r = await fetch(`${auth.realm}?service=${encodeURIComponent(auth.service)}${scopes}`);
     if (!r.ok) throw new HttpError(auth.realm, r.status, "token service");
     const body = await r.json();
     const value = body.token || body.access_token;
+    if (!value) throw new Error("token service sent no token");
     // Renew a little early: a token that expires in flight costs a 401 and a retry.
     const expires = Date.now() + Math.max(10, (body.expires_in || 60) - 10) * 1000;
     for (const [scope, waiters] of batch) {
@@ -102,6 +106,11 @@ async function flushTokens() {
       for (const w of waiters) w.resolve(value);
     }
   } catch (e) {
+    // A token service that takes one scope per request (or limits the query): ask singly.
+    if (batch.size > 1 && e instanceof HttpError && e.status >= 400 && e.status < 500) {
+      await Promise.all([...batch].map(([scope, waiters]) => fetchToken(new Map([[scope, waiters]]))));
+      return;
+    }
     for (const waiters of batch.values()) for (const w of waiters) w.reject(e);
   }
 }
