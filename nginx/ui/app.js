@@ -593,9 +593,10 @@ class TagList {
     if (!missing.length) { note.hidden = true; return note; }
     note.textContent = `Reading build dates: ${counted.format(tags.length - missing.length)} of ${counted.format(tags.length)}…`;
     if (!this.readingAll) {
-      this.readingAll = Promise.allSettled(missing.map((t) => describe(this.repo, t).then((info) => {
-        noteDate(this.repo, t, info.created, true);
-      }))).then(() => { this.readingAll = null; if (currentSort() === "built") this.render(); });
+      // An unreadable tag counts as read (no date, sorted last), or this would never end.
+      this.readingAll = Promise.allSettled(missing.map((t) => describe(this.repo, t).then(
+        (info) => noteDate(this.repo, t, info.created, true), () => noteDate(this.repo, t, null, true),
+      ))).then(() => { this.readingAll = null; if (currentSort() === "built") this.render(); });
     }
     return note;
   }
@@ -792,7 +793,7 @@ function showRepo(repo) {
   back.href = state.query ? `#/?q=${encodeURIComponent(state.query)}` : "#/";
   const title = el("h2", "repo-page-title", repo);
   title.tabIndex = -1;
-  const pull = pullLine(`docker pull ${location.host}/${repo}`, `docker pull ${repo}`);
+  const pull = el("div", "repo-pull");  // filled once the tags show there is a :latest
   const filterLabel = el("label", "tag-filter");
   const filter = el("input");
   filter.type = "search";
@@ -822,6 +823,7 @@ function showRepo(repo) {
         return;
       }
       list.setTags(tags);
+      if (tags.includes("latest")) pull.append(pullLine(`docker pull ${location.host}/${repo}`, `docker pull ${repo}`));
       count.textContent = plural(tags.length, "tag", "tags");
       status.textContent = `${repo}: ${count.textContent}`;
     }
@@ -862,6 +864,7 @@ function showList(query) {
 // Routes: #/  #/?q=text  #/repo/<name>
 function route() {
   const hash = decodeURIComponent(location.hash.replace(/^#/, ""));
+  if (hash && !hash.startsWith("/")) return;  // an in-page anchor, not a route
   const repo = hash.match(/^\/repo\/(.+)$/);
   if (repo) { showRepo(repo[1].replace(/\/+$/, "")); return; }
   const q = location.hash.match(/[?&]q=([^&]*)/);
@@ -917,6 +920,10 @@ document.addEventListener("DOMContentLoaded", () => {
   document.addEventListener("keydown", (e) => {
     const typing = /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName);
     if (e.key === "/" && !typing && !e.ctrlKey && !e.metaKey && !e.altKey) { e.preventDefault(); search.focus(); }
+  });
+  document.querySelector(".skip").addEventListener("click", (e) => {
+    e.preventDefault();  // "#main" would otherwise become the route
+    document.getElementById("main").focus();
   });
   moreObserver.observe(document.getElementById("more"));
   addEventListener("hashchange", route);
