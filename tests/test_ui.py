@@ -54,6 +54,7 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         push_index(stack, "zzz/multiarch", ["1.0", "latest"], writer, MULTIARCH)
         clone_repositories(stack, "test/ui", [f"bulk/r{i:04d}" for i in range(BULK)], ["1.0", "1.1", "latest"])
         empty_repository(stack, "bulk/r0003x")
+        clone_repositories(stack, "test/ui", ["many/tags"], [f"t{i}" for i in range(1, 61)])
         catalog = stack.https("GET", "/v2/_catalog?n=1000", token=stack.token("registry:catalog:*"))
         assert len(catalog.json()["repositories"]) == 1000 and 'rel="next"' in catalog.headers["Link"]
         yield stack
@@ -145,11 +146,11 @@ def test_first_repositories_show_after_the_first_catalog_page_only(desktop: Page
     # Scrolling down adds rows, then reads the second catalog page when the first runs out.
     status = page.locator("#status")
     for _ in range(30):
-        if status.inner_text() == f"{BULK + 3:,} repositories":
+        if status.inner_text() == f"{BULK + 4:,} repositories":
             break
         page.locator("#more").scroll_into_view_if_needed()
         page.wait_for_load_state("networkidle")
-    expect(status).to_have_text(f"{BULK + 3:,} repositories")
+    expect(status).to_have_text(f"{BULK + 4:,} repositories")
     assert len(desktop.paths(r"/v2/_catalog")) == 2
 
 
@@ -159,14 +160,14 @@ def test_search_reads_more_of_the_catalog_and_the_count_follows(desktop: Page) -
     page.get_by_label("Search").fill("r1400")
     expect(page.locator(".repo")).to_have_count(1)
     expect(page.locator(".repo .repo-name")).to_have_text("bulk/r1400")
-    expect(page.locator("#status")).to_have_text(f"1 of {BULK + 3:,} repositories match “r1400”")
+    expect(page.locator("#status")).to_have_text(f"1 of {BULK + 4:,} repositories match “r1400”")
     assert len(desktop.paths(r"/v2/_catalog\?last=bulk%2Fr099")) == 1
     assert page.url.endswith("#/?q=r1400"), "the search is in the URL"
 
     page.get_by_label("Search").fill("zzz")
-    expect(page.locator("#status")).to_have_text(f"1 of {BULK + 3:,} repositories match “zzz”")
+    expect(page.locator("#status")).to_have_text(f"1 of {BULK + 4:,} repositories match “zzz”")
     page.get_by_label("Search").fill("bulk/r000")
-    expect(page.locator("#status")).to_have_text(f"11 of {BULK + 3:,} repositories match “bulk/r000”")
+    expect(page.locator("#status")).to_have_text(f"11 of {BULK + 4:,} repositories match “bulk/r000”")
     empty = page.locator(".repo", has_text="bulk/r0003x")
     expect(empty.locator(".summary")).to_have_text("no tags")
 
@@ -297,3 +298,55 @@ def test_screenshots_and_a_phone(browser: Any, ui_stack: Stack, scheme: str) -> 
         assert phone.errors == []
     finally:
         phone.close()
+
+
+def test_long_tag_lists_come_fifty_at_a_time(desktop: Page) -> None:
+    page = desktop.open("#/repo/many/tags")
+    names = page.locator(".tag .tag-name")
+    expect(names).to_have_count(50)
+    assert names.all_inner_texts()[:3] == ["t1", "t2", "t3"] and names.nth(49).inner_text() == "t50"
+    expect(page.locator(".count")).to_have_text("60 tags")
+    page.get_by_role("button", name="Show 10 more tags of 10").click()
+    expect(names).to_have_count(60)
+    expect(names.nth(50)).to_be_focused()
+    # Only cards near the screen were read, not all sixty.
+    page.wait_for_load_state("networkidle")
+    assert len(desktop.paths(r"/v2/many/tags/manifests/")) < 60
+
+
+def test_a_token_service_that_takes_one_scope_at_a_time(desktop: Page) -> None:
+    """Fault in front of the real token service: requests with several scopes get 400."""
+    refused: list[str] = []
+
+    def one_scope_only(route: Any) -> None:
+        if route.request.url.count("scope=") > 1:
+            refused.append(route.request.url)
+            route.fulfill(status=400, body='{"errors": [{"code": "UNSUPPORTED"}]}')
+        else:
+            route.continue_()
+
+    desktop.page.route(re.compile(r"/auth/token\?"), one_scope_only)
+    page = desktop.open()
+    expect(page.locator(".repo").nth(8).locator(".summary")).to_have_text("3 tags: latest, 1.1, 1.0")
+    assert refused, "the page asked for several scopes at once first"
+
+
+def test_a_401_challenge_is_followed(desktop: Page) -> None:
+    """Fault in front of the real registry: the first catalog answer is a 401 whose challenge
+    names the token service; the page asks it and tries again."""
+    challenged: list[str] = []
+
+    def challenge_once(route: Any) -> None:
+        if challenged:
+            route.continue_()
+            return
+        challenged.append(route.request.url)
+        realm = f"https://{desktop.stack.host}/auth/token"
+        route.fulfill(status=401, body="{}", headers={
+            "WWW-Authenticate": f'Bearer realm="{realm}",service="registry",scope="registry:catalog:*"'})  # fmt: skip
+
+    desktop.page.route(re.compile(r"/v2/_catalog"), challenge_once)
+    page = desktop.open()
+    expect(page.locator(".repo").first).to_contain_text("bulk/r0000")
+    assert len(challenged) == 1
+    assert len(desktop.paths(r"/auth/token\?.*catalog")) == 2
