@@ -279,14 +279,15 @@ server {{
 
 
 @contextlib.contextmanager
-def running_stack(run: Path, front_redirect: bool = False) -> Iterator[Stack]:
+def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None = None) -> Iterator[Stack]:
     """Everything up, in the order the compose file implies: acmebox (token certificate and
     placeholder), the registry, nginx on the placeholder; then Pebble, so the first real
     certificate is validated through nginx and nginx reloaded onto it.
 
     front_redirect: Pebble's VA dials a server in front instead of nginx's port-80 one, which
     answers everything with a 301 to nginx's 443 server (as a CDN or load balancer that forces
-    https would); its requests are logged to nginx/front.log."""
+    https would); its requests are logged to nginx/front.log. `ui_root` replaces the compose
+    file's browse page directory (the browse-page benchmark swaps pages in it)."""
     http_port, https_port, acmebox_port, registry_port, front_port = (free_port() for _ in range(5))
     va_port = front_port if front_redirect else http_port
     pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(va_port))  # validates via nginx
@@ -305,7 +306,7 @@ def running_stack(run: Path, front_redirect: bool = False) -> Iterator[Stack]:
         "ACMEBOX_UPSTREAM": f"127.0.0.1:{acmebox_port}",
         "REGISTRY_UPSTREAM": f"127.0.0.1:{registry_port}",
         "CERTS_DIR": str(certs),
-        "UI_ROOT": str(nginx_host_path("UI_ROOT")),
+        "UI_ROOT": str(ui_root or nginx_host_path("UI_ROOT")),
         "ACMEBOX_RELOAD_FILE": str(generation),
     })  # fmt: skip
     if front_redirect:
