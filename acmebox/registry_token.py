@@ -110,6 +110,36 @@ _BCRYPT = re.compile(rb"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 BCRYPT_MAX_PASSWORD = 72
 
 
+def check_signing_key(key_path: Path) -> None:
+    """ConfigError unless `key_path` is missing (it will be made) or an EC P-256 private key.
+    Reads only: the CLI calls it before anything is written."""
+    try:
+        if not key_path.exists():
+            return
+        key = keys.from_pem(key_path.read_bytes())
+    except OSError as e:
+        raise ConfigError(f"token signing key {key_path}: {e.strerror or e}") from None
+    except ValueError:
+        raise ConfigError(f"token signing key {key_path} is not a readable private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or keys.key_type_of(key) != "ec256":
+        raise ConfigError(f"token signing key {key_path} is not an EC P-256 key")
+
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+
+
+def check_proxy_entry(entry: str) -> None:
+    """A trusted proxy: an IP address, a network in CIDR form, or a host name."""
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(entry):
+        raise ConfigError(f"bad --auth-trusted-proxy entry {entry[:80]!r}: want an address, a network or a host name")
+
+
 class Htpasswd:
     """An htpasswd file with bcrypt entries, read again when it changes on disk.
 
