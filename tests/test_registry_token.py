@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
@@ -336,3 +337,129 @@ def test_throttle_memory_is_bounded() -> None:
     assert buckets.wait("x") == pytest.approx(10)
     clock.t += 10
     assert buckets.wait("x") == 0
+
+
+# -- against the real registry ---------------------------------------------------------------
+
+
+def registry_upload(port: int, repo: str, token: str | None) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/{repo}/blobs/uploads/", method="POST", data=b"")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.fixture
+def real_registry(tmp_path: Path) -> Iterator[tuple[TokenService, int]]:
+    """Debian's docker-registry trusting a token service whose ACL limits alice to alice/*."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    from conftest import free_port
+
+    svc = make_service(tmp_path / "tok", acl='alice = ["alice/*"]\n')
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"""version: 0.1
+log: {{level: warn}}
+storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}
+auth:
+  token: {{realm: "http://127.0.0.1:1/auth/token", service: registry, issuer: acmebox,
+           rootcertbundle: {tmp_path / 'tok' / 'c'}}}
+http: {{addr: "127.0.0.1:{port}"}}
+""")
+    with (tmp_path / "registry.log").open("w") as log_file:
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2)
+            except urllib.error.HTTPError:
+                break  # 401: it is up
+            except OSError:
+                time.sleep(0.1)
+        yield svc, port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenService, int]) -> None:
+    import hashlib
+    import hmac
+    import json
+    import time
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    svc, port = real_registry
+    token = lambda user, scope: svc.issue(user, [Scope.parse(scope)])["token"]  # noqa: E731
+    assert registry_upload(port, "alice/app", token("alice", "repository:alice/app:pull,push")) == 202
+    assert registry_upload(port, "alice/app", token(None, "repository:alice/app:pull,push")) == 401
+    # outside the ACL, unlisted, or a name outside the grammar: no grant, and the registry agrees
+    assert registry_upload(port, "bob/app", token("alice", "repository:bob/app:pull,push")) == 401
+    assert registry_upload(port, "bob/app", token("bob", "repository:bob/app:pull,push")) == 401
+    trav = token("alice", "repository:alice/../bob/app:push")
+    assert decode(svc, trav)["access"] == []
+    assert registry_upload(port, "alice/../bob/app", trav) in (401, 404)
+
+    good = token("alice", "repository:alice/app:pull,push")
+    hdr = jwt.get_unverified_header(good)
+    payload = decode(svc, good)
+    evil = dict(payload, access=[{"type": "repository", "name": "bob/app", "actions": ["pull", "push"]}])
+    cert_pem = (svc.htpasswd.path.parent / "c").read_bytes()
+    pub = x509.load_pem_x509_certificate(cert_pem).public_key()
+    spki_pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki_der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def b64(d: bytes) -> str:
+        return base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+
+    def unsigned(h: dict, p: dict) -> str:  # type: ignore[type-arg]
+        return b64(json.dumps(h).encode()) + "." + b64(json.dumps(p).encode()) + "."
+
+    def hs256(secret: bytes, p: dict) -> str:  # type: ignore[type-arg]
+        msg = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": hdr["kid"]}).encode()) + "." + \
+            b64(json.dumps(p).encode())  # fmt: skip
+        return msg + "." + b64(hmac.new(secret, msg.encode(), hashlib.sha256).digest())
+
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil")])
+    evil_cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(attacker.public_key())
+                 .serial_number(1).not_valid_before(NOW - dt.timedelta(days=1000))
+                 .not_valid_after(NOW + dt.timedelta(days=1000)).sign(attacker, hashes.SHA256()))  # fmt: skip
+    x5c = base64.b64encode(evil_cert.public_bytes(serialization.Encoding.DER)).decode()
+    parts = good.split(".")
+    now = int(time.time())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(attacker.public_key()))
+    kid = {"kid": hdr["kid"]}
+    forged = {
+        "alg none": unsigned({"alg": "none", "typ": "JWT", "kid": hdr["kid"]}, evil),
+        "alg none without kid": unsigned({"alg": "none", "typ": "JWT"}, evil),
+        "HS256 keyed with token.crt": hs256(cert_pem, evil),
+        "HS256 keyed with the SPKI PEM": hs256(spki_pem, evil),
+        "HS256 keyed with the SPKI DER": hs256(spki_der, evil),
+        "foreign ES256 key with our kid": jwt.encode(evil, attacker, "ES256", headers={"kid": hdr["kid"]}),
+        "foreign ES256 key with x5c": jwt.encode(evil, attacker, "ES256", headers={"x5c": [x5c]}),
+        "foreign ES256 key with jwk": jwt.encode(evil, attacker, "ES256", headers={"jwk": jwk}),
+        "payload edited": parts[0] + "." + b64(json.dumps(evil).encode()) + "." + parts[2],
+        "signature stripped": parts[0] + "." + parts[1] + ".",
+        "expired, real key": jwt.encode(dict(payload, exp=now - 60, nbf=now - 400, iat=now - 400), svc.key, "ES256",
+                                        headers=kid),
+        "wrong audience, real key": jwt.encode(dict(payload, aud="other"), svc.key, "ES256", headers=kid),
+        "wrong issuer, real key": jwt.encode(dict(payload, iss="evil"), svc.key, "ES256", headers=kid),
+    }
+    assert len(forged) == 13
+    answers = {label: registry_upload(port, "bob/app" if "real key" not in label else "alice/app", tok)
+               for label, tok in forged.items()}  # fmt: skip
+    assert answers == dict.fromkeys(forged, 401)
