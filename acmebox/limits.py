@@ -121,11 +121,10 @@ def raise_fd_limit(wanted: int = FD_WANTED) -> tuple[int, int]:
     return soft, hard
 
 
-def connection_cap(soft_limit: int, configured: int) -> int:
+def connection_cap(soft_limit: int, configured: int, in_flight: int) -> int:
     """How many client connections the HTTP server may hold: `configured`, but never so many
-    that accepting one more could run out of descriptors (a quarter of the limit, and at least
-    FD_RESERVE, stay for everything else)."""
+    that accepting more could run out of descriptors: `in_flight` (accepted, not yet counted
+    or not yet closed) and FD_RESERVE are kept free."""
     if soft_limit == resource.RLIM_INFINITY:
         return configured
-    spare = soft_limit - max(FD_RESERVE, soft_limit // 4)
-    return max(1, min(configured, spare))
+    return max(1, min(configured, soft_limit - in_flight - FD_RESERVE))
