@@ -186,7 +186,7 @@ def htpasswd_file(tmp_path: Path) -> str:
     [
         (["--auth-issuer", ""], "bad --auth-issuer ''"),
         (["--auth-service", " registry"], "bad --auth-service ' registry'"),
-        (["--auth-trusted-proxy", "not a host"], "bad --auth-trusted-proxy entry 'not'"),
+        (["--auth-trusted-proxy", "nginx,10.0.0.0/33"], "bad --auth-trusted-proxy entry '10.0.0.0/33'"),
         (["--auth-acl", "{dir}/acl.toml"], "ACL file"),
         (["--auth-key", "/etc/hostname"], "token signing key /etc/hostname is not a readable private key"),
     ],
