@@ -359,6 +359,8 @@ def throttle_key(client: str) -> str:
 # is smaller than per user, so one client alone cannot lock a user out.
 CLIENT_BURST, CLIENT_PER_SECOND = 10, 1 / 6
 USER_BURST, USER_PER_SECOND = 30, 1 / 2
+# A login waits at most this long for bcrypt (the pool may be busy); then 503 with Retry-After.
+LOGIN_TIMEOUT = 30.0
 # bcrypt runs in its own small pool: a flood of logins must not starve the default executor
 # (the docker reloader uses it), and more threads than cores would not check faster.
 BCRYPT_THREADS = 2
@@ -435,7 +437,13 @@ class TokenService:
             wait = self._waiting(client, user)
             if wait:
                 return self._throttled(client, user, wait)
-            if not await self._login(client, user, password):
+            try:
+                async with asyncio.timeout(LOGIN_TIMEOUT):
+                    ok = await self._login(client, user, password)
+            except TimeoutError:
+                return web.json_response({"errors": [{"code": "UNAVAILABLE", "message": "busy; try again"}]},
+                                         status=503, headers={"Retry-After": "10"})  # fmt: skip
+            if not ok:
                 return self._denied("invalid username or password")
         body = self.issue(user, scopes)
         log.debug("token for %s: %s", user or "anonymous", [f"{s.type}:{s.name}" for s in scopes])
