@@ -25,6 +25,7 @@ from acmebox import __version__
 from acmebox.config import (
     LE_PRODUCTION,
     LE_STAGING,
+    PROFILE_NAME,
     CertSpec,
     Config,
     HostPort,
@@ -177,12 +178,9 @@ def seconds(raw: str) -> float:
     return value
 
 
-PROFILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
 def check_profile(profile: str | None, what: str = "--profile") -> None:
-    """ACME profile names (draft-aaron-acme-profiles) are short tokens such as `shortlived`."""
-    if profile is not None and not PROFILE.match(profile):
+    """An empty profile means the CA's default, as before."""
+    if profile and not PROFILE_NAME.match(profile):
         raise ConfigError(f"bad {what} {profile[:80]!r}: want a profile name such as shortlived")
 
 

@@ -152,7 +152,8 @@ class Config:
 # broken file is refused in one line instead of exhausting memory or the stack.
 TOML_MAX_BYTES = 64 * 1024 * 1024
 TOML_MAX_STRING = 1024
-_PROFILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# ACME profile names (draft-aaron-acme-profiles) are short tokens such as `shortlived`.
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CERT_KEYS = {"names": "a list of domain names", "key_type": f"one of {', '.join(KEY_TYPES)}",
               "profile": "a profile name such as shortlived"}  # fmt: skip
 
@@ -215,7 +216,7 @@ def certs_from_toml(path: Path, key_type: str, profile: str | None) -> tuple[lis
             _toml_str(n, f"{at}: names", "a list of domain names (strings)")
         kt = _toml_str(entry.get("key_type", key_type), f"{at}: key_type", _CERT_KEYS["key_type"])
         pr = entry.get("profile", profile)
-        if pr is not None and not (isinstance(pr, str) and _PROFILE.match(pr)):
+        if pr is not None and not (isinstance(pr, str) and PROFILE_NAME.match(pr)):
             raise ConfigError(f"{at}: profile must be {_CERT_KEYS['profile']}")
         specs.append(CertSpec.build(list(names), kt, pr))
     return specs, email
