@@ -1,7 +1,8 @@
 """Command line: flags (each also read from an ACMEBOX_* variable), logging, exit codes.
 
 Exit codes: 0 success, 1 the CA refused or failed (its problem type and detail are printed),
-2 bad input (one line saying what is wrong). No traceback reaches the user.
+2 bad input (one line saying what is wrong). No traceback reaches the user. Every flag and file
+is checked before anything is written: a refusal leaves no directory behind.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import logging
 import os
 import re
 import signal
+import socket
+import ssl
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -21,6 +25,7 @@ from acmebox import __version__
 from acmebox.config import (
     LE_PRODUCTION,
     LE_STAGING,
+    PROFILE_NAME,
     CertSpec,
     Config,
     HostPort,
@@ -37,7 +42,9 @@ from acmebox.reload import KINDS, ReloadTarget
 
 log = logging.getLogger("acmebox")
 TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off"}
 LOG_LEVELS = ("debug", "info", "warning", "error")
+BOOL_FLAGS: set[str] = set()  # dests of on/off flags whose ACMEBOX_* value is checked in main()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,8 +60,15 @@ def _env(name: str, *fallbacks: str) -> str | None:
     return None
 
 
-def _env_flag(name: str) -> bool:
-    return (_env(name) or "").strip().lower() in TRUE
+def strict_bool(value: str, what: str) -> bool:
+    """`1/true/yes/on` or `0/false/no/off` (any case); anything else is a ConfigError, so a
+    typo such as ACMEBOX_STAGING=y cannot silently mean production."""
+    word = value.strip().lower()
+    if word in TRUE:
+        return True
+    if word in FALSE:
+        return False
+    raise ConfigError(f"bad {what} {value!r}: want 1/true/yes/on or 0/false/no/off")
 
 
 def _split(value: str | None) -> list[str]:
@@ -69,10 +83,15 @@ def _opt(group: Group, flag: str, help: str, default: str | None = None, also: t
     var = flag.lstrip("-").replace("-", "_").upper()
     names = " or ".join([f"ACMEBOX_{var}", *also])
     if kw.get("action") == "store_true":
-        kw["default"] = _env_flag(var)
+        # The raw ACMEBOX_* word (or False); main() turns it into a bool or refuses it.
+        kw["default"] = _env(var) or False
+        BOOL_FLAGS.add(var.lower())
+        default = "off"
     else:
         kw["default"] = _env(var, *also) or default  # argparse applies `type` to string defaults
-    group.add_argument(flag, help=f"{help} [{names}]", **kw)
+    # The built-in default, never the environment's value: that may be a secret (EAB key).
+    shown = f"; default: {default}" if default is not None else ""
+    group.add_argument(flag, help=f"{help} [{names}{shown}]", **kw)
 
 
 def _dirs(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +99,11 @@ def _dirs(parser: argparse.ArgumentParser) -> None:
         parser, "--certs-dir", "the shared certs volume (live/<name>/fullchain.pem ...)", "/etc/letsencrypt", type=Path
     )
     _opt(parser, "--state-dir", "account key and state", "/var/lib/acmebox", type=Path)
+    # Also accepted after the command (`acmebox run --log-level debug`); SUPPRESS keeps the
+    # value given before the command when it is not repeated here.
+    parser.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, type=str.lower,
+                        help="log verbosity, also accepted before the command "
+                             "[ACMEBOX_LOG_LEVEL; default: info]")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,9 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(auth, "--auth-service", "the registry's auth.token.service", "registry")
     _opt(auth, "--auth-issuer", "the registry's auth.token.issuer", "acmebox")
     _opt(auth, "--auth-ttl", "token lifetime in seconds", "300", type=int)
-    _opt(auth, "--auth-acl", 'TOML file narrowing users to repository patterns: alice = ["alice/*"]', type=Path)
+    _opt(auth, "--auth-acl", 'TOML file of users and the repositories they may write: alice = ["alice/*"]; '
+         "users it does not list may only pull", type=Path)  # fmt: skip
+    _opt(auth, "--auth-trusted-proxy", "addresses, networks (CIDR) or host names of the reverse proxies whose "
+         "X-Forwarded-For names the client, comma-separated", also=())  # fmt: skip
     _opt(run, "--once", "obtain or confirm the certificates, then exit", action="store_true")
-    _opt(run, "--force-renew", "order new certificates even when valid ones exist", action="store_true")
+    _opt(run, "--force-renew", "with --once: order new certificates even when valid ones exist "
+         "(a running service: `acmebox renew --force`)", action="store_true")  # fmt: skip
 
     status = sub.add_parser("status", help="the certificates and their renewal plans; exit 1 if any is not ok")
     _dirs(status)
@@ -145,21 +173,86 @@ def build_parser() -> argparse.ArgumentParser:
     renew = sub.add_parser("renew", help="ask the running service to check (or with --force, renew) now")
     renew.add_argument("name", nargs="?", help="any name of the certificate; default: all")
     renew.add_argument("--force", action="store_true", help="renew even when not due")
-    renew.add_argument("--timeout", type=float, default=300, help="seconds to wait for the outcome")
+    renew.add_argument("--timeout", type=seconds, default=300, help="seconds to wait for the outcome [default: 300]")
     _dirs(renew)
     revoke = sub.add_parser("revoke", help="revoke a certificate at its CA; the service then replaces it")
     revoke.add_argument("name", help="certificate name (its first domain)")
     revoke.add_argument("--reason", type=int, default=0, choices=[0, 1, 3, 4, 5],
-                        help="RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, ...)")  # fmt: skip
+                        help="RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, ...) "
+                             "[default: 0]")  # fmt: skip
     _opt(revoke, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=Path)
     _dirs(revoke)
     return parser
 
 
+def seconds(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 86400:
+        raise ValueError(raw)
+    return value
+
+
+def check_profile(profile: str | None, what: str = "--profile") -> None:
+    """An empty profile means the CA's default, as before."""
+    if profile and not PROFILE_NAME.match(profile):
+        raise ConfigError(f"bad {what} {profile[:80]!r}: want a profile name such as shortlived")
+
+
+def check_directory_url(url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        scheme, host = "", None
+    if scheme not in ("https", "http") or not host or any(c.isspace() for c in url):
+        raise ConfigError(f"bad directory URL {url[:200]!r}: want https://HOST/...")
+
+
+def check_listen(listen: HostPort) -> None:
+    """Refuse port 0 and addresses this host cannot bind, before anything is written (the real
+    bind happens later, after the certs and state directories are prepared)."""
+    if listen.port == 0:
+        raise ConfigError(f"bad listen address {str(listen)!r}: port 0 picks a random port the CA cannot find")
+    try:
+        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:
+        raise ConfigError(f"bad listen address {str(listen)!r}: {getattr(e, 'strerror', None) or e}") from None
+    family, kind, proto, _, addr = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {listen}: {e.strerror or e}") from None
+
+
+def check_dir(path: Path, what: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is not usable: not a directory")
+
+
+def check_ca_bundle(path: Path | None) -> None:
+    if path is None or not path.is_file():
+        return  # Config says "does not exist"
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConfigError(f"CA bundle {path} holds no usable PEM certificate ({reason})") from None
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     if args.directory and args.staging:
         raise ConfigError("--staging and --directory are exclusive")
+    if args.force_renew and not args.once:
+        raise ConfigError("--force-renew needs --once; to renew through a running service use `acmebox renew --force`")
     directory = args.directory or (LE_STAGING if args.staging else LE_PRODUCTION)
+    check_directory_url(directory)
+    check_profile(args.profile)
+    check_dir(args.certs_dir, "certs dir")
+    check_dir(args.state_dir, "state dir")
+    check_ca_bundle(args.ca_bundle)
     email = args.email
     specs = _certificates(args)
     if args.config is not None:
@@ -170,7 +263,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     _warn_if_not_canonical(specs[0].names)
     key_group = parse_key_group(args.key_group) if args.key_group else None
     key_mode = parse_key_mode(args.key_mode) if args.key_mode else (0o640 if key_group is not None else None)
-    return Config(
+    config = Config(
         certs=tuple(specs),
         email=normalize_email(email) if email else None,
         directory=directory,
@@ -189,6 +282,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         key_mode=key_mode,
         key_group=key_group,
     )
+    if args.command != "check":  # check runs beside the service, whose port this is
+        check_listen(config.listen)
+    return config
 
 
 def _certificates(args: argparse.Namespace) -> list[CertSpec]:
@@ -234,12 +330,27 @@ def _warn_if_not_canonical(names: tuple[str, ...]) -> None:
 
 def _token_auth(args: argparse.Namespace) -> TokenAuth | None:
     if args.auth_htpasswd is None:
-        for flag in ("auth_acl", "auth_key", "auth_cert"):
+        for flag in ("auth_acl", "auth_key", "auth_cert", "auth_trusted_proxy"):
             if getattr(args, flag) is not None:
                 raise ConfigError(f"--{flag.replace('_', '-')} needs --auth-htpasswd")
         return None
     if args.auth_ttl < 30 or args.auth_ttl > 86400:
         raise ConfigError("--auth-ttl must be between 30 and 86400 seconds")
+    for flag in ("auth_service", "auth_issuer"):
+        value = getattr(args, flag)
+        if not value or not value.isprintable() or value != value.strip() or len(value) > 255:
+            raise ConfigError(f"bad --{flag.replace('_', '-')} {value!r}: want a non-empty name without spaces at "
+                              "its ends, as in the registry's auth.token settings")  # fmt: skip
+    from acmebox import registry_token  # imported late: `--help` stays fast
+
+    # Read here, not only at startup, so a bad file is refused before anything is written.
+    registry_token.Htpasswd(args.auth_htpasswd)
+    registry_token.load_acl(args.auth_acl)
+    if args.auth_key is not None:
+        registry_token.check_signing_key(args.auth_key)
+    proxies = _split(args.auth_trusted_proxy)
+    for entry in proxies:
+        registry_token.check_proxy_entry(entry)
     return TokenAuth(
         htpasswd=args.auth_htpasswd,
         key=args.auth_key or args.state_dir / "token-signing.key",
@@ -248,6 +359,7 @@ def _token_auth(args: argparse.Namespace) -> TokenAuth | None:
         issuer=args.auth_issuer,
         ttl=args.auth_ttl,
         acl=args.auth_acl,
+        trusted_proxies=tuple(proxies),
     )
 
 
@@ -280,6 +392,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level not in LOG_LEVELS:  # argparse checks choices on flags, not on defaults from the environment
         print(f"acmebox: error: bad ACMEBOX_LOG_LEVEL {args.log_level!r}", file=sys.stderr)
         return 2
+    try:
+        for dest in BOOL_FLAGS & set(vars(args)):
+            value = getattr(args, dest)
+            if isinstance(value, str):
+                setattr(args, dest, strict_bool(value, f"ACMEBOX_{dest.upper()}"))
+    except ConfigError as e:
+        print(f"acmebox: error: {e}", file=sys.stderr)
+        return e.exit_code
     _setup_logging(args.log_level)
     try:
         if args.command == "run":

@@ -365,7 +365,8 @@ class Service:
         token_service = None
         if self.config.token_auth is not None:
             t = self.config.token_auth
-            token_service = registry_token.build(t.htpasswd, t.key, t.cert, t.service, t.issuer, t.ttl, t.acl)
+            token_service = registry_token.build(t.htpasswd, t.key, t.cert, t.service, t.issuer, t.ttl, t.acl,
+                                                 t.trusted_proxies)  # fmt: skip
         app = webapp.build_app(self.tokens, self.health, self.metrics, token_service, ready=lambda: self.ready)
         runner = await webapp.start(app, self.config.listen)
         if once:

@@ -326,6 +326,7 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "ACMEBOX_AUTH_HTPASSWD": str(htpasswd),
         "ACMEBOX_AUTH_KEY": str(state / "token-signing.key"),
         "ACMEBOX_AUTH_CERT": str(token_cert),
+        "ACMEBOX_AUTH_TRUSTED_PROXY": "127.0.0.1",  # nginx, as the compose file's "nginx"
     })  # fmt: skip
     acmebox = ServiceProcess(["run"], run / "acmebox.log", env={"PATH": os.environ["PATH"], **env})
     registry = watcher = None

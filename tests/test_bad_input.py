@@ -143,3 +143,151 @@ def _refused_as_nobody(top: Path) -> None:
                "--state-dir", str(top / "s"), "--directory", "https://127.0.0.1:1/dir"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=acmebox_env(), cwd=top, timeout=60)
     assert_usage_error(result, "--key-group 101: acmebox (uid 65534) may not give files to that group")
+
+
+# -- strictness: every refusal is one line, exit 2, before anything is written ---------------
+
+UNREACHABLE = "https://127.0.0.1:1/dir"
+
+
+def refused_before_writing(tmp_path: Path, *args: str, expected: str, env: dict[str, str] | None = None) -> None:
+    from conftest import acmebox_env
+
+    result = run_acmebox("run", *args, "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
+                         env=acmebox_env(**(env or {})))  # fmt: skip
+    assert_usage_error(result, expected)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "c").exists() and not (tmp_path / "s").exists(), "nothing written before validation"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"ACMEBOX_STAGING": "y"}, "bad ACMEBOX_STAGING 'y': want 1/true/yes/on or 0/false/no/off"),
+        ({"ACMEBOX_NO_ARI": "2"}, "bad ACMEBOX_NO_ARI '2'"),
+        ({"ACMEBOX_ONCE": "maybe"}, "bad ACMEBOX_ONCE 'maybe'"),
+        ({"ACMEBOX_FORCE_RENEW": "1"}, "--force-renew needs --once"),
+    ],
+)
+def test_strict_booleans(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+    refused_before_writing(tmp_path, "--domain", "a.example.com", "--listen", "127.0.0.1:1", expected=expected,
+                           env=env)  # fmt: skip
+
+
+def test_boolean_words_accepted(tmp_path: Path) -> None:
+    from conftest import acmebox_env
+
+    for word in ("off", "NO", "false", "0"):
+        result = run_acmebox("run", "--domain", "a.example.com", "--directory", UNREACHABLE, "--certs-dir",
+                             str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"), "--listen", "127.0.0.1:0",
+                             env=acmebox_env(ACMEBOX_ONCE="1", ACMEBOX_NO_ARI=word, ACMEBOX_STAGING=word))  # fmt: skip
+        assert_usage_error(result, "port 0")  # got past the booleans to the next check
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--force-renew"], "--force-renew needs --once; to renew through a running service use `acmebox renew"),
+        (["--once", "--listen", ":0"], "bad listen address '0.0.0.0:0': port 0"),
+        (["--once", "--listen", "no-such-host.invalid:8080"], "bad listen address 'no-such-host.invalid:8080'"),
+        (["--once", "--listen", "999.1.1.1:8080"], "bad listen address '999.1.1.1:8080'"),
+        (["--once", "--profile", "a b"], "bad --profile 'a b'"),
+        (["--once", "--profile", "['a']"], "bad --profile"),
+        (["--once", "--directory", "https://"], "bad directory URL 'https://'"),
+        (["--once", "--directory", "https://x:99999/dir"], "bad directory URL"),
+        (["--once", "--ca-bundle", "/etc/hostname"], "CA bundle /etc/hostname holds no usable PEM certificate"),
+        (["--once", "--certs-dir", "/etc/hostname"], "certs dir /etc/hostname is not usable"),
+        (["--once", "--auth-trusted-proxy", "10.0.0.1"], "--auth-trusted-proxy needs --auth-htpasswd"),
+    ],
+)  # fmt: skip
+def test_flags_checked_before_anything_is_written(tmp_path: Path, args: list[str], expected: str) -> None:
+    if "--certs-dir" in args:
+        from conftest import acmebox_env
+
+        result = run_acmebox("run", "--domain", "a.example.com", "--state-dir", str(tmp_path / "s"), *args,
+                             env=acmebox_env())  # fmt: skip
+        assert_usage_error(result, expected)
+        assert not (tmp_path / "s").exists()
+        return
+    refused_before_writing(tmp_path, "--domain", "a.example.com", "--directory", UNREACHABLE, *args,
+                           expected=expected)  # fmt: skip
+
+
+def htpasswd_file(tmp_path: Path) -> str:
+    import subprocess
+
+    path = tmp_path / "htpasswd"
+    subprocess.run(["htpasswd", "-Bbc", "-C", "4", str(path), "alice", "pw"], check=True, capture_output=True)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--auth-issuer", ""], "bad --auth-issuer ''"),
+        (["--auth-service", " registry"], "bad --auth-service ' registry'"),
+        (["--auth-trusted-proxy", "nginx,10.0.0.0/33"], "bad --auth-trusted-proxy entry '10.0.0.0/33'"),
+        (["--auth-acl", "{dir}/acl.toml"], "ACL file"),
+        (["--auth-key", "/etc/hostname"], "token signing key /etc/hostname is not a readable private key"),
+    ],
+)
+def test_token_service_flags(tmp_path: Path, flags: list[str], expected: str) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "acl.toml").write_text('alice = ["Alice/*"]')
+    flags = [f.format(dir=files) for f in flags]
+    refused_before_writing(tmp_path, "--once", "--domain", "a.example.com", "--directory", UNREACHABLE,
+                           "--auth-htpasswd", htpasswd_file(files), *flags, expected=expected)  # fmt: skip
+
+
+def test_non_utf8_htpasswd(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.htpasswd"
+    bad.write_bytes(b"\xff\xfe\x00alice:$2y$05$" + b"\xff" * 40 + b"\n")
+    refused_before_writing(tmp_path, "--once", "--domain", "a.example.com", "--auth-htpasswd", str(bad),
+                           expected=f"htpasswd file {bad} is not UTF-8 text")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("x = " + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("x = " + "{a = " * 5000 + "1" + "}" * 5000, "nested too deeply"),
+        ('[[certificate]]\nnames = ["a.example.com"]\nprofile = ["a"]', "certificate 1: profile must be"),
+        ('[[certificate]]\nnames = ["a.example.com"]\nprofile = 5', "certificate 1: profile must be"),
+        ('[[certificate]]\nnames = ["a.example.com"]\nkey_type = 5', "certificate 1: key_type must be"),
+        ("[[certificate]]\nnames = [1, 2]", "certificate 1: names must be a list of domain names"),
+        ('[[certificate]]\nnames = [["a.example.com"]]', "certificate 1: names must be"),
+        ("[[certificate]]\nnames = []", "certificate 1 needs names"),
+        ('certificate = "a.example.com"', "certificate must be an array of tables"),
+        ('[certificate]\nnames = ["a.example.com"]', "certificate must be an array of tables"),
+        ('email = true\n[[certificate]]\nnames = ["a.example.com"]', "email must be an email address"),
+        ('emial = "a@example.com"', "unknown key(s) emial"),
+        ('[[certificate]]\nnames = ["a.example.com"]\nkeytype = "ec384"', "certificate 1: unknown key(s) keytype"),
+        ("email = ", "config file"),
+    ],
+)
+def test_config_schema(tmp_path: Path, toml: str, expected: str) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "c.toml").write_text(toml)
+    refused_before_writing(tmp_path, "--once", "--config", str(files / "c.toml"), "--directory", UNREACHABLE,
+                           expected=expected)  # fmt: skip
+
+
+def test_log_level_after_the_command_and_defaults_in_help(tmp_path: Path) -> None:
+    from conftest import acmebox_env
+
+    result = run_acmebox("run", "--once", "--log-level", "DEBUG", "--domain", "a.example.com", "--directory",
+                         UNREACHABLE, "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
+                         "--listen", "127.0.0.1:1")  # fmt: skip
+    assert_usage_error(result, "cannot reach the CA")
+    assert " DEBUG " in result.stderr
+    quiet = run_acmebox("--log-level", "debug", "status", "--log-level", "error", "--certs-dir", str(tmp_path / "c"),
+                        "--state-dir", str(tmp_path / "s"))  # fmt: skip
+    assert quiet.returncode == 0 and " DEBUG " not in quiet.stderr
+    helptext = run_acmebox("run", "--help", env=acmebox_env(ACMEBOX_EAB_HMAC_KEY="s3cret-hmac")).stdout
+    flat = " ".join(helptext.split())
+    for shown in ("default: 0.0.0.0:8080", "default: /etc/letsencrypt", "default: ec256", "default: 300",
+                  "default: off", "default: info"):  # fmt: skip
+        assert shown in flat, shown
+    assert "s3cret-hmac" not in helptext, "defaults from the environment (secrets) are not shown"

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, acmebox_env, pebble_args, run_acmebox
+from conftest import Dirs, Pebble, acmebox_env, free_port, pebble_args, run_acmebox
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -142,7 +142,7 @@ def test_ca_side_failures_exit_1_with_the_problem(pebble: Pebble, dirs: Dirs) ->
 
     # Pebble validates on pebble.http_port; listening elsewhere makes validation fail.
     args = pebble_args(pebble, dirs)
-    args[args.index("--listen") + 1] = "127.0.0.1:0"
+    args[args.index("--listen") + 1] = f"127.0.0.1:{free_port()}"  # port 0 is refused as input
     unvalidated = run_acmebox("run", "--once", "--domain", "novalidation.test", *args)
     assert unvalidated.returncode == 1
     last = unvalidated.stderr.strip().splitlines()[-1]

@@ -1,12 +1,16 @@
 """The token service on its own: claims and expiry, what each identity gets, refused hash
-formats, and the HTTP answers (401 for wrong credentials, 404 for the OAuth2 POST)."""
+formats, the HTTP answers (401 for wrong credentials, 404 for the OAuth2 POST, 429 when
+throttled), and hostile input: long passwords, path tricks in repository names, forged
+X-Forwarded-For. Throttling is asserted by counts, with a clock the test moves."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
@@ -28,7 +32,7 @@ def service(tmp_path: Path) -> TokenService:
     subprocess.run(["htpasswd", "-Bbc", str(htpasswd), "alice", "pw-alice"], check=True, capture_output=True)
     subprocess.run(["htpasswd", "-Bb", str(htpasswd), "carol", "pw-carol"], check=True, capture_output=True)
     acl = tmp_path / "acl.toml"
-    acl.write_text('carol = ["carol/*", "shared/*"]\n')
+    acl.write_text('alice = ["**"]\ncarol = ["carol/*", "shared/*"]\n')
     return build(htpasswd, tmp_path / "state" / "token.key", tmp_path / "shared" / "token.crt",
                  "registry", "acmebox", 300, acl)  # fmt: skip
 
@@ -63,6 +67,7 @@ def test_scopes_per_identity(service: TokenService) -> None:
     assert service.grant("alice", everything) == {"pull", "push", "delete"}
     assert service.grant("carol", everything) == {"pull", "push", "delete"}
     assert service.grant("carol", Scope.parse("repository:alice/x:pull,push")) == {"pull"}  # ACL narrows
+    assert service.grant("dave", everything) == {"pull"}  # an ACL file exists: unlisted users only pull
     assert service.grant(None, Scope.parse("registry:catalog:*")) == {"*"}
     assert service.grant("alice", Scope.parse("registry:other:*")) == frozenset()
     assert Scope.parse("repository:host:5000/a/b:pull").name == "host:5000/a/b"
@@ -125,3 +130,336 @@ async def test_http_answers(service: TokenService, tmp_path: Path) -> None:
         assert (await client.get(url, headers=basic("dave", "pw-dave"))).status == 200
     finally:
         await client.close()
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_service(tmp_path: Path, acl: str | None = None, proxies: tuple[str, ...] = (),
+                 users: dict[str, str] | None = None, cost: str = "4") -> TokenService:  # fmt: skip
+    tmp_path.mkdir(exist_ok=True)
+    htpasswd = tmp_path / "htpasswd"
+    for i, (user, password) in enumerate((users or {"alice": "pw-alice", "bob": "pw-bob"}).items()):
+        subprocess.run(["htpasswd", "-B", "-C", cost, "-b", *(["-c"] if i == 0 else []), str(htpasswd), user,
+                        password], check=True, capture_output=True)  # fmt: skip
+    acl_path = None
+    if acl is not None:
+        acl_path = tmp_path / "acl.toml"
+        acl_path.write_text(acl)
+    svc = build(htpasswd, tmp_path / "k", tmp_path / "c", "registry", "acmebox", 300, acl_path, proxies)
+    svc.now = FakeClock()
+    svc.__post_init__()  # buckets on the fake clock
+    return svc
+
+
+async def started(svc: TokenService) -> TestClient:  # type: ignore[type-arg]
+    client = TestClient(TestServer(webapp.build_app(Http01Tokens(), lambda: (True, ""), token_service=svc),
+                                   host="127.0.0.1"))  # fmt: skip
+    await client.start_server()
+    return client
+
+
+URL = "/auth/token?service=registry&scope=repository:alice/app:pull,push"
+
+
+def test_acl_fails_closed_and_names_follow_the_grammar(tmp_path: Path) -> None:
+    svc = make_service(tmp_path, acl='alice = ["alice/*", "team/**"]\n')
+    push = lambda user, name: "push" in svc.grant(user, Scope.parse(f"repository:{name}:pull,push"))  # noqa: E731
+    assert push("alice", "alice/app") and push("alice", "team/a/b")
+    assert not push("alice", "alice/a/b"), "* stays within one path component"
+    assert not push("alice", "alice/../bob/app") and not push("alice", "alice/./x")
+    assert svc.grant("alice", Scope.parse("repository:alice/../bob/app:pull,push")) == frozenset()
+    assert not push("bob", "bob/app") and svc.grant("bob", Scope.parse("repository:bob/app:pull")) == {"pull"}
+    for bad in ("Alice/app", "a//b", "/a", "a/", "a..b", "-a", "a" * 256, "a\x00b", "a b", "é"):
+        assert svc.grant(None, Scope.parse(f"repository:{bad}:pull")) == frozenset(), bad
+    assert svc.grant(None, Scope.parse("repository(plugin):a/b:pull")) == {"pull"}
+    assert svc.grant(None, Scope.parse("repositoryx:a/b:pull")) == frozenset()
+    # without an ACL file, every listed user may write anywhere valid
+    open_svc = make_service(tmp_path / "open")
+    assert open_svc.acl is None and "push" in open_svc.grant("bob", Scope.parse("repository:x/y:push"))
+
+
+@pytest.mark.parametrize("content", ['alice = ["Alice/*"]', 'alice = ["a b"]', 'alice = "x"', "alice = [",
+                                     "x = " + "[" * 5000 + "]" * 5000])  # fmt: skip
+def test_bad_acl_files(tmp_path: Path, content: str) -> None:
+    from acmebox.registry_token import load_acl
+
+    (tmp_path / "acl.toml").write_text(content)
+    with pytest.raises(ConfigError) as e:
+        load_acl(tmp_path / "acl.toml")
+    assert "\n" not in str(e.value)
+
+
+def test_htpasswd_not_utf8_and_bad_lines_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_bytes(b"\xff\xfe\x00alice:$2y$05$" + b"\xff" * 40 + b"\n")
+    with pytest.raises(ConfigError, match="is not UTF-8"):
+        Htpasswd(htpasswd)
+    subprocess.run(["htpasswd", "-Bbc", "-C", "4", str(htpasswd), "alice", "pw"], check=True, capture_output=True)
+    users = Htpasswd(htpasswd)
+    with htpasswd.open("a") as f:
+        f.write("mallory:plaintext\n")
+    for _ in range(5):
+        users.refresh()
+    assert len([r for r in caplog.records if "only bcrypt entries" in r.getMessage()]) == 1
+    assert users.check("alice", b"pw"), "the previous users stay"
+
+
+def test_passwords_as_htpasswd_hashes_them(tmp_path: Path) -> None:
+    long_pw = "x" * 72 + "-the-rest-is-ignored"
+    svc = make_service(tmp_path, users={"alice": long_pw, "bob": "pw-bob"})
+    # Apache's htpasswd -B hashed only the first 72 bytes; so do we, instead of bcrypt 5's ValueError
+    assert svc.htpasswd.check("alice", long_pw.encode())
+    assert svc.htpasswd.check("alice", b"x" * 72 + b"anything")
+    assert not svc.htpasswd.check("alice", b"x" * 71)
+    assert not svc.htpasswd.check("alice", b"p" * 5000) and not svc.htpasswd.check("nobody", b"p" * 5000)
+    assert not svc.htpasswd.check("bob", b"pw-bob\x00") and not svc.htpasswd.check("bob", b"")
+
+
+def test_unknown_users_cost_what_known_ones_cost(tmp_path: Path) -> None:
+    svc = make_service(tmp_path, users={"alice": "a", "bob": "b"}, cost="4")
+    subprocess.run(["htpasswd", "-B", "-C", "6", "-b", str(tmp_path / "htpasswd"), "carol", "c"], check=True,
+                   capture_output=True)  # fmt: skip
+    svc.htpasswd.refresh()
+    assert not svc.htpasswd.check("mallory", b"guess")
+    dummy = svc.htpasswd._dummies
+    assert list(dummy) == [6] and dummy[6].startswith(b"$2b$06$"), "the dummy hash has the file's highest cost"
+
+
+async def test_long_and_odd_credentials_never_5xx(tmp_path: Path) -> None:
+    svc = make_service(tmp_path)
+    client = await started(svc)
+    try:
+        for user, pw in (("alice", "p" * 73), ("alice", "p" * 5000), ("nobody", "p" * 5000), ("alice", "a\x00b"),
+                         ("alice", ""), ("é", "x")):  # fmt: skip
+            assert (await client.get(URL, headers=basic(user, pw))).status == 401
+        for raw in ("Basic !!!", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "Basic " + "A" * 6000):
+            assert (await client.get(URL, headers={"Authorization": raw})).status == 401
+    finally:
+        await client.close()
+
+
+async def test_throttling_per_client_and_per_user(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from acmebox import registry_token as rt
+
+    svc = make_service(tmp_path, proxies=("127.0.0.1",))
+    clock = svc.now
+    assert isinstance(clock, FakeClock)
+    client = await started(svc)
+    try:
+        def xff(addr: str, user: str = "alice", pw: str = "wrong") -> dict[str, str]:
+            return {**basic(user, pw), "X-Forwarded-For": addr}
+
+        codes = [(await client.get(URL, headers=xff("198.51.100.1"))).status for _ in range(rt.CLIENT_BURST + 5)]
+        assert codes == [401] * rt.CLIENT_BURST + [429] * 5
+        throttled = await client.get(URL, headers=xff("198.51.100.1", pw="pw-alice"))
+        assert throttled.status == 429, "a throttled client's password is not even checked"
+        assert int(throttled.headers["Retry-After"]) == 6
+        # a forged left-most X-Forwarded-For entry changes nothing: nginx appends the real one
+        assert (await client.get(URL, headers=xff("203.0.113.9, 198.51.100.1"))).status == 429
+        # another client is not affected, and the right password works there
+        assert (await client.get(URL, headers=xff("198.51.100.2", pw="pw-alice"))).status == 200
+        clock.t += 6
+        assert (await client.get(URL, headers=xff("198.51.100.1"))).status == 401  # one attempt refilled
+        assert (await client.get(URL, headers=xff("198.51.100.1"))).status == 429
+
+        # per user: attempts from many addresses lock alice, not bob
+        clock.t += 3600  # every bucket full again
+        codes = [(await client.get(URL, headers=xff(f"192.0.2.{i}"))).status for i in range(rt.USER_BURST + 3)]
+        assert codes == [401] * rt.USER_BURST + [429] * 3
+        assert (await client.get(URL, headers=xff("192.0.2.200", pw="pw-alice"))).status == 429
+        assert (await client.get(URL, headers=xff("192.0.2.200", user="bob", pw="pw-bob"))).status == 200
+
+        # IPv6 clients count per /64
+        for i in range(rt.CLIENT_BURST):
+            await client.get(URL, headers=xff(f"2001:db8::{i + 1}", user="bob"))
+        assert (await client.get(URL, headers=xff("2001:db8::ffff", user="bob"))).status == 429
+
+        # correct logins give their attempt back: no limit for a user who knows the password
+        codes = [(await client.get(URL, headers=xff("198.51.100.3", "bob", "pw-bob"))).status for _ in range(40)]
+        assert codes == [200] * 40
+
+        # concurrent guesses count before bcrypt runs: exactly a burst gets through
+        clock.t += 3600
+        many = await asyncio.gather(*(client.get(URL, headers=xff("198.51.100.4", "bob")) for _ in range(50)))
+        assert sorted(r.status for r in many) == [401] * rt.CLIENT_BURST + [429] * (50 - rt.CLIENT_BURST)
+    finally:
+        await client.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "acmebox.registry_token"]
+    assert any("from 198.51.100.1" in line for line in lines), "failures are logged with the client's address"
+    # at a bounded rate: 10 lines per minute; the test's clock went through three minutes
+    assert len(lines) == 3 * 10 and any("similar message(s) suppressed" in line for line in lines)
+    assert not any("pw-alice" in line for line in lines)
+
+
+async def test_forwarded_for_is_ignored_from_untrusted_peers(tmp_path: Path) -> None:
+    from acmebox import registry_token as rt
+
+    svc = make_service(tmp_path)  # no trusted proxy
+    client = await started(svc)
+    try:
+        for i in range(rt.CLIENT_BURST):
+            assert (await client.get(URL, headers={**basic("alice", "x"), "X-Forwarded-For": f"192.0.2.{i}"})).status \
+                == 401  # fmt: skip
+        assert (await client.get(URL, headers={**basic("bob", "x"), "X-Forwarded-For": "192.0.2.99"})).status == 429
+    finally:
+        await client.close()
+
+
+async def test_trusted_proxy_by_name_and_network() -> None:
+    from acmebox.registry_token import TrustedProxies
+
+    proxies = TrustedProxies(["localhost", "10.0.0.0/8"])
+    assert await proxies.client("127.0.0.1", ["192.0.2.1"]) == "192.0.2.1"
+    assert await proxies.client("10.1.2.3", ["192.0.2.1, 10.9.9.9"]) == "192.0.2.1"
+    assert await proxies.client("192.0.2.7", ["10.0.0.1"]) == "192.0.2.7"
+    assert await proxies.client("127.0.0.1", ["garbage"]) == "127.0.0.1"
+
+
+def test_throttle_memory_is_bounded() -> None:
+    from acmebox.limits import KeyedBuckets
+
+    clock = FakeClock()
+    buckets = KeyedBuckets(burst=2, rate=0.1, max_keys=100, now=clock)
+    for i in range(10_000):
+        buckets.take(f"client-{i}")
+    assert len(buckets) == 100
+    buckets.take("x")
+    buckets.take("x")
+    assert buckets.wait("x") == pytest.approx(10)
+    clock.t += 10
+    assert buckets.wait("x") == 0
+
+
+# -- against the real registry ---------------------------------------------------------------
+
+
+def registry_upload(port: int, repo: str, token: str | None) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/{repo}/blobs/uploads/", method="POST", data=b"")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.fixture
+def real_registry(tmp_path: Path) -> Iterator[tuple[TokenService, int]]:
+    """Debian's docker-registry trusting a token service whose ACL limits alice to alice/*."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    from conftest import free_port
+
+    svc = make_service(tmp_path / "tok", acl='alice = ["alice/*"]\n')
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"""version: 0.1
+log: {{level: warn}}
+storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}
+auth:
+  token: {{realm: "http://127.0.0.1:1/auth/token", service: registry, issuer: acmebox,
+           rootcertbundle: {tmp_path / 'tok' / 'c'}}}
+http: {{addr: "127.0.0.1:{port}"}}
+""")
+    with (tmp_path / "registry.log").open("w") as log_file:
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2)
+            except urllib.error.HTTPError:
+                break  # 401: it is up
+            except OSError:
+                time.sleep(0.1)
+        yield svc, port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenService, int]) -> None:
+    import hashlib
+    import hmac
+    import json
+    import time
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    svc, port = real_registry
+    token = lambda user, scope: svc.issue(user, [Scope.parse(scope)])["token"]  # noqa: E731
+    assert registry_upload(port, "alice/app", token("alice", "repository:alice/app:pull,push")) == 202
+    assert registry_upload(port, "alice/app", token(None, "repository:alice/app:pull,push")) == 401
+    # outside the ACL, unlisted, or a name outside the grammar: no grant, and the registry agrees
+    assert registry_upload(port, "bob/app", token("alice", "repository:bob/app:pull,push")) == 401
+    assert registry_upload(port, "bob/app", token("bob", "repository:bob/app:pull,push")) == 401
+    trav = token("alice", "repository:alice/../bob/app:push")
+    assert decode(svc, trav)["access"] == []
+    assert registry_upload(port, "alice/../bob/app", trav) in (401, 404)
+
+    good = token("alice", "repository:alice/app:pull,push")
+    hdr = jwt.get_unverified_header(good)
+    payload = decode(svc, good)
+    evil = dict(payload, access=[{"type": "repository", "name": "bob/app", "actions": ["pull", "push"]}])
+    cert_pem = (svc.htpasswd.path.parent / "c").read_bytes()
+    pub = x509.load_pem_x509_certificate(cert_pem).public_key()
+    spki_pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki_der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def b64(d: bytes) -> str:
+        return base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+
+    def unsigned(h: dict, p: dict) -> str:  # type: ignore[type-arg]
+        return b64(json.dumps(h).encode()) + "." + b64(json.dumps(p).encode()) + "."
+
+    def hs256(secret: bytes, p: dict) -> str:  # type: ignore[type-arg]
+        msg = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": hdr["kid"]}).encode()) + "." + \
+            b64(json.dumps(p).encode())  # fmt: skip
+        return msg + "." + b64(hmac.new(secret, msg.encode(), hashlib.sha256).digest())
+
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil")])
+    evil_cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(attacker.public_key())
+                 .serial_number(1).not_valid_before(NOW - dt.timedelta(days=1000))
+                 .not_valid_after(NOW + dt.timedelta(days=1000)).sign(attacker, hashes.SHA256()))  # fmt: skip
+    x5c = base64.b64encode(evil_cert.public_bytes(serialization.Encoding.DER)).decode()
+    parts = good.split(".")
+    now = int(time.time())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(attacker.public_key()))
+    kid = {"kid": hdr["kid"]}
+    forged = {
+        "alg none": unsigned({"alg": "none", "typ": "JWT", "kid": hdr["kid"]}, evil),
+        "alg none without kid": unsigned({"alg": "none", "typ": "JWT"}, evil),
+        "HS256 keyed with token.crt": hs256(cert_pem, evil),
+        "HS256 keyed with the SPKI PEM": hs256(spki_pem, evil),
+        "HS256 keyed with the SPKI DER": hs256(spki_der, evil),
+        "foreign ES256 key with our kid": jwt.encode(evil, attacker, "ES256", headers={"kid": hdr["kid"]}),
+        "foreign ES256 key with x5c": jwt.encode(evil, attacker, "ES256", headers={"x5c": [x5c]}),
+        "foreign ES256 key with jwk": jwt.encode(evil, attacker, "ES256", headers={"jwk": jwk}),
+        "payload edited": parts[0] + "." + b64(json.dumps(evil).encode()) + "." + parts[2],
+        "signature stripped": parts[0] + "." + parts[1] + ".",
+        "expired, real key": jwt.encode(dict(payload, exp=now - 60, nbf=now - 400, iat=now - 400), svc.key, "ES256",
+                                        headers=kid),
+        "wrong audience, real key": jwt.encode(dict(payload, aud="other"), svc.key, "ES256", headers=kid),
+        "wrong issuer, real key": jwt.encode(dict(payload, iss="evil"), svc.key, "ES256", headers=kid),
+    }
+    assert len(forged) == 13
+    answers = {label: registry_upload(port, "bob/app" if "real key" not in label else "alice/app", tok)
+               for label, tok in forged.items()}  # fmt: skip
+    assert answers == dict.fromkeys(forged, 401)
