@@ -26,6 +26,7 @@ class Metrics:
         self.ari_start = gauge("ari_window_start_timestamp_seconds", "start of the CA's ARI window")
         self.ari_end = gauge("ari_window_end_timestamp_seconds", "end of the CA's ARI window")
         self.placeholder = gauge("placeholder", "1 while only a self-signed placeholder is live")
+        self.served_expiry = gauge("served_expiry_timestamp_seconds", "notAfter of what the server presented")
         self.served_matches = gauge(
             "served_matches", "1 when the server presented the live certificate at the last look (--reload-verify)"
         )

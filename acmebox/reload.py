@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import shlex
@@ -141,9 +142,9 @@ def _docker(selector: str) -> str:
         raise ReloadFailed(f"docker: {e}") from None
 
 
-def served_serial(host: str, port: int, server_name: str, timeout: float = 5) -> int:
-    """The serial of the certificate a TLS server presents for `server_name` (not verified:
-    we compare it with what we just wrote, trust is not the question here)."""
+def served_certificate(host: str, port: int, server_name: str, timeout: float = 5) -> x509.Certificate:
+    """The certificate a TLS server presents for `server_name` (not verified: we compare it
+    with what we wrote, trust is not the question here). OSError or ReloadFailed when none."""
     import socket
 
     ctx = ssl.create_default_context()
@@ -156,7 +157,11 @@ def served_serial(host: str, port: int, server_name: str, timeout: float = 5) ->
         der = tls.getpeercert(binary_form=True)
     if der is None:
         raise ReloadFailed("server presented no certificate")
-    return x509.load_der_x509_certificate(der).serial_number
+    return x509.load_der_x509_certificate(der)
+
+
+def served_serial(host: str, port: int, server_name: str, timeout: float = 5) -> int:
+    return served_certificate(host, port, server_name, timeout).serial_number
 
 
 OnResult = Callable[[str], None]  # called with "ok", "failed" or "mismatch" (for metrics)
@@ -168,6 +173,7 @@ class Served:
 
     serial: int | None  # None: no answer
     error: str | None = None
+    not_after: dt.datetime | None = None
 
 
 class Reloader:
@@ -298,7 +304,8 @@ class Reloader:
         out = {}
         for name in names:
             try:
-                out[name] = Served(served_serial(self.verify.host, self.verify.port, name))
+                cert = served_certificate(self.verify.host, self.verify.port, name)
+                out[name] = Served(cert.serial_number, None, cert.not_valid_after_utc)
             except (OSError, ReloadFailed, ValueError) as e:
                 out[name] = Served(None, str(e) or type(e).__name__)
         return out

@@ -234,6 +234,8 @@ class Service:
 
     def _observed(self, name: str, matches: bool) -> None:
         self.metrics.served_matches.labels(name).set(int(matches))
+        seen = self.reloader.served.get(name)
+        self.metrics.set_time(self.metrics.served_expiry, name, seen.not_after if seen is not None else None)
         now = self.clock.now().isoformat()
         served = {n: {"serial": f"{s.serial:x}" if s.serial is not None else None, "error": s.error, "at": now}
                   for n, s in self.reloader.served.items()}  # fmt: skip

@@ -83,6 +83,14 @@ def test_status_and_renew_against_a_running_service(pebble: Pebble, dirs: Dirs, 
         assert rows["unserved.test"]["served_matches"] is False
         assert rows["unserved.test"]["served_serial"] == rows["good.test"]["serial"]
 
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{pebble.http_port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        assert 'acmebox_certificate_served_matches{name="good.test"} 1.0' in metrics
+        assert 'acmebox_certificate_served_matches{name="unserved.test"} 0.0' in metrics
+        assert 'acmebox_certificate_served_expiry_timestamp_seconds{name="good.test"}' in metrics
+
         table = run_acmebox("status", *status_args)
         assert table.returncode == 1, "a failing or unserved certificate makes status fail"
         lines = table.stdout.splitlines()
@@ -157,3 +165,12 @@ def test_check_reports_before_going_live(pebble: Pebble, dirs: Dirs, tmp_path: P
         assert pebble.orders_in_log() == orders, "check orders nothing"
     finally:
         subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)
+
+
+def test_once_fails_when_the_server_is_not_reloaded(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
+    reload = ["--reload", "signal", "--reload-target", str(tmp_path / "missing.pid"),
+              "--reload-verify", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    out = run_acmebox("run", "--once", "--domain", "noreload.test", *pebble_args(pebble, dirs), *reload)
+    assert out.returncode == 1, out.stderr
+    assert "not reloaded" in out.stderr.splitlines()[-1]
+    assert (dirs.certs / "live" / "noreload.test" / "fullchain.pem").exists(), "the certificate is kept"
