@@ -94,11 +94,12 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
     elif not rows:
         print(f"no certificates in {certs_dir}")
     else:
-        table = [("NAME", "CONDITION", "NOT AFTER", "SERVED", "NEXT", "WHY / LAST ERROR")]
+        table = [("NAME", "CONDITION", "ISSUER", "NOT AFTER", "SERVED", "NEXT", "WHY / LAST ERROR")]
         for r in rows:
             served_text = {True: "yes", False: f"no ({r['served_serial'] or 'no answer'})", None: "-"}
             why = r["last_error"] if r["condition"] == "failing" else r["reason"]
-            table.append((r["name"], r["condition"], _when_iso(r["not_after"]), served_text[r["served_matches"]],
+            table.append((r["name"], r["condition"], _short(r["issuer"], 32), _when_iso(r["not_after"]),
+                          served_text[r["served_matches"]],
                           _when_iso(r["next_attempt"] if r["condition"] == "failing" else r["next_renewal"]),
                           _short(why)))  # fmt: skip
         widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]

@@ -54,11 +54,11 @@ def canonical_name(raw: str) -> str:
         pass
     else:
         raise ConfigError(f"{raw!r} is an IP address; acmebox issues certificates for DNS names only")
-    hidden = _invisible(name)
-    if hidden is not None:
-        what = unicodedata.name(hidden, "an invisible character").lower()
-        raise ConfigError(f"domain name {raw!r} contains U+{ord(hidden):04X} ({what}); remove it")
     try:
+        hidden = _invisible(name)
+        if hidden is not None:
+            what = unicodedata.name(hidden, "an invisible character").lower()
+            raise ConfigError(f"domain name {raw!r} contains U+{ord(hidden):04X} ({what}); remove it")
         ascii_name = idna.encode(name, uts46=True, std3_rules=True, transitional=False).decode("ascii")
         # An A-label must be the encoding of a valid U-label, and the only one: decode and
         # encode again, so `xn--` labels typed by hand are held to the same rules.
