@@ -98,10 +98,10 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
         for r in rows:
             served_text = {True: "yes", False: f"no ({r['served_serial'] or 'no answer'})", None: "-"}
             why = r["last_error"] if r["condition"] == "failing" else r["reason"]
-            table.append((r["name"], r["condition"], _short(r["issuer"], 32), _when_iso(r["not_after"]),
+            table.append((r["name"], r["condition"], _short(r["issuer"], 24), _when_iso(r["not_after"]),
                           served_text[r["served_matches"]],
                           _when_iso(r["next_attempt"] if r["condition"] == "failing" else r["next_renewal"]),
-                          _short(why)))  # fmt: skip
+                          _short(why, 60)))  # fmt: skip
         widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]
         for t in table:
             print("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=False)) + "  " + t[-1])

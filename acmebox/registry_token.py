@@ -75,13 +75,9 @@ def ensure_signing_key(key_path: Path, cert_path: Path, issuer: str) -> ec.Ellip
         if not key_path.exists():
             write_new(key_path, keys.to_pem(keys.generate("ec256")), 0o600)
             log.info("created the registry token signing key %s", key_path)
-        key = keys.from_pem(key_path.read_bytes())
     except OSError as e:
         raise ConfigError(f"token signing key {key_path}: {e.strerror or e}") from None
-    except ValueError:
-        raise ConfigError(f"token signing key {key_path} is not a readable private key") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or keys.key_type_of(key) != "ec256":
-        raise ConfigError(f"token signing key {key_path} is not an EC P-256 key")
+    key = _read_signing_key(key_path)
     try:
         current = x509.load_pem_x509_certificate(cert_path.read_bytes()) if cert_path.exists() else None
     except ValueError:
@@ -113,9 +109,12 @@ BCRYPT_MAX_PASSWORD = 72
 def check_signing_key(key_path: Path) -> None:
     """ConfigError unless `key_path` is missing (it will be made) or an EC P-256 private key.
     Reads only: the CLI calls it before anything is written."""
+    if key_path.exists():
+        _read_signing_key(key_path)
+
+
+def _read_signing_key(key_path: Path) -> ec.EllipticCurvePrivateKey:
     try:
-        if not key_path.exists():
-            return
         key = keys.from_pem(key_path.read_bytes())
     except OSError as e:
         raise ConfigError(f"token signing key {key_path}: {e.strerror or e}") from None
@@ -123,6 +122,7 @@ def check_signing_key(key_path: Path) -> None:
         raise ConfigError(f"token signing key {key_path} is not a readable private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or keys.key_type_of(key) != "ec256":
         raise ConfigError(f"token signing key {key_path} is not an EC P-256 key")
+    return key
 
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"

@@ -291,3 +291,43 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     with running_stack(tmp_path_factory.mktemp("stack")) as s:
         yield s
+
+
+NGINX_MAIN = """
+worker_processes 1;
+daemon on;
+pid {run}/nginx.pid;
+error_log {run}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {run}/body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+{servers}
+}}
+"""
+
+
+class Nginx:
+    """Debian's nginx with its own prefix `run`, serving the given `server { ... }` blocks."""
+
+    def __init__(self, run: Path, servers: str) -> None:
+        run.mkdir(parents=True, exist_ok=True)
+        self.run = run
+        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.conf = run / "nginx.conf"
+        self.conf.write_text(NGINX_MAIN.format(run=run, servers=servers))
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run / "nginx.pid"
+
+    def start(self) -> None:
+        subprocess.run([self.binary, "-c", str(self.conf), "-p", str(self.run)], check=True, capture_output=True)
+
+    def stop(self) -> None:
+        if self.pid_file.exists():
+            subprocess.run([self.binary, "-c", str(self.conf), "-p", str(self.run), "-s", "stop"], capture_output=True)

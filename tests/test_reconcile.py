@@ -5,10 +5,9 @@ replaced at once, and no validation is asked for before the front door answers t
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
-from conftest import Dirs, Pebble, ServiceProcess, free_port, pebble_args, run_acmebox, start_pebble, stop_pebble
+from conftest import Dirs, Nginx, Pebble, ServiceProcess, free_port, pebble_args, run_acmebox, start_pebble, stop_pebble
 from cryptography import x509
 
 
@@ -40,25 +39,12 @@ def test_staging_then_production_replaces_the_certificate_at_once(pebble: Pebble
         stop_pebble(production)
 
 
-NGINX_CONF = """
-worker_processes 1;
-daemon on;
-pid {run}/nginx.pid;
-error_log {run}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {run}/body;
-    proxy_temp_path {run}/proxy;
-    fastcgi_temp_path {run}/fastcgi;
-    uwsgi_temp_path {run}/uwsgi;
-    scgi_temp_path {run}/scgi;
+FRONT = """
     server {{
         listen 127.0.0.1:{port};
         location /.well-known/acme-challenge/ {{ proxy_pass http://127.0.0.1:{upstream}; }}
         location / {{ return 404; }}
     }}
-}}
 """
 
 
@@ -66,14 +52,9 @@ def test_no_validation_before_the_front_door_answers(tmp_path: Path, dirs: Dirs)
     """acmebox starts before nginx listens (as in compose). The CA validates through nginx's
     port; acmebox waits for its self-check through that port before asking, so Pebble sees
     one order and no failed validation."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    front = free_port()
+    front, upstream = free_port(), free_port()
     pebble = start_pebble(tmp_path / "pebble", PEBBLE_HTTP_PORT=str(front))
-    run = tmp_path / "nginx"
-    run.mkdir()
-    upstream = free_port()
-    conf = run / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(run=run, port=front, upstream=upstream))
+    nginx = Nginx(tmp_path / "nginx", FRONT.format(port=front, upstream=upstream))
     args = pebble_args(pebble, dirs)
     args[args.index("--listen") + 1] = f"127.0.0.1:{upstream}"
     svc = ServiceProcess(["run", "--domain", "front.test", *args, "--no-ari",
@@ -82,7 +63,7 @@ def test_no_validation_before_the_front_door_answers(tmp_path: Path, dirs: Dirs)
         svc.wait_log("not yet answered")
         assert pebble.orders_in_log() == 1
         assert "/chalZ/" not in pebble.log(), "the challenge must not be answered before nginx is up"
-        subprocess.run([nginx, "-c", str(conf), "-p", str(run)], check=True, capture_output=True)
+        nginx.start()
         svc.wait_log("certificate stored", timeout=60)
         assert "self-check passed" in svc.log()
         assert "renewal failed" not in svc.log()
@@ -90,31 +71,17 @@ def test_no_validation_before_the_front_door_answers(tmp_path: Path, dirs: Dirs)
         assert "invalid" not in pebble.log().lower().replace("invalid_", "")
     finally:
         svc.stop()
-        if (run / "nginx.pid").exists():
-            subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)
+        nginx.stop()
         stop_pebble(pebble)
 
 
-TLS_CONF = """
-worker_processes 1;
-daemon on;
-pid {run}/nginx.pid;
-error_log {run}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {run}/body;
-    proxy_temp_path {run}/proxy;
-    fastcgi_temp_path {run}/fastcgi;
-    uwsgi_temp_path {run}/uwsgi;
-    scgi_temp_path {run}/scgi;
+TLS = """
     server {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {certs}/live/served.test/fullchain.pem;
         ssl_certificate_key {certs}/live/served.test/privkey.pem;
         location / {{ return 200 "ok\\n"; }}
     }}
-}}
 """
 
 
@@ -137,13 +104,9 @@ def test_what_nginx_serves_is_reconciled_with_the_live_certificate(pebble: Pebbl
 
     from acmebox.reload import served_serial
 
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    run = tmp_path / "nginx"
-    run.mkdir()
     port = free_port()
-    conf = run / "nginx.conf"
-    conf.write_text(TLS_CONF.format(run=run, port=port, certs=dirs.certs))
-    later = run / "later.pid"
+    nginx = Nginx(tmp_path / "nginx", TLS.format(port=port, certs=dirs.certs))
+    later = tmp_path / "nginx" / "later.pid"
     base = ["run", "--domain", "served.test", *pebble_args(pebble, dirs), "--no-ari", "--reload", "signal",
             "--reload-verify", f"127.0.0.1:{port}"]  # fmt: skip
 
@@ -156,12 +119,12 @@ def test_what_nginx_serves_is_reconciled_with_the_live_certificate(pebble: Pebbl
     first = ServiceProcess([*base, "--reload-target", str(later)], tmp_path / "first.log")
     try:
         first.wait_log("wrote a self-signed placeholder")
-        subprocess.run([nginx, "-c", str(conf), "-p", str(run)], check=True, capture_output=True)
+        nginx.start()
         first.wait_log("certificate stored", timeout=60)
         first.wait_log("reload failed")
         status, body = healthz(pebble.http_port)
         assert status == 503 and f"serves serial {served():x}, not {serial():x}" in body, body
-        shutil.copy(run / "nginx.pid", later)  # the target becomes right while acmebox runs
+        shutil.copy(nginx.pid_file, later)  # the target becomes right while acmebox runs
         wait_sync(lambda: served() == serial(), timeout=60, what="nginx on the live certificate")
         wait_sync(lambda: healthz(pebble.http_port)[0] == 200, timeout=30, what="/healthz 200")
         assert "giving up" not in first.log()
@@ -174,10 +137,10 @@ def test_what_nginx_serves_is_reconciled_with_the_live_certificate(pebble: Pebbl
     assert out.returncode == 0, out.stderr
     assert served() != serial()
     # ... is put right by the next start, which compares instead of trusting.
-    second = ServiceProcess([*base, "--reload-target", str(run / "nginx.pid")], tmp_path / "second.log")
+    second = ServiceProcess([*base, "--reload-target", str(nginx.pid_file)], tmp_path / "second.log")
     try:
         wait_sync(lambda: served() == serial(), timeout=60, what="nginx reloaded at start")
         assert "reloaded: SIGHUP sent" in second.log()
     finally:
         second.stop()
-        subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)
+        nginx.stop()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import shutil
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from conftest import (
     Dirs,
     FakeClock,
+    Nginx,
     Pebble,
     ServiceProcess,
     free_port,
@@ -217,19 +216,7 @@ async def test_ca_outage_backs_off_survives_restart_and_recovers(
         stop_pebble(pebble)
 
 
-NGINX_CONF = """
-worker_processes 1;
-daemon on;
-pid {run}/nginx.pid;
-error_log {run}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {run}/body;
-    proxy_temp_path {run}/proxy;
-    fastcgi_temp_path {run}/fastcgi;
-    uwsgi_temp_path {run}/uwsgi;
-    scgi_temp_path {run}/scgi;
+SERVER = """
     server {{
         listen 127.0.0.1:{port} ssl;
         server_name nginx.test;
@@ -237,28 +224,23 @@ http {{
         ssl_certificate_key {certs}/live/nginx.test/privkey.pem;
         location / {{ return 200 "ok\\n"; }}
     }}
-}}
 """
 
 
 def test_nginx_starts_on_the_placeholder_and_is_reloaded_onto_the_real_certificate(tmp_path: Path, dirs: Dirs) -> None:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     pebble = start_pebble(tmp_path / "pebble")  # makes the listener CA; stopped until nginx is up
     stop_pebble(pebble)
-    run = tmp_path / "nginx"
-    run.mkdir()
     port = free_port()
-    conf = run / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(run=run, port=port, certs=dirs.certs))
+    nginx = Nginx(tmp_path / "nginx", SERVER.format(port=port, certs=dirs.certs))
     svc = ServiceProcess(
         ["run", "--domain", "nginx.test", *pebble_args(pebble, dirs), "--reload", "signal",
-         "--reload-target", str(run / "nginx.pid"), "--reload-verify", f"127.0.0.1:{port}"],
+         "--reload-target", str(nginx.pid_file), "--reload-verify", f"127.0.0.1:{port}"],
         tmp_path / "service.log",
     )  # fmt: skip
     try:
         svc.wait_log("wrote a self-signed placeholder")
         svc.wait_log("cannot reach the CA")
-        subprocess.run([nginx, "-c", str(conf), "-p", str(run)], check=True, capture_output=True)
+        nginx.start()
         placeholder = live_cert(dirs, "nginx.test")
         assert served_serial("127.0.0.1", port, "nginx.test") == placeholder.serial_number
 
@@ -272,6 +254,5 @@ def test_nginx_starts_on_the_placeholder_and_is_reloaded_onto_the_real_certifica
         assert "Pebble Intermediate CA" in health.stdout
     finally:
         assert svc.stop() == 0
-        if (run / "nginx.pid").exists():
-            subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)
+        nginx.stop()
         stop_pebble(pebble)

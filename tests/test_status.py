@@ -5,11 +5,9 @@ front, and `renew` by any of a certificate's names."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
-from conftest import Dirs, Pebble, ServiceProcess, acmebox_env, free_port, pebble_args, run_acmebox, wait_sync
+from conftest import Dirs, Nginx, Pebble, ServiceProcess, acmebox_env, free_port, pebble_args, run_acmebox, wait_sync
 
 
 def test_every_source_adds_certificates(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
@@ -28,41 +26,24 @@ def test_every_source_adds_certificates(pebble: Pebble, dirs: Dirs, tmp_path: Pa
     assert same.returncode == 0, "the same certificate named twice is one certificate"
 
 
-NGINX_CONF = """
-worker_processes 1;
-daemon on;
-pid {run}/nginx.pid;
-error_log {run}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {run}/body;
-    proxy_temp_path {run}/proxy;
-    fastcgi_temp_path {run}/fastcgi;
-    uwsgi_temp_path {run}/uwsgi;
-    scgi_temp_path {run}/scgi;
+SERVED = """
     server {{
         listen 127.0.0.1:{port} ssl default_server;
         ssl_certificate {certs}/live/good.test/fullchain.pem;
         ssl_certificate_key {certs}/live/good.test/privkey.pem;
         location / {{ return 200 "ok\\n"; }}
     }}
-}}
 """
 
 
 def test_status_and_renew_against_a_running_service(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
     """good.test is served by nginx; blocked.test is refused by the CA (Pebble's blocklist);
     unserved.test is issued but nginx presents good.test's certificate for it."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    run = tmp_path / "nginx"
-    run.mkdir()
     port = free_port()
-    conf = run / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(run=run, port=port, certs=dirs.certs))
+    nginx = Nginx(tmp_path / "nginx", SERVED.format(port=port, certs=dirs.certs))
     svc = ServiceProcess(["run", "--cert", "good.test,www.good.test", "--cert", "blocked.test", "--cert",
                           "unserved.test", *pebble_args(pebble, dirs), "--no-ari", "--reload", "signal",
-                          "--reload-target", str(run / "nginx.pid"), "--reload-verify", f"127.0.0.1:{port}"],
+                          "--reload-target", str(nginx.pid_file), "--reload-verify", f"127.0.0.1:{port}"],
                          tmp_path / "service.log")  # fmt: skip
     status_args = ["--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state)]
 
@@ -72,7 +53,7 @@ def test_status_and_renew_against_a_running_service(pebble: Pebble, dirs: Dirs, 
 
     try:
         svc.wait_log("wrote a self-signed placeholder", count=3)
-        subprocess.run([nginx, "-c", str(conf), "-p", str(run)], check=True, capture_output=True)
+        nginx.start()
         wait_sync(lambda: {r["condition"] for r in status().values()} == {"ok", "failing", "not served"},
                   timeout=60, what="one good, one failing, one not served")  # fmt: skip
         rows = status()
@@ -106,43 +87,25 @@ def test_status_and_renew_against_a_running_service(pebble: Pebble, dirs: Dirs, 
         assert "renewed: serial" in forced.stdout and "the server serves it (verified)" in forced.stdout
     finally:
         svc.stop()
-        if (run / "nginx.pid").exists():
-            subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)
+        nginx.stop()
 
 
-FRONT_CONF = """
-worker_processes 1;
-daemon on;
-pid {run}/nginx.pid;
-error_log {run}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {run}/body;
-    proxy_temp_path {run}/proxy;
-    fastcgi_temp_path {run}/fastcgi;
-    uwsgi_temp_path {run}/uwsgi;
-    scgi_temp_path {run}/scgi;
+FRONT = """
     server {{
         listen 127.0.0.1:{port};
         location /.well-known/acme-challenge/ {{ proxy_pass http://127.0.0.1:{upstream}; }}
         location / {{ return 404; }}
     }}
-}}
 """
 
 
 def test_check_reports_before_going_live(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    run = tmp_path / "nginx"
-    run.mkdir()
     front, upstream = free_port(), free_port()
-    conf = run / "nginx.conf"
-    conf.write_text(FRONT_CONF.format(run=run, port=front, upstream=upstream))
+    nginx = Nginx(tmp_path / "nginx", FRONT.format(port=front, upstream=upstream))
     args = pebble_args(pebble, dirs)
     args[args.index("--listen") + 1] = f"127.0.0.1:{upstream}"
     args += ["--domain", "check.test", "--self-check-via", f"127.0.0.1:{front}", "--reload", "signal",
-             "--reload-target", str(run / "nginx.pid")]  # fmt: skip
+             "--reload-target", str(nginx.pid_file)]  # fmt: skip
 
     def findings() -> tuple[int, dict[str, dict]]:  # type: ignore[type-arg]
         out = run_acmebox("check", "--json", *args)
@@ -156,7 +119,7 @@ def test_check_reports_before_going_live(pebble: Pebble, dirs: Dirs, tmp_path: P
     assert not before["challenge path check.test"]["ok"] and not before["reload"]["ok"]
     assert not list(dirs.state.glob("accounts/**/key.pem")), "check registers nothing"
     try:
-        subprocess.run([nginx, "-c", str(conf), "-p", str(run)], check=True, capture_output=True)
+        nginx.start()
         code, after = findings()
         assert after["challenge path check.test"]["ok"], after["challenge path check.test"]
         assert after["reload"]["ok"]
@@ -164,7 +127,7 @@ def test_check_reports_before_going_live(pebble: Pebble, dirs: Dirs, tmp_path: P
         assert code == 1
         assert pebble.orders_in_log() == orders, "check orders nothing"
     finally:
-        subprocess.run([nginx, "-c", str(conf), "-p", str(run), "-s", "stop"], capture_output=True)
+        nginx.stop()
 
 
 def test_once_fails_when_the_server_is_not_reloaded(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
