@@ -375,6 +375,9 @@ class CertMaintainer:
             )
         try:
             stored = self.store.save(self.name, received.key_pem, received.fullchain_pem, received.meta)
+        except ValueError as e:  # e.g. the chain does not match the key: storing it again cannot help
+            self._discard(f"not storable ({e})")
+            raise AcmeboxError(f"{self.name}: the certificate received cannot be stored: {e}") from None
         except OSError as e:
             where = "in memory" if self._unsaved is not None else f"in {self.pending.path(self.name)}"
             raise DiskError(
