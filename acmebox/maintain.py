@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 ARI_RETRY_ON_ERROR = dt.timedelta(hours=1)
 MIN_SPACING = dt.timedelta(minutes=5)  # between two scheduled renewals of one certificate
-MIN_FREE = 24 * 1024  # bytes free in the certs and state dirs before ordering: one version, in 4 KiB blocks
+MIN_FREE = 64 * 1024  # bytes free in the certs and state dirs before ordering: a renewal writes ~12 files
 DISK_RECHECK = dt.timedelta(minutes=5)
 MAX_CLOCK_SKEW = dt.timedelta(hours=1)  # certificates are backdated by about that much
 CLOCK_RECHECK = dt.timedelta(hours=1)
