@@ -291,8 +291,12 @@ class CertMaintainer:
         try:
             received = await self._order(client, replaces)
         except CAProblem as e:
+            # RFC 9773 section 5 leaves the refusal's form open; Pebble, for one, answers
+            # serverInternal "could not find an order for the given certificate".
+            detail = e.detail.lower()
             refused = e.short_type == "alreadyReplaced" or (
-                e.short_type in ("unauthorized", "malformed", "conflict") and "replace" in e.detail.lower()
+                e.short_type in ("unauthorized", "malformed", "conflict", "serverInternal")
+                and ("replace" in detail or "given certificate" in detail)
             )
             if replaces is None or not refused:
                 raise
