@@ -65,10 +65,14 @@ class AccountFiles:
         return JWKEC(key=key)
 
     def load_url(self) -> str | None:
+        """The recorded account URL, or None when there is none or the file is not what we
+        wrote (the URL is found again from the key at login, and the file rewritten)."""
         try:
-            return str(json.loads(self.info_path.read_text())["url"])
-        except (OSError, ValueError, KeyError):
+            data = json.loads(self.info_path.read_text())
+        except (OSError, ValueError):
             return None
+        url = data.get("url") if isinstance(data, dict) else None
+        return url if isinstance(url, str) else None
 
     def save_url(self, url: str, directory_url: str) -> None:
         """Record the account URL (only when it changed: a full state dir must not stop a login)."""

@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     renew.add_argument("--timeout", type=seconds, default=300, help="seconds to wait for the outcome [default: 300]")
     _dirs(renew)
     revoke = sub.add_parser("revoke", help="revoke a certificate at its CA; the service then replaces it")
-    revoke.add_argument("name", help="certificate name (its first domain)")
+    revoke.add_argument("name", help="any name of the certificate")
     revoke.add_argument("--reason", type=int, default=0, choices=[0, 1, 3, 4, 5],
                         help="RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, ...) "
                              "[default: 0]")  # fmt: skip

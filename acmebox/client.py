@@ -165,7 +165,10 @@ class AcmeClient:
         except requests.RequestException as e:
             if isinstance(e, requests.JSONDecodeError):  # an answer that arrived, but not as JSON
                 raise self._unexpected(e) from None
-            raise CAUnreachable(f"cannot reach the CA: {_short(e)}") from None
+            hint = ""
+            if "not yet valid" in str(e) or "certificate has expired" in str(e):
+                hint = f" (is the local clock right? it says {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ})"
+            raise CAUnreachable(f"cannot reach the CA: {_short(e)}{hint}") from None
         except (acme_errors.ClientError, acme_errors.UnexpectedUpdate, ValueError, DeserializationError,
                 KeyError, TypeError) as e:  # fmt: skip
             raise self._unexpected(e) from None

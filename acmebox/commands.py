@@ -46,7 +46,7 @@ def _status_of(name: str, store: CertStore, states: StateStore, served: dict[str
     seen = served.get(name) or {}
     serial = f"{stored.serial:x}" if stored is not None else None
     matches = None if not seen or serial is None else seen.get("serial") == serial
-    if stored is not None and f"{stored.serial:x}" in control.read_revoked(states.dir.parent):
+    if stored is not None and f"{stored.serial:x}" in states.revoked():
         condition = "revoked"
     elif state.last_error and state.next_attempt:
         condition = "failing"
@@ -80,15 +80,31 @@ def _status_of(name: str, store: CertStore, states: StateStore, served: dict[str
     }
 
 
+def _certificates(store: CertStore, states: StateStore) -> tuple[list[str], list[str]]:
+    """(managed, left over): the certificates the service was last started with, and what
+    else lies in the certs and state dirs (a certificate since dropped from the configuration).
+    Everything on disk counts as managed when no service has recorded its configuration."""
+    on_disk = {p.name for p in store.live.iterdir() if not p.name.startswith(".")} if store.live.is_dir() else set()
+    on_disk |= {p.stem for p in states.dir.glob("*.json")} if states.dir.is_dir() else set()
+    configured = control.read_configured(states.dir.parent)
+    if configured is None:
+        return sorted(on_disk), []
+    return configured, sorted(on_disk - set(configured))
+
+
 def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
-    """One line per certificate (or `--json`), for every name with a live certificate or a
-    state (a configured certificate that never got one is listed too). Exit 1 when any is not
-    `ok`: missing, a placeholder, expired, failing, or served differently from the live one."""
+    """One line per certificate (or `--json`), every configured one included (also one that
+    never got a certificate). Exit 1 when any is not `ok`: missing, a placeholder, expired,
+    revoked, failing, or served differently from the live one. Leftovers of certificates no
+    longer configured are listed as `not managed` and do not count."""
+    if not state_dir.is_dir() and not certs_dir.is_dir():
+        raise ConfigError(f"neither {certs_dir} nor {state_dir} exists: point --certs-dir and --state-dir at acmebox's")
     store, states = CertStore(certs_dir), StateStore(state_dir)
-    names = {p.name for p in store.live.iterdir() if not p.name.startswith(".")} if store.live.is_dir() else set()
-    names |= {p.stem for p in states.dir.glob("*.json")} if states.dir.is_dir() else set()
+    managed, leftovers = _certificates(store, states)
     served = control.read_served(state_dir)
-    rows = [_status_of(name, store, states, served) for name in sorted(names)]
+    rows = [_status_of(name, store, states, served) for name in managed]
+    for name in leftovers:
+        rows.append({**_status_of(name, store, states, served), "condition": "not managed"})
     if as_json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -105,7 +121,7 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
         widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]
         for t in table:
             print("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=False)) + "  " + t[-1])
-    return 0 if all(r["condition"] == "ok" for r in rows) else 1
+    return 0 if all(r["condition"] in ("ok", "not managed") for r in rows) else 1
 
 
 def _when_iso(value: str | None) -> str:
@@ -113,12 +129,11 @@ def _when_iso(value: str | None) -> str:
 
 
 def owner(store: CertStore, states: StateStore, name: str) -> str | None:
-    """The certificate (its first name) that has `name` among its names, or None."""
-    known = {p.name for p in store.live.iterdir() if not p.name.startswith(".")} if store.live.is_dir() else set()
-    known |= {p.stem for p in states.dir.glob("*.json")} if states.dir.is_dir() else set()
-    if name in known:
+    """The managed certificate (its first name) that has `name` among its names, or None."""
+    managed, _ = _certificates(store, states)
+    if name in managed:
         return name
-    for cert in sorted(known):
+    for cert in managed:
         stored = store.current(cert)
         if stored is not None and name in (stored.meta.get("names") or stored.names):
             return cert
@@ -139,11 +154,7 @@ def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeo
         print(f"{name} is a name of certificate {target}")
     req = control.submit(state_dir, target, force)
     control.wake_service(state_dir)
-    if target is not None:
-        pending = {target}
-    else:
-        live = {p.name for p in store.live.iterdir() if not p.name.startswith(".")} if store.live.is_dir() else set()
-        pending = live | {p.stem for p in states.dir.glob("*.json")}
+    pending = {target} if target is not None else set(_certificates(store, states)[0])
     if not pending:
         raise AcmeboxError("the service has no certificate yet; see `acmebox status` or its log")
     deadline = time.monotonic() + timeout
@@ -153,7 +164,9 @@ def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeo
             state = states.load(n, owner=False)
             if state.handled_request == req.id:
                 print(f"{n}: {state.request_result}")
-                failed |= (state.request_result or "").startswith("failed")
+                failed |= (state.request_result or "").startswith("failed") or "but not served" in (
+                    state.request_result or ""
+                )
                 pending.discard(n)
         time.sleep(0.1)
     if pending:
@@ -163,7 +176,9 @@ def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeo
 
 
 async def revoke(certs_dir: Path, state_dir: Path, name: str, reason: int, ca_bundle: Path | None) -> int:
-    stored = CertStore(certs_dir).current(name)
+    store = CertStore(certs_dir)
+    name = owner(store, StateStore(state_dir), name) or name  # any of the certificate's names
+    stored = store.current(name)
     if stored is None or stored.placeholder:
         raise ConfigError(f"no issued certificate named {name} in {certs_dir}")
     directory = stored.meta.get("directory")
@@ -180,11 +195,11 @@ async def revoke(certs_dir: Path, state_dir: Path, name: str, reason: int, ca_bu
     finally:
         await client.close()
     print(f"{name}: revoked serial {stored.serial:x} at {directory}")
-    control.record_revoked(state_dir, stored.serial)
+    StateStore(state_dir).record_revoked(stored.serial)
     if control.running_pid(state_dir) is not None:
         control.submit(state_dir, name, force=True)
         control.wake_service(state_dir)
         print(f"{name}: asked the running service to replace it")
     else:
-        print(f"{name}: no service is running; start `acmebox run --force-renew` to replace it")
+        print(f"{name}: no service is running; the next `acmebox run` (or `run --once`) replaces it")
     return 0

@@ -113,12 +113,13 @@ class Config:
     key_group: int | None = None  # None: keep the previous key's group
 
     def __post_init__(self) -> None:
-        seen: dict[str, str] = {}
+        seen: dict[str, CertSpec] = {}
         for spec in self.certs:
             for n in spec.names:
                 if n in seen:
-                    raise ConfigError(f"domain {n!r} is in two certificates ({seen[n]} and {spec.name})")
-                seen[n] = spec.name
+                    raise ConfigError(f"domain {n!r} is in two certificates ({','.join(seen[n].names)} and "
+                                      f"{','.join(spec.names)}); give each name to one certificate")  # fmt: skip
+                seen[n] = spec
         if self.ca_bundle is not None and not self.ca_bundle.is_file():
             raise ConfigError(f"CA bundle {self.ca_bundle} does not exist or is not a file")
         if bool(self.eab_kid) != bool(self.eab_hmac_key):

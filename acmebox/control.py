@@ -113,17 +113,17 @@ def read_served(state_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def record_revoked(state_dir: Path, serial: int) -> None:
-    """Remember a serial `acmebox revoke` revoked, so `status` does not show it as valid while
-    the service replaces it. Kept to the last 100."""
-    path = state_dir / "revoked.json"
-    serials = [s for s in read_revoked(state_dir) if s != f"{serial:x}"] + [f"{serial:x}"]
-    atomic_write_json(path, serials[-100:], 0o600)
+
+def write_configured(state_dir: Path, names: list[str]) -> None:
+    """The certificates the service (or `run --once`) was started with, for `status` and
+    `renew` in another process: a certificate dropped from the configuration is no longer
+    managed, whatever its leftovers on disk."""
+    atomic_write_json(state_dir / "configured.json", names, 0o600)
 
 
-def read_revoked(state_dir: Path) -> list[str]:
+def read_configured(state_dir: Path) -> list[str] | None:
     try:
-        data = json.loads((state_dir / "revoked.json").read_text())
+        data = json.loads((state_dir / "configured.json").read_text())
     except (OSError, ValueError):
-        return []
-    return [str(s) for s in data] if isinstance(data, list) else []
+        return None
+    return [str(n) for n in data] if isinstance(data, list) else None

@@ -13,10 +13,13 @@ The limits stay below Let's Encrypt's (https://letsencrypt.org/docs/rate-limits/
 - FAILED_VALIDATIONS_PER_HOUR failed authorizations per name in any hour (LE: 5 per account,
   hostname and hour).
 
-Each line is one JSON object: {"at": ISO time, "order": id, "names": [...]} when an order is
-placed, {"at", "order", "outcome": "issued"|"failed", "invalid": [names whose validation
-failed]} when it ends. A line that cannot be read is skipped with a warning; a torn last line
-costs at most one event. Lines older than the longest window are dropped when the file is
+The counts are per CA directory (staging and production have separate limits), and the
+lines of other directories do not count. A line that cannot be read counts as an issued order
+for these names, at the file's last change: a damaged ledger errs on the safe side.
+
+Each line is one JSON object: {"at": ISO time, "order": id, "names": [...], "directory": URL}
+when an order is placed, {"at", "order", "outcome": "issued"|"failed", "invalid": [names whose validation
+failed]} when it ends. Lines older than the longest window are dropped when the file is
 rewritten, which happens only when it has such lines.
 """
 
@@ -62,35 +65,40 @@ class Ledger:
     """The ledger of one certificate. Used by that certificate's maintainer only (one task),
     so it needs no lock of its own; the state dir's lock keeps other processes out."""
 
-    def __init__(self, state_dir: Path, name: str) -> None:
+    def __init__(self, state_dir: Path, name: str, directory: str) -> None:
         self.path = state_dir / "ledger" / f"{name}.jsonl"
+        self.directory = directory
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _orders(self) -> list[_Order]:
+    def _orders(self, names: frozenset[str]) -> list[_Order]:
+        """This directory's orders; an unreadable line is taken as an order for `names`."""
         try:
             lines = self.path.read_bytes().splitlines()
+            changed = dt.datetime.fromtimestamp(self.path.stat().st_mtime, dt.UTC)
         except FileNotFoundError:
             return []
         orders: dict[str, _Order] = {}
-        for raw in lines:
+        for i, raw in enumerate(lines):
             try:
                 entry = json.loads(raw)
                 at = dt.datetime.fromisoformat(entry["at"])
                 oid = str(entry["order"])
                 if "names" in entry:
-                    orders[oid] = _Order(oid, at, frozenset(map(str, entry["names"])))
+                    if entry.get("directory", self.directory) == self.directory:
+                        orders[oid] = _Order(oid, at, frozenset(map(str, entry["names"])))
                 elif oid in orders:
                     o = orders[oid]
                     o.outcome, o.ended, o.invalid = str(entry["outcome"]), at, tuple(map(str, entry["invalid"]))
-            except (ValueError, KeyError, TypeError) as e:
-                log.warning("%s: skipping an unreadable line (%s)", self.path, e)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                log.warning("%s: line %d unreadable (%s); counted as an issued order", self.path, i + 1, e)
+                orders[f"unreadable-{i}"] = _Order(f"unreadable-{i}", changed, names)
         return list(orders.values())
 
     def check(self, names: Iterable[str], now: dt.datetime) -> None:
         """Raise LedgerRefusal when one more order for `names` would pass a limit."""
         names = frozenset(names)
-        orders = self._orders()
+        orders = self._orders(names)
         week = [o for o in orders if o.at > now - WEEK]
         if len(week) >= ORDERS_PER_WEEK:
             until = sorted(o.at for o in week)[-ORDERS_PER_WEEK] + WEEK
@@ -113,17 +121,12 @@ class Ledger:
                     until,
                 )
 
-    def counts(self, now: dt.datetime) -> dict[str, int]:
-        """What the ledger holds for the last 7 days, for `status` and metrics."""
-        week = [o for o in self._orders() if o.at > now - WEEK]
-        return {"orders_7d": len(week), "issued_7d": sum(o.outcome in (None, "issued") for o in week)}
-
     # -- writing -------------------------------------------------------------------------------
 
     def ordered(self, names: Iterable[str], now: dt.datetime) -> str:
         """Record an order about to be placed; returns its id for `ended`."""
         oid = uuid.uuid4().hex[:12]
-        self._append({"at": now.isoformat(), "order": oid, "names": sorted(names)}, now)
+        self._append({"at": now.isoformat(), "order": oid, "names": sorted(names), "directory": self.directory}, now)
         return oid
 
     def ended(self, oid: str, outcome: str, now: dt.datetime, invalid: Iterable[str] = ()) -> None:
@@ -133,7 +136,7 @@ class Ledger:
         """Append one line and fsync it: raises OSError when it cannot, and an order that
         cannot be recorded is not placed."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._drop_old(now)
+        self._drop_old(now, entry.get("names") or ())
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, json.dumps(entry, sort_keys=True).encode() + b"\n")
@@ -141,18 +144,25 @@ class Ledger:
         finally:
             os.close(fd)
 
-    def _drop_old(self, now: dt.datetime) -> None:
+    def _drop_old(self, now: dt.datetime, names: Iterable[str]) -> None:
+        """Rewrite the file without lines older than the window; an unreadable line becomes an
+        order for `names` dated now, so that it counts for a week and then ages out."""
         try:
             lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
             return
-        keep = []
+        keep, changed = [], False
         for raw in lines:
             try:
-                if dt.datetime.fromisoformat(json.loads(raw)["at"]) <= now - WEEK:
-                    continue
-            except (ValueError, KeyError, TypeError):
+                old = dt.datetime.fromisoformat(json.loads(raw)["at"]) <= now - WEEK
+            except (ValueError, KeyError, TypeError, AttributeError):
+                entry = {"at": now.isoformat(), "order": f"unreadable-{uuid.uuid4().hex[:8]}",
+                         "names": sorted(names), "directory": self.directory}  # fmt: skip
+                keep.append(json.dumps(entry, sort_keys=True).encode())
+                changed = True
                 continue
-            keep.append(raw)
-        if len(keep) < len(lines):
+            changed |= old
+            if not old:
+                keep.append(raw)
+        if changed:
             atomic_write(self.path, b"".join(line + b"\n" for line in keep), 0o600)

@@ -61,7 +61,9 @@ def _span(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
 
 
-def why_not_reusable(spec: CertSpec, stored: StoredCert | None, now: dt.datetime, directory: str) -> str | None:
+def why_not_reusable(
+    spec: CertSpec, stored: StoredCert | None, now: dt.datetime, directory: str, revoked: set[str] | None = None
+) -> str | None:
     """None when `stored` serves `spec` as it is; otherwise why a new certificate is needed.
     A certificate from another CA directory (staging, before switching to production) is not
     reusable: it is replaced at once, not at its next renewal. One without a recorded directory
@@ -70,6 +72,8 @@ def why_not_reusable(spec: CertSpec, stored: StoredCert | None, now: dt.datetime
         return "no certificate yet"
     if stored.placeholder:
         return "only a placeholder is in place"
+    if revoked and f"{stored.serial:x}" in revoked:
+        return "revoked (acmebox revoke)"
     issued_by = stored.meta.get("directory")
     if issued_by is not None and issued_by != directory:
         return f"issued by another CA directory ({issued_by})"
@@ -124,7 +128,7 @@ class CertMaintainer:
         self.use_ari = use_ari
         self.rng = rng or random.Random()
         self.pending = PendingStore(states.dir.parent)
-        self.ledger = Ledger(states.dir.parent, spec.name)
+        self.ledger = Ledger(states.dir.parent, spec.name, directory)
         self.wake = asyncio.Event()
         self._state: CertState | None = None  # loaded once; the file is its persisted copy
         self._unsaved: Received | None = None  # received, and not even the pending copy could be written
@@ -160,7 +164,7 @@ class CertMaintainer:
         if state.next_attempt is not None and now < state.next_attempt:
             why = f"backoff after {state.failures} failure(s): {state.last_error}"
             return Plan(state.next_attempt, why, state.next_attempt)
-        reason = why_not_reusable(self.spec, stored, now, self.directory)
+        reason = why_not_reusable(self.spec, stored, now, self.directory, self.states.revoked())
         if reason is not None or stored is None:
             decision, wake = renewal.Decision(now, reason or "no certificate yet"), now
         else:
@@ -227,10 +231,11 @@ class CertMaintainer:
 
     # -- acting --------------------------------------------------------------------------------
 
-    async def step(self) -> Plan | None:
+    async def step(self, eager: bool = False) -> Plan | None:
         """Plan; if due now, attempt once. Returns the plan when nothing was due, None after an
         attempt. Raises the attempt's error after recording it (the loop goes on, --once reports it).
-        """
+        `eager` (`run --once`): a certificate already received is installed now, whatever the
+        wait after the last failure to store it (that costs no order)."""
         if self._state is None:
             self._state = self.states.load(self.name, self.clock.now())
         state = self._state
@@ -239,7 +244,7 @@ class CertMaintainer:
         if kept is not None:
             now = self.clock.now()
             retry = state.next_attempt
-            if retry is not None and now < retry and self._request is None:
+            if retry is not None and now < retry and self._request is None and not eager:
                 plan = Plan(retry, f"a received certificate waits to be stored ({state.last_error})", retry)
             else:
                 plan = Plan(now, "a certificate already received waits to be stored", now)

@@ -67,7 +67,9 @@ def canonical_name(raw: str) -> str:
     except (UnicodeError, ValueError) as e:  # idna's errors are UnicodeErrors
         raise ConfigError(f"malformed domain name {raw!r}: {e}") from None
     labels = ascii_name.split(".")
-    if len(ascii_name) > 253 or len(labels) < 2 or not all(_LDH_LABEL.match(label) for label in labels):
+    if len(labels) < 2:
+        raise ConfigError(f"malformed domain name {raw!r}: a single label; a public CA issues for full names only")
+    if len(ascii_name) > 253 or not all(_LDH_LABEL.match(label) for label in labels):
         raise ConfigError(f"malformed domain name {raw!r}")
     if labels[-1].isdigit():
         raise ConfigError(f"malformed domain name {raw!r}: the top-level label is numeric")

@@ -98,6 +98,9 @@ class Service:
             if stored is None or stored.placeholder:
                 ok = False
                 line = f"{spec.name}: no certificate yet"
+            elif f"{stored.serial:x}" in self.states.revoked():
+                ok = False
+                line = f"{spec.name}: serial {stored.serial:x} is revoked; being replaced"
             elif now >= renewal.last_call(stored.not_before, stored.not_after):
                 ok = False
                 line = f"{spec.name}: expiring {stored.not_after.isoformat()}"
@@ -256,13 +259,13 @@ class Service:
             try:
                 await asyncio.wait_for(self.reloader.wait_idle(), CONFIRM_WAIT)
             except TimeoutError:
-                return f"the reload has not succeeded after {CONFIRM_WAIT:.0f}s (it is retried; see the log)"
+                return f"but not served: the reload has not succeeded after {CONFIRM_WAIT:.0f}s (see the log)"
             return "the server was reloaded (not verified: no --reload-verify)"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONFIRM_WAIT
         while not self.reloader.matches(stored.name):  # another name's trouble does not hold this answer
             if loop.time() > deadline:
-                return f"the server does not serve it after {CONFIRM_WAIT:.0f}s (the reload is retried; see the log)"
+                return f"but not served: the server does not present it after {CONFIRM_WAIT:.0f}s (see the log)"
             await asyncio.sleep(0.2)
         return "the server serves it (verified)"
 
@@ -303,11 +306,16 @@ class Service:
     async def run_once(self, force: bool) -> int:
         self._once = True
         failed: AcmeboxError | None = None
+        if self.reloader.verify is not None:  # look at what is served even when nothing is due
+            for spec in self.config.certs:
+                stored = self.store.current(spec.name)
+                if stored is not None:
+                    self.reloader.request(spec.name, stored.serial)
         for m in self.maintainers.values():
             if force:
                 m.request("run --force-renew", force=True)
             try:
-                plan = await m.step()
+                plan = await m.step(eager=True)
             except AcmeboxError as e:
                 failed = failed or e
                 continue
@@ -361,6 +369,10 @@ class Service:
             raise ConfigError(f"state dir {self.config.state_dir} is not usable: {e.strerror or e}") from None
         with control.hold_lock(self.config.state_dir):
             self.store.prepare()  # after the lock: it removes what an interrupted save left
+            try:
+                control.write_configured(self.config.state_dir, [spec.name for spec in self.config.certs])
+            except OSError as e:
+                log.warning("cannot record the configured certificates for `status` (%s)", e.strerror or e)
             return await self._run(once, force)
 
     async def _run(self, once: bool, force: bool) -> int:

@@ -140,6 +140,26 @@ class StateStore:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         atomic_write_json(self.path(name), state.to_json(), 0o600)
 
+    @property
+    def revoked_path(self) -> Path:
+        return self.dir.parent / "revoked.json"
+
+    def record_revoked(self, serial: int) -> None:
+        """Remember a serial `acmebox revoke` revoked: the service replaces such a certificate
+        at once (also when it was stopped at the time), `status` and /healthz say so. The last
+        100 are kept."""
+        serials = [s for s in self.revoked() if s != f"{serial:x}"] + [f"{serial:x}"]
+        self.dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write_json(self.revoked_path, serials[-100:], 0o600)
+
+    def revoked(self) -> set[str]:
+        """Hex serials recorded as revoked."""
+        try:
+            data = json.loads(self.revoked_path.read_text())
+        except (OSError, ValueError):
+            return set()
+        return {str(s) for s in data} if isinstance(data, list) else set()
+
 
 def _short(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0][:200]

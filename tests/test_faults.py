@@ -255,6 +255,20 @@ def test_a_damaged_state_file_is_moved_aside_and_counts_as_a_failure(
     assert out.returncode == 1 and "backoff after 1 failure" in out.stderr
 
 
+@pytest.mark.parametrize("content", ["[]", '"str"', "null", "{trunc"])
+def test_a_damaged_account_file_is_rewritten(pebble: Pebble, dirs: Dirs, content: str) -> None:
+    args = ["--domain", "acct.test", "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
+            "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+    assert run_acmebox("run", "--once", *args).returncode == 0
+    (info,) = dirs.state.glob("accounts/**/account.json")
+    url = json.loads(info.read_text())["url"]
+    info.write_text(content)
+    out = run_acmebox("run", "--once", "--force-renew", *args)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert json.loads(info.read_text())["url"] == url, "the same account, found again from its key"
+
+
 def test_a_naive_timestamp_is_read_as_utc(pebble: Pebble, dirs: Dirs) -> None:
     path = dirs.state / "certs" / "naive.test.json"
     path.parent.mkdir(parents=True)

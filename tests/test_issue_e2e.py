@@ -181,6 +181,12 @@ def test_revoke(pebble: Pebble, dirs: Dirs) -> None:
     again = run_acmebox("revoke", "revoke.test", "--ca-bundle", str(pebble.ca_bundle),
                         "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))  # fmt: skip
     assert again.returncode == 1 and "alreadyRevoked" in again.stderr.strip().splitlines()[-1]
+    # No service was running: the next run replaces it at once, not at its renewal date.
+    assert "the next `acmebox run` (or `run --once`) replaces it" in result.stdout
+    replaced = run_acmebox("run", "--once", "--domain", "revoke.test", *pebble_args(pebble, dirs))
+    assert replaced.returncode == 0 and "revoked (acmebox revoke)" in replaced.stderr
+    new = x509.load_pem_x509_certificate((live(dirs, "revoke.test") / "cert.pem").read_bytes()).serial_number
+    assert new != serial
 
 
 def test_external_account_binding(tmp_path: Path, dirs: Dirs) -> None:
