@@ -21,6 +21,8 @@ from pathlib import Path
 from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
+STOP = f"Stop: Ctrl-C here (or kill {os.getpid()}); everything the demo started is stopped and removed."
+STOPPED = "--no-wait: everything the demo started is stopped and removed now."
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import TEST_HOSTS, busybox_image, with_hosts  # noqa: E402
@@ -94,7 +96,7 @@ Open (registry.test is this machine's 127.0.0.1 only for these commands; nothing
   users:        {", ".join(f"{u} / {p}" for u, p in USERS.items())} (htpasswd {s.htpasswd})
   push more:    unshare --mount sh -c 'mount --bind {hosts} /etc/hosts && skopeo copy \\
                   --dest-cert-dir {certs} --dest-creds {user}:{password} oci:{layout}:1 docker://{s.host}/demo/x:1'
-Stop: Ctrl-C here (or kill {os.getpid()}); everything started is stopped.""",
+{STOP if wait else STOPPED}""",
               flush=True)  # fmt: skip
         until_stopped(wait)
 
@@ -139,7 +141,7 @@ The stack runs in the demo's own network namespace (its ports 80 and 443 are not
                   curl -si http://{DOMAIN}/v2/                 (308 to https)
   the engine:     DOCKER_HOST={e.env["DOCKER_HOST"]} docker ps
   compose:        cd {p.dir} && {compose_env} {" ".join(p.compose_cmd)} ps   (in that shell)
-Stop: Ctrl-C here (or kill {os.getpid()}); the stack, its volumes and the engine are removed.""",
+{STOP if wait else STOPPED}""",
                       flush=True)  # fmt: skip
                 until_stopped(wait)
             finally:
