@@ -21,6 +21,7 @@ from acmebox import __version__
 from acmebox.config import (
     LE_PRODUCTION,
     LE_STAGING,
+    MAX_CONCURRENT_ORDERS,
     CertSpec,
     Config,
     HostPort,
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(auth, "--auth-acl", 'TOML file narrowing users to repository patterns: alice = ["alice/*"]', type=Path)
     _opt(run, "--once", "obtain or confirm the certificates, then exit", action="store_true")
     _opt(run, "--force-renew", "order new certificates even when valid ones exist", action="store_true")
+    _opt(run, "--max-concurrent-orders", "orders in flight at once (in --once and in the service)",
+         str(MAX_CONCURRENT_ORDERS), type=int, metavar="N")  # fmt: skip
 
     status = sub.add_parser("status", help="a table of the certificates and their renewal plans")
     _dirs(status)
@@ -170,6 +173,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         reload=ReloadTarget.parse(args.reload, args.reload_target),
         reload_verify=HostPort.parse(args.reload_verify, "--reload-verify address") if args.reload_verify else None,
         token_auth=_token_auth(args),
+        max_concurrent_orders=args.max_concurrent_orders,
     )
 
 

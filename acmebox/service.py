@@ -55,6 +55,7 @@ class Service:
         )  # fmt: skip
         self._client: AcmeClient | None = None
         self._connected = asyncio.Event()
+        self._order_slots = asyncio.Semaphore(config.max_concurrent_orders)
         self.ca_error: str | None = "not connected to the CA yet"
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -177,6 +178,10 @@ class Service:
     # -- issuing ------------------------------------------------------------------------------
 
     async def issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None = None) -> Received:
+        async with self._order_slots:
+            return await self._issue(client, spec, replaces)
+
+    async def _issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None) -> Received:
         key_pem = keys.to_pem(keys.generate(spec.key_type))
         csr_pem = crypto_util.make_csr(key_pem, list(spec.names))
         try:
@@ -238,33 +243,48 @@ class Service:
     # -- running ------------------------------------------------------------------------------
 
     async def run_once(self, force: bool) -> int:
+        """One step of every maintainer, concurrently (orders bounded by --max-concurrent-orders),
+        so the polling waits of one order overlap with the others'. Each certificate's failure is
+        logged on its own; the first failing certificate in configuration order sets the exit code."""
         try:
             await self.connect()
         except CAUnreachable as e:
             raise ConfigError(f"{self.config.directory}: {e}") from None
-        failed: AcmeboxError | None = None
-        for m in self.maintainers.values():
-            if force:
-                m.request("run --force-renew", force=True)
-            try:
-                plan = await m.step()
-            except AcmeboxError as e:
-                failed = failed or e
-                continue
-            stored = self.store.current(m.name)
-            missing = why_not_reusable(m.spec, stored, self.clock.now())
-            if plan is not None and stored is not None and missing is None:
-                log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
-                         m.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
-            if missing is not None and m.state is not None:
-                failed = failed or AcmeboxError(
-                    f"{m.name}: {missing}, and attempts are backing off until {m.state.next_attempt} after: "
-                    f"{m.state.last_error} (--force-renew tries now)"
-                )
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                steps = [tasks.create_task(self._step_once(m, force)) for m in self.maintainers.values()]
+        except ExceptionGroup as group:  # not a certificate's failure (those are returned): the CLI reports it
+            raise group.exceptions[0] from None
+        failures = [f for f in (t.result() for t in steps) if f is not None]
         await self.reloader.wait_idle()
-        if failed is not None:
-            raise failed
+        if len(failures) > 1:
+            log.error("%d of %d certificates failed: %s", len(failures), len(steps),
+                      ", ".join(name for name, _ in failures))  # fmt: skip
+        if failures:
+            raise failures[0][1]
         return 0
+
+    async def _step_once(self, m: CertMaintainer, force: bool) -> tuple[str, AcmeboxError] | None:
+        """(name, error) when this certificate is not in place after its step, else None."""
+        if force:
+            m.request("run --force-renew", force=True)
+        try:
+            plan = await m.step()
+        except AcmeboxError as e:  # step() logged and recorded it
+            return m.name, e
+        stored = self.store.current(m.name)
+        missing = why_not_reusable(m.spec, stored, self.clock.now())
+        if plan is not None and stored is not None and missing is None:
+            log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
+                     m.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
+        if missing is not None and m.state is not None:
+            error = AcmeboxError(
+                f"{m.name}: {missing}, and attempts are backing off until {m.state.next_attempt} after: "
+                f"{m.state.last_error} (--force-renew tries now)"
+            )
+            log.error("%s", error)
+            return m.name, error
+        return None
 
     async def run_forever(self) -> int:
         self.write_placeholders()
