@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -221,6 +222,17 @@ async def _run_until_signalled(config: Config, once: bool, force: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `acmebox` command; returns the exit code. Meant to end the process: on the way out it
+    freezes the garbage collector's objects, so the interpreter's teardown does not walk every
+    object the imports made (50 ms, a tenth of a one-certificate `run --once`). Whatever the
+    command wrote is closed by then, and logging is flushed at exit as before."""
+    try:
+        return _main(argv)
+    finally:
+        gc.freeze()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.log_level not in LOG_LEVELS:  # argparse checks choices on flags, not on defaults from the environment
         print(f"acmebox: error: bad ACMEBOX_LOG_LEVEL {args.log_level!r}", file=sys.stderr)

@@ -15,7 +15,7 @@ import signal
 
 from acme import crypto_util
 
-from acmebox import control, keys, placeholder, registry_token, renewal, webapp
+from acmebox import control, keys, placeholder, renewal, webapp
 from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens
 from acmebox.client import AcmeClient
@@ -319,6 +319,8 @@ class Service:
     async def _run(self, once: bool, force: bool) -> int:
         token_service = None
         if self.config.token_auth is not None:
+            from acmebox import registry_token  # bcrypt and PyJWT only when the token service is on
+
             t = self.config.token_auth
             token_service = registry_token.build(t.htpasswd, t.key, t.cert, t.service, t.issuer, t.ttl, t.acl)
         app = webapp.build_app(self.tokens, self.health, self.metrics, token_service)

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from acmebox import challenges, registry_token
+from acmebox import challenges
 from acmebox.config import HostPort
 from acmebox.errors import ConfigError
-from acmebox.metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:  # imported when used: the token service (bcrypt, PyJWT) and prometheus cost start-up time
+    from acmebox import registry_token
+    from acmebox.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,8 @@ def build_app(
     app = web.Application()
     challenges.add_routes(app, tokens)
     if token_service is not None:
+        from acmebox import registry_token
+
         registry_token.add_routes(app, token_service)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -39,6 +45,8 @@ def build_app(
     app.router.add_get("/healthz", healthz)
 
     if metrics is not None:
+        from acmebox.metrics import CONTENT_TYPE
+
         registry = metrics
 
         async def metrics_page(request: web.Request) -> web.Response:
