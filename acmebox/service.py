@@ -15,7 +15,7 @@ import signal
 
 from acme import crypto_util
 
-from acmebox import control, keys, placeholder, registry_token, renewal, webapp
+from acmebox import control, keys, placeholder, renewal, webapp
 from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.client import AcmeClient
@@ -64,6 +64,7 @@ class Service:
         self._once = False
         self._connect_lock = asyncio.Lock()
         self._connect_error: AcmeboxError | None = None
+        self._order_slots = asyncio.Semaphore(config.max_concurrent_orders)
         self.ca_error: str | None = "not connected to the CA yet"
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -212,6 +213,10 @@ class Service:
     # -- issuing ------------------------------------------------------------------------------
 
     async def issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None = None) -> Received:
+        async with self._order_slots:
+            return await self._issue(client, spec, replaces)
+
+    async def _issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None) -> Received:
         key_pem = keys.to_pem(keys.generate(spec.key_type))
         csr_pem = crypto_util.make_csr(key_pem, list(spec.names))
         try:
@@ -304,37 +309,52 @@ class Service:
     # -- running ------------------------------------------------------------------------------
 
     async def run_once(self, force: bool) -> int:
+        """One step of every maintainer, concurrently (orders bounded by --max-concurrent-orders),
+        so the polling waits of one order overlap with the others'. Each certificate's failure is
+        logged on its own; the first failing certificate in configuration order sets the exit code."""
         self._once = True
-        failed: AcmeboxError | None = None
         if self.reloader.verify is not None:  # look at what is served even when nothing is due
             for spec in self.config.certs:
                 stored = self.store.current(spec.name)
                 if stored is not None:
                     self.reloader.request(spec.name, stored.serial)
-        for m in self.maintainers.values():
-            if force:
-                m.request("run --force-renew", force=True)
-            try:
-                plan = await m.step(eager=True)
-            except AcmeboxError as e:
-                failed = failed or e
-                continue
-            stored = self.store.current(m.name)
-            missing = why_not_reusable(m.spec, stored, self.clock.now(), self.config.directory)
-            if plan is not None and stored is not None and missing is None:
-                log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
-                         m.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
-            if missing is not None and plan is not None:
-                failed = failed or AcmeboxError(
-                    f"{m.name}: {missing}; next attempt {plan.at:%Y-%m-%dT%H:%M:%SZ} because of {plan.reason} "
-                    f"(--force-renew tries now)"
-                )
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                steps = [tasks.create_task(self._step_once(m, force)) for m in self.maintainers.values()]
+        except ExceptionGroup as group:  # not a certificate's failure (those are returned): the CLI reports it
+            raise group.exceptions[0] from None
+        failures = [f for f in (t.result() for t in steps) if f is not None]
         await self.reloader.wait_idle()
-        if failed is not None:
-            raise failed
+        if len(failures) > 1:
+            log.error("%d of %d certificates failed: %s", len(failures), len(steps),
+                      ", ".join(name for name, _ in failures))  # fmt: skip
+        if failures:
+            raise failures[0][1]
         if self.reloader.failed:
             raise AcmeboxError("the certificate(s) are stored, but the server was not reloaded onto them (see above)")
         return 0
+
+    async def _step_once(self, m: CertMaintainer, force: bool) -> tuple[str, AcmeboxError] | None:
+        """(name, error) when this certificate is not in place after its step, else None."""
+        if force:
+            m.request("run --force-renew", force=True)
+        try:
+            plan = await m.step(eager=True)
+        except AcmeboxError as e:  # step() logged and recorded it
+            return m.name, e
+        stored = self.store.current(m.name)
+        missing = why_not_reusable(m.spec, stored, self.clock.now(), self.config.directory, self.states.revoked())
+        if plan is not None and stored is not None and missing is None:
+            log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
+                     m.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
+        if missing is not None and plan is not None:
+            error = AcmeboxError(
+                f"{m.name}: {missing}; next attempt {plan.at:%Y-%m-%dT%H:%M:%SZ} because of {plan.reason} "
+                f"(--force-renew tries now)"
+            )
+            log.error("%s", error)
+            return m.name, error
+        return None
 
     async def run_forever(self) -> int:
         self.write_placeholders()
@@ -378,6 +398,8 @@ class Service:
     async def _run(self, once: bool, force: bool) -> int:
         token_service = None
         if self.config.token_auth is not None:
+            from acmebox import registry_token  # bcrypt and PyJWT only when the token service is on
+
             t = self.config.token_auth
             token_service = registry_token.build(t.htpasswd, t.key, t.cert, t.service, t.issuer, t.ttl, t.acl,
                                                  t.trusted_proxies)  # fmt: skip

@@ -18,15 +18,18 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from acmebox import challenges, limits, registry_token
+from acmebox import challenges, limits
 from acmebox.config import HostPort
 from acmebox.errors import ConfigError
-from acmebox.metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:  # imported when used: the token service (bcrypt, PyJWT) and prometheus cost start-up time
+    from acmebox import registry_token
+    from acmebox.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ def build_app(
     app = web.Application()
     challenges.add_routes(app, tokens)
     if token_service is not None:
+        from acmebox import registry_token
+
         registry_token.add_routes(app, token_service)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -69,6 +74,8 @@ def build_app(
     app.router.add_get("/readyz", readyz)
 
     if metrics is not None:
+        from acmebox.metrics import CONTENT_TYPE
+
         registry = metrics
 
         async def metrics_page(request: web.Request) -> web.Response:

@@ -1,0 +1,3 @@
+from acmebox.cli import main
+
+raise SystemExit(main())

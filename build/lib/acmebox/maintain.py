@@ -1,0 +1,422 @@
+"""The renewal loop of one certificate: plan when to renew, sleep until then, renew, and on
+failure back off (persisted, so a restart cannot reset it). One CertMaintainer per
+certificate; they run concurrently and one's failure never delays another.
+
+An attempt goes: a certificate already received but not yet stored is installed first, and
+nothing is ordered while one is (pending.py). Otherwise the preflight checks that the certs
+and state dirs can take a certificate and that the local clock agrees with the CA's; the
+ledger (ledger.py) allows the order; the order is placed; what it brings is kept in the state
+dir, checked against the clock, and only then written to the store. Whatever fails along the
+way, from the CA, the network, the disk or the clock, becomes this certificate's recorded
+failure with a persisted next attempt, never the end of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from acmebox import renewal
+from acmebox.client import AcmeClient, ari_cert_id
+from acmebox.clock import Clock
+from acmebox.config import CertSpec
+from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, ClockError, Deferred, DiskError
+from acmebox.fsutil import space_problem
+from acmebox.ledger import Ledger, LedgerRefusal
+from acmebox.metrics import Metrics
+from acmebox.pending import PendingStore, Received
+from acmebox.state import AriCache, CertState, StateStore
+from acmebox.store import CertStore, StoredCert, split_chain
+
+log = logging.getLogger(__name__)
+
+ARI_RETRY_ON_ERROR = dt.timedelta(hours=1)
+MIN_SPACING = dt.timedelta(minutes=5)  # between two scheduled renewals of one certificate
+MIN_FREE = 64 * 1024  # bytes free in the certs and state dirs before ordering (a version takes ~20 KiB)
+DISK_RECHECK = dt.timedelta(minutes=5)
+MAX_CLOCK_SKEW = dt.timedelta(hours=1)  # certificates are backdated by about that much
+CLOCK_RECHECK = dt.timedelta(hours=1)
+NOT_BEFORE_TOLERANCE = dt.timedelta(minutes=5)
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _span(seconds: float) -> str:
+    seconds = abs(seconds)
+    return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
+
+
+def why_not_reusable(spec: CertSpec, stored: StoredCert | None, now: dt.datetime) -> str | None:
+    """None when `stored` serves `spec` as it is; otherwise why a new certificate is needed."""
+    if stored is None:
+        return "no certificate yet"
+    if stored.placeholder:
+        return "only a placeholder is in place"
+    if sorted(stored.names) != sorted(spec.names):
+        return f"names changed (on disk: {', '.join(stored.names)})"
+    if stored.key_type != spec.key_type:
+        return f"key type changed (on disk: {stored.key_type})"
+    if spec.profile and stored.meta.get("profile") != spec.profile:
+        return f"profile changed (on disk: {stored.meta.get('profile') or 'none'})"
+    if stored.not_after <= now:
+        return f"expired at {_iso(stored.not_after)}"
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    at: dt.datetime  # when to renew
+    reason: str
+    wake: dt.datetime  # when to plan again at the latest (e.g. the next ARI fetch)
+
+
+# (client, spec, replaces) -> what the CA issued, not yet stored
+Issuer = Callable[[AcmeClient, CertSpec, str | None], Awaitable[Received]]
+
+
+class CertMaintainer:
+    def __init__(
+        self,
+        spec: CertSpec,
+        *,
+        store: CertStore,
+        states: StateStore,
+        client: Callable[[], Awaitable[AcmeClient]],
+        issue: Issuer,
+        on_renewed: Callable[[StoredCert], None],
+        metrics: Metrics,
+        clock: Clock,
+        directory: str,
+        use_ari: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.store = store
+        self.states = states
+        self._client = client
+        self._issue = issue
+        self._on_renewed = on_renewed
+        self.metrics = metrics
+        self.clock = clock
+        self.directory = directory
+        self.use_ari = use_ari
+        self.rng = rng or random.Random()
+        self.pending = PendingStore(states.dir.parent)
+        self.ledger = Ledger(states.dir.parent, spec.name)
+        self.wake = asyncio.Event()
+        self._state: CertState | None = None  # loaded once; the file is its persisted copy
+        self._unsaved: Received | None = None  # received, and not even the pending copy could be written
+        self._request: tuple[str, bool] | None = None  # (request id, force)
+        self._refresh_ari = False
+        self._last_logged: tuple[dt.datetime, str] | None = None
+        self._ari_retry_at: dt.datetime | None = None
+
+    @property
+    def state(self) -> CertState | None:
+        """The state as this maintainer holds it (None before its first step)."""
+        return self._state
+
+    # -- requests from outside (SIGHUP, `acmebox renew`) ----------------------------------------
+
+    def request(self, request_id: str | None, force: bool) -> None:
+        """Check now, asking the CA for fresh renewal information; with `force`, renew now.
+        The outcome is recorded in the state under `request_id` (the latest one; force sticks)."""
+        if request_id is not None:
+            pending_force = self._request is not None and self._request[1]
+            self._request = (request_id, force or pending_force)
+        self._refresh_ari = True
+        self.wake.set()
+
+    # -- planning ------------------------------------------------------------------------------
+
+    async def plan(self, state: CertState, stored: StoredCert | None) -> Plan:
+        now = self.clock.now()
+        self._publish_cert(stored)
+        forced = self._request is not None and self._request[1]
+        if forced:
+            return Plan(now, "renewal requested (--force)", now)
+        if state.next_attempt is not None and now < state.next_attempt:
+            why = (f"backoff after {state.failures} failure(s): {state.last_error}" if state.failures
+                   else f"held back: {state.last_error}")  # fmt: skip
+            return Plan(state.next_attempt, why, state.next_attempt)
+        reason = why_not_reusable(self.spec, stored, now)
+        if reason is not None or stored is None:
+            decision, wake = renewal.Decision(now, reason or "no certificate yet"), now
+        else:
+            ari = await self._ari(stored, state, now)
+            if ari is not None:
+                decision = renewal.decide(stored.not_before, stored.not_after, ari.chosen, (ari.start, ari.end))
+                wake = min(decision.at, ari.next_fetch)
+            else:
+                decision = renewal.decide(stored.not_before, stored.not_after)
+                wake = min(decision.at, self._ari_retry_at) if self._ari_retry_at else decision.at
+        recent = state.last_success
+        if self._request is None and recent is not None and decision.at < recent + MIN_SPACING:
+            # A CA (or clock) that makes each fresh certificate due at once, or expired on
+            # arrival, must not cause a loop of orders; an operator's `acmebox renew` is not a
+            # loop and goes through. The ledger bounds what gets past this.
+            spaced = recent + MIN_SPACING
+            return Plan(spaced, f"{decision.reason}, spaced from the last renewal", spaced)
+        return Plan(decision.at, decision.reason, wake)
+
+    async def _ari(self, stored: StoredCert, state: CertState, now: dt.datetime) -> AriCache | None:
+        """The cached ARI window for this certificate, fetched again when due."""
+        if not self.use_ari:
+            return None
+        serial = f"{stored.serial:x}"
+        cache = state.ari if state.ari is not None and state.ari.serial == serial else None
+        if cache is not None and now < cache.next_fetch and not self._refresh_ari:
+            return cache
+        if self._ari_retry_at is not None and now < self._ari_retry_at and not self._refresh_ari:
+            return cache
+        self._refresh_ari = False
+        try:
+            client = await self._client()
+            info = await client.renewal_info(stored.cert)
+        except AcmeboxError as e:
+            self._ari_retry_at = now + ARI_RETRY_ON_ERROR
+            log.warning("%s: renewal info unavailable (%s); asking again at %s", self.name, e, _iso(self._ari_retry_at))
+            return cache
+        self._ari_retry_at = None
+        if info is None:
+            return None  # the CA has no ARI
+        same_window = cache is not None and (cache.start, cache.end) == (info.start, info.end)
+        chosen = cache.chosen if same_window and cache is not None else renewal.ari_pick(info.start, info.end, self.rng)
+        cache = AriCache(serial, info.start, info.end, chosen, renewal.ari_next_fetch(now, info.retry_after),
+                         info.explanation_url)  # fmt: skip
+        state.ari = cache
+        self._save(state)
+        self.metrics.set_time(self.metrics.ari_start, self.name, info.start)
+        self.metrics.set_time(self.metrics.ari_end, self.name, info.end)
+        return cache
+
+    def _publish_cert(self, stored: StoredCert | None) -> None:
+        self.metrics.set_time(self.metrics.expiry, self.name, stored.not_after if stored else None)
+        self.metrics.placeholder.labels(self.name).set(1 if stored is None or stored.placeholder else 0)
+
+    def _log_plan(self, plan: Plan, state: CertState) -> None:
+        state.next_renewal, state.renewal_reason = plan.at, plan.reason
+        self.metrics.set_time(self.metrics.next_renewal, self.name, plan.at)
+        if self._last_logged != (plan.at, plan.reason):
+            self._last_logged = (plan.at, plan.reason)
+            log.info("%s: renewal scheduled for %s because of %s", self.name, _iso(plan.at), plan.reason)
+
+    # -- acting --------------------------------------------------------------------------------
+
+    async def step(self) -> Plan | None:
+        """Plan; if due now, attempt once. Returns the plan when nothing was due, None after an
+        attempt. Raises the attempt's error after recording it (the loop goes on, --once reports it).
+        """
+        if self._state is None:
+            self._state = self.states.load(self.name, self.clock.now())
+        state = self._state
+        stored = self.store.current(self.name)
+        kept = self._unsaved or self.pending.load(self.name)
+        if kept is not None:
+            now = self.clock.now()
+            retry = state.next_attempt
+            if retry is not None and now < retry and self._request is None:
+                plan = Plan(retry, f"a received certificate waits to be stored ({state.last_error})", retry)
+            else:
+                plan = Plan(now, "a certificate already received waits to be stored", now)
+        else:
+            plan = await self.plan(state, stored)
+        self._log_plan(plan, state)
+        now = self.clock.now()
+        if plan.at > now:
+            self._finish_request(state, f"not due: next renewal {_iso(plan.at)} because of {plan.reason}")
+            self._save(state)
+            return plan
+        log.info("%s: %s now (%s)", self.name, "installing" if kept else "renewing", plan.reason)
+        try:
+            new = self._install(kept) if kept is not None else await self._attempt(stored)
+        except AcmeboxError as e:
+            self._failed(state, e)
+            raise
+        except Exception as e:  # a bug must not become a loop of orders: it backs off like any failure
+            log.exception("%s: internal error", self.name)
+            error = AcmeboxError(f"internal error: {type(e).__name__}: {e}")
+            self._failed(state, error)
+            raise error from None
+        self._succeeded(state, new)
+        return None
+
+    async def _attempt(self, stored: StoredCert | None) -> StoredCert:
+        client = await self._client()
+        await self._preflight(client)
+        replaces = None
+        if (self.use_ari and client.has_ari and stored is not None and not stored.placeholder
+                and stored.meta.get("directory") == self.directory):  # fmt: skip
+            replaces = ari_cert_id(stored.cert)
+        try:
+            received = await self._order(client, replaces)
+        except CAProblem as e:
+            refused = e.short_type == "alreadyReplaced" or (
+                e.short_type in ("unauthorized", "malformed", "conflict") and "replace" in e.detail.lower()
+            )
+            if replaces is None or not refused:
+                raise
+            log.warning("%s: the CA refused replaces=%s (%s); ordering again without it", self.name, replaces, e)
+            received = await self._order(client, None)
+        self._keep(received)
+        return self._install(received)
+
+    async def _preflight(self, client: AcmeClient) -> None:
+        """Refuse to order what could not be kept, or with a clock that would make it look wrong."""
+        now = self.clock.now()
+        for what, path in (("certs dir", self.store.root), ("state dir", self.states.dir.parent)):
+            problem = space_problem(path, MIN_FREE)
+            if problem is not None:
+                raise DiskError(f"{what} {path} is {problem}; not ordering until it can take a certificate",
+                                now + DISK_RECHECK)  # fmt: skip
+        offset = await client.check_clock()
+        if offset is not None and abs(offset) > MAX_CLOCK_SKEW.total_seconds():
+            ca_now = now + dt.timedelta(seconds=offset)
+            raise ClockError(
+                f"the local clock says {_iso(now)} but the CA's says {_iso(ca_now)} ({_span(offset)} "
+                f"{'behind' if offset > 0 else 'ahead'}); not ordering until the local clock is right",
+                now + CLOCK_RECHECK,
+            )
+
+    async def _order(self, client: AcmeClient, replaces: str | None) -> Received:
+        """One order, through the ledger: only a forced request (`acmebox renew --force`) passes
+        a refusal, and an order that cannot be recorded is not placed."""
+        now = self.clock.now()
+        if not (self._request is not None and self._request[1]):
+            self.ledger.check(self.spec.names, now)
+        try:
+            order_id = self.ledger.ordered(self.spec.names, now)
+        except OSError as e:
+            why = f"cannot write the order ledger ({e.strerror or e}); not ordering"
+            raise DiskError(why, now + DISK_RECHECK) from e
+        self.metrics.orders.labels(self.name).inc()
+        try:
+            received = await self._issue(client, self.spec, replaces)
+        except AcmeboxError as e:
+            self._ledger_end(order_id, "failed", e.invalid if isinstance(e, CAProblem) else ())
+            raise
+        self._ledger_end(order_id, "issued")
+        return received
+
+    def _ledger_end(self, order_id: str, outcome: str, invalid: tuple[str, ...] = ()) -> None:
+        try:
+            self.ledger.ended(order_id, outcome, self.clock.now(), invalid)
+        except OSError as e:  # the open entry then counts as issued: on the safe side
+            log.warning("%s: cannot record the end of order %s in the ledger (%s)", self.name, order_id, e)
+
+    def _keep(self, received: Received) -> None:
+        try:
+            self.pending.keep(self.name, received)
+        except OSError as e:
+            self._unsaved = received
+            log.error("%s: cannot keep the new certificate in %s (%s); holding it in memory until it is stored",
+                      self.name, self.pending.dir, e.strerror or e)  # fmt: skip
+
+    def _install(self, received: Received) -> StoredCert:
+        """Store a received certificate and make it live; DiskError (kept for another try, no
+        new order) when the certs volume cannot take it, ClockError when it is not valid now."""
+        now = self.clock.now()
+        try:
+            cert = split_chain(received.fullchain_pem)[0]
+        except ValueError as e:
+            self._discard(f"unreadable ({e})")
+            raise AcmeboxError(f"the CA's certificate for {self.name} is unreadable: {e}") from None
+        if sorted(received.meta.get("names") or ()) != sorted(self.spec.names):
+            self._discard("for other names than configured")
+            raise AcmeboxError(f"{self.name}: the certificate received earlier is for other names; ordering anew")
+        valid_from, valid_to = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if not valid_from - NOT_BEFORE_TOLERANCE <= now < valid_to:
+            self._discard("not valid by the local clock")
+            raise ClockError(
+                f"the certificate received is valid from {_iso(valid_from)} to {_iso(valid_to)}, but the local clock "
+                f"says {_iso(now)}: the local clock or the CA is wrong; "
+                f"not ordering again before {_iso(now + CLOCK_RECHECK)}",
+                now + CLOCK_RECHECK,
+            )
+        try:
+            stored = self.store.save(self.name, received.key_pem, received.fullchain_pem, received.meta)
+        except OSError as e:
+            where = "in memory" if self._unsaved is not None else f"in {self.pending.path(self.name)}"
+            raise DiskError(
+                f"the new certificate cannot be written to {self.store.root} ({e.strerror or e}); it is kept {where} "
+                f"and installed from there once the disk takes it, with no new order",
+                now + dt.timedelta(minutes=1),
+            ) from None
+        self._unsaved = None
+        try:
+            self.pending.drop(self.name)
+        except OSError as e:
+            log.warning("%s: cannot remove the kept copy (%s); it is installed again at the next step", self.name, e)
+        log.info("%s: certificate stored: serial %x, valid until %s, version %s",
+                 self.name, stored.serial, _iso(stored.not_after), stored.version)  # fmt: skip
+        return stored
+
+    def _discard(self, why: str) -> None:
+        self._unsaved = None
+        self.pending.set_aside(self.name, why)
+
+    def _save(self, state: CertState) -> None:
+        try:
+            self.states.save(self.name, state)
+        except OSError as e:  # held in memory meanwhile; a restart would re-read the older file
+            log.error("%s: cannot save its state in %s (%s)", self.name, self.states.dir, e.strerror or e)
+
+    def _failed(self, state: CertState, e: AcmeboxError) -> None:
+        now = self.clock.now()
+        if isinstance(e, Deferred):
+            # acmebox held the order back itself: not a CA failure, so the backoff does not grow.
+            problem = {LedgerRefusal: "ledger", ClockError: "clock", DiskError: "disk"}.get(type(e), "held")
+            state.next_attempt = e.until
+        else:
+            problem = (
+                e.short_type if isinstance(e, CAProblem) else "connection" if isinstance(e, CAUnreachable) else "other"
+            )
+            retry_after = e.retry_after if isinstance(e, CAProblem) else None
+            state.failures += 1
+            state.next_attempt = now + renewal.backoff(state.failures, retry_after, self.rng)
+        state.last_failure = now
+        state.last_error = str(e)
+        self._finish_request(state, f"failed: {e}")
+        self._save(state)
+        self.metrics.failures.labels(self.name, problem).inc()
+        self.metrics.set_time(self.metrics.last_failure, self.name, now)
+        log.error("%s: %s (%s); next attempt %s (problem %s, %d failure(s) in a row)",
+                  self.name, "held back" if isinstance(e, Deferred) else "renewal failed", e,
+                  _iso(state.next_attempt), problem, state.failures)  # fmt: skip
+
+    def _succeeded(self, state: CertState, new: StoredCert) -> None:
+        now = self.clock.now()
+        state.failures, state.next_attempt, state.last_error = 0, None, None
+        state.last_success = now
+        state.ari = None
+        self._finish_request(state, f"renewed: serial {new.serial:x}, valid until {_iso(new.not_after)}")
+        self._save(state)
+        self.metrics.set_time(self.metrics.last_success, self.name, now)
+        self._publish_cert(new)
+        self._on_renewed(new)
+
+    def _finish_request(self, state: CertState, result: str) -> None:
+        if self._request is not None:
+            state.handled_request, state.request_result = self._request[0], result
+            self._request = None
+
+    async def run_forever(self) -> None:
+        while True:
+            self.wake.clear()
+            try:
+                plan = await self.step()
+            except AcmeboxError:
+                continue  # recorded and logged by step(); the next plan is the backoff
+            except Exception:  # in recording a failure: the state in memory still has no backoff
+                log.exception("%s: unexpected error in the renewal loop; retrying in 10 minutes", self.name)
+                await self.clock.sleep_until(self.clock.now() + dt.timedelta(minutes=10), self.wake)
+                continue
+            if plan is not None:
+                await self.clock.sleep_until(plan.wake, self.wake)

@@ -1,0 +1,35 @@
+"""Self-signed placeholder certificates: nginx refuses to start without its ssl_certificate
+files, so each certificate that has none gets one of these at startup. Its metadata marks it
+(`"placeholder": true`), so it is never taken for a real certificate: it is replaced at once."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from acmebox import keys
+
+LIFETIME = dt.timedelta(days=30)
+
+
+def make(names: tuple[str, ...], key_type: str, now: dt.datetime) -> tuple[bytes, bytes]:
+    """(private key PEM, certificate PEM)."""
+    key = keys.generate(key_type)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acmebox placeholder, not trusted")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + LIFETIME)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return keys.to_pem(key), cert.public_bytes(Encoding.PEM)
