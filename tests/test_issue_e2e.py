@@ -72,7 +72,10 @@ def test_issue_then_reuse(pebble: Pebble, dirs: Dirs) -> None:
     forced = run_acmebox("run", "--once", "--force-renew", "--domain", "registry.test",
                          *pebble_args(pebble, dirs))  # fmt: skip
     assert forced.returncode == 0, forced.stderr
-    assert pebble.orders_in_log() == orders_before + 2
+    # Pebble sometimes cannot find the order of the certificate named in `replaces` (RFC 9773)
+    # and refuses it; acmebox then orders once more without it.
+    refused = "the CA refused replaces" in forced.stderr
+    assert pebble.orders_in_log() == orders_before + (3 if refused else 2)
     assert verify_live(pebble, dirs, ["registry.test"]).serial_number != leaf.serial_number
     assert sorted(p.name for p in (dirs.certs / "archive" / "registry.test").iterdir()) == ["0001", "0002"]
 
