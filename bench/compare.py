@@ -27,8 +27,9 @@ is timed by sending SIGHUP; 4 is the ARI re-fetch a Retry-After of 6 h brings), 
 --certs certificates certbot got.
 
 The stack's time to the first served certificate comes from the container test (issue 12),
-which writes test-artifacts/stack-timing.json ({"time_to_first_certificate_s": <seconds>});
-without that file the line says "not measured".
+which writes test-artifacts/container-stack-<compose>.json ("seconds_up_to_first_certificate",
+from `start-registry.sh` returning to nginx serving the verified certificate); without such a
+file the line says "not measured".
 
 acmebox runs as its image installs it: the lock file's packages and an acmebox wheel built
 from this work tree, in bench/.peers/acmebox (rebuilt on every run). Peers: certbot and
@@ -73,7 +74,7 @@ PEER_PACKAGES = ("certbot>=3,<6", "acme-tiny>=5,<6")
 CLIENTS = ("acmebox", "acme-tiny", "certbot", "lego")
 SCENARIOS = ("cold", "names", "many")
 TIME = "/usr/bin/time"  # GNU time, Debian package "time"
-STACK_TIMING = ROOT / "test-artifacts" / "stack-timing.json"
+STACK_TIMINGS = ROOT / "test-artifacts"
 ARI_WAKES_PER_DAY = 4  # acmebox asks for renewal info every 6 h, Let's Encrypt's usual Retry-After
 CERTBOT_WAKES_PER_DAY = 2  # certbot's systemd timer / cron entry runs `certbot renew` twice a day
 
@@ -479,11 +480,16 @@ def spread(values: list[float], fmt: Callable[[float], str] = _num) -> str:
 
 
 def stack_timing() -> str:
-    try:
-        data = json.loads(STACK_TIMING.read_text())
-        return f"{float(data['time_to_first_certificate_s']):.1f} s (from {STACK_TIMING.relative_to(ROOT)})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "not measured (no test-artifacts/stack-timing.json from the container test)"
+    found = []
+    for path in sorted(STACK_TIMINGS.glob("container-stack-*.json")):
+        try:
+            data = json.loads(path.read_text())
+            found.append(f"{float(data['seconds_up_to_first_certificate']):.1f} s with compose {data['compose']}")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not found:
+        return "not measured (no test-artifacts/container-stack-*.json from the container test)"
+    return "; ".join(found) + " (from start-registry.sh returning; the container test's last run)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
