@@ -17,7 +17,9 @@ import asyncio
 import datetime as dt
 import email.utils
 import logging
+import math
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -119,6 +121,7 @@ class AcmeClient:
         self.ca_bundle = ca_bundle
         # Seconds the CA's clock (its Date header) is ahead of ours, from the latest answer.
         self.ca_clock_offset: float | None = None
+        self._clock_seen = -math.inf  # time.monotonic() of the Date header behind the offset
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acme")
         self._net = self._new_network()
         self._last_response: requests.Response | None = None
@@ -142,6 +145,7 @@ class AcmeClient:
         ca_now = _http_date(response.headers.get("Date"))
         if ca_now is not None:
             self.ca_clock_offset = (ca_now - dt.datetime.now(dt.UTC)).total_seconds()
+            self._clock_seen = time.monotonic()
 
     def _last_retry_after(self) -> float | None:
         r = self._last_response
@@ -256,10 +260,12 @@ class AcmeClient:
         self._directory = directory
         return directory
 
-    async def check_clock(self) -> float | None:
+    async def check_clock(self, max_age: float = 60.0) -> float | None:
         """Seconds the CA's clock is ahead of ours (negative: behind), from the Date header of
-        a fresh newNonce answer (RFC 8555 section 7.2); None when the CA sends no Date."""
-        await self._call(lambda: self._net.head(self.directory["newNonce"]))
+        an answer at most `max_age` seconds old, else of a fresh newNonce answer (RFC 8555
+        section 7.2); None when the CA sends no Date."""
+        if time.monotonic() - self._clock_seen > max_age:
+            await self._call(lambda: self._net.head(self.directory["newNonce"]))
         return self.ca_clock_offset
 
     @property

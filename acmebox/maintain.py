@@ -17,8 +17,10 @@ import asyncio
 import datetime as dt
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from acmebox import renewal
 from acmebox.client import AcmeClient, ari_cert_id
@@ -54,6 +56,20 @@ NOT_BEFORE_TOLERANCE = dt.timedelta(minutes=5)
 
 def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# The dirs are shared by every certificate: one probe (a file written and fsynced) serves all
+# the orders of a burst, e.g. `run --once` with 50 certificates.
+_PROBES: dict[Path, tuple[float, str | None]] = {}
+PROBE_MAX_AGE = 5.0  # seconds
+
+
+def _space_problem(path: Path) -> str | None:
+    seen = _PROBES.get(path)
+    if seen is None or time.monotonic() - seen[0] > PROBE_MAX_AGE:
+        seen = (time.monotonic(), space_problem(path, MIN_FREE))
+        _PROBES[path] = seen
+    return seen[1]
 
 
 def _span(seconds: float) -> str:
@@ -314,7 +330,7 @@ class CertMaintainer:
         """Refuse to order what could not be kept, or with a clock that would make it look wrong."""
         now = self.clock.now()
         for what, path in (("certs dir", self.store.root), ("state dir", self.states.dir.parent)):
-            problem = space_problem(path, MIN_FREE)
+            problem = _space_problem(path)
             if problem is not None:
                 raise DiskError(f"{what} {path} is {problem}; not ordering until it can take a certificate",
                                 now + DISK_RECHECK)  # fmt: skip
