@@ -322,8 +322,12 @@ def install_acmebox() -> None:
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--require-hashes", "--no-deps", "-r", str(lock)],
                        check=True)  # fmt: skip
         stamp.touch()
-    with tempfile.TemporaryDirectory() as wheels:
-        subprocess.run([str(venv / "bin" / "pip"), "wheel", "-q", "--no-deps", "--wheel-dir", wheels, str(ROOT)],
+    with tempfile.TemporaryDirectory() as wheels, tempfile.TemporaryDirectory() as source:
+        # from a clean copy: an in-tree build/ left by an earlier build can hold stale modules
+        for part in ("pyproject.toml", "README.md"):
+            shutil.copy(ROOT / part, Path(source) / part)
+        shutil.copytree(ROOT / "acmebox", Path(source) / "acmebox", ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run([str(venv / "bin" / "pip"), "wheel", "-q", "--no-deps", "--wheel-dir", wheels, source],
                        check=True, capture_output=True)  # fmt: skip
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--force-reinstall",
                         *map(str, Path(wheels).glob("*.whl"))], check=True)  # fmt: skip

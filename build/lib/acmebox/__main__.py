@@ -1,3 +1,0 @@
-from acmebox.cli import main
-
-raise SystemExit(main())
