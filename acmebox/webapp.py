@@ -146,6 +146,7 @@ class LimitedSite(web.BaseSite):
         self.evicted = 0
         self._born: dict[_Handler, float] = {}  # insertion order: oldest first
         self._sweeper: asyncio.Task[None] | None = None
+        self._open = asyncio.Event()  # set while connections exist: an idle sidecar stays asleep
         self._connecting: set[asyncio.Task[Any]] = set()
         self.sock: socket.socket | None = None
         self._full_log = limits.LogLimiter(log, burst=1, per=60.0)
@@ -176,11 +177,15 @@ class LimitedSite(web.BaseSite):
         handler = _Handler(server, loop=loop, **self.handler_args)
         handler.site = self
         self._born[handler] = loop.time()
+        self._open.set()
         return handler
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if not self._born:
+                self._open.clear()
+                await self._open.wait()
             await asyncio.sleep(SWEEP_EVERY)
             for handler, born in list(self._born.items()):
                 age = loop.time() - born
