@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from stack import Stack, push_blob
+from stack import Stack, push_blob, push_manifest_blobs
 
 
 def repositories_root(stack: Stack) -> Path:
@@ -75,13 +75,7 @@ def push_index(stack: Stack, repo: str, tags: list[str], token: str,
                              "created": created, "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
         layer = hashlib.sha256(f"{os_}/{arch}/{variant}".encode()).digest() * (layer_size // 32 + 1)
         layer = layer[:layer_size]
-        manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": push_blob(stack, repo, config, token), "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": push_blob(stack, repo, layer, token), "size": len(layer)}],
-        }).encode()  # fmt: skip
+        manifest = push_manifest_blobs(stack, repo, token, config, layer)
         digest = _put_manifest(stack, repo, "sha256:" + hashlib.sha256(manifest).hexdigest(), manifest,
                                "application/vnd.oci.image.manifest.v1+json", token)  # fmt: skip
         platform = {"os": os_, "architecture": arch, **({"variant": variant} if variant else {})}
@@ -111,11 +105,5 @@ def push_built_image(stack: Stack, repo: str, tag: str, token: str, created: str
     """A one-layer image whose config says it was built at `created` (RFC 3339)."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "created": created,
                          "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": push_blob(stack, repo, config, token), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": push_blob(stack, repo, layer, token), "size": len(layer)}],
-    }).encode()  # fmt: skip
+    manifest = push_manifest_blobs(stack, repo, token, config, layer)
     return _put_manifest(stack, repo, tag, manifest, "application/vnd.oci.image.manifest.v1+json", token)

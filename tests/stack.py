@@ -253,16 +253,21 @@ def push_blob(stack: Stack, repo: str, data: bytes, token: str) -> str:
     return digest
 
 
-def push_image(stack: Stack, repo: str, tag: str, token: str, layer: bytes = b"layer") -> str:
-    config = json.dumps({"architecture": "amd64", "os": "linux", "created": "2026-11-02T08:00:00Z",
-                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
-    manifest = json.dumps({
+def push_manifest_blobs(stack: Stack, repo: str, token: str, config: bytes, layer: bytes) -> bytes:
+    """Push a one-layer image's config and layer; returns its OCI image manifest (not pushed)."""
+    return json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": push_blob(stack, repo, config, token), "size": len(config)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                     "digest": push_blob(stack, repo, layer, token), "size": len(layer)}],
     }).encode()  # fmt: skip
+
+
+def push_image(stack: Stack, repo: str, tag: str, token: str, layer: bytes = b"layer") -> str:
+    config = json.dumps({"architecture": "amd64", "os": "linux", "created": "2026-11-02T08:00:00Z",
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
+    manifest = push_manifest_blobs(stack, repo, token, config, layer)
     r = stack.https("PUT", f"/v2/{repo}/manifests/{tag}", token=token, body=manifest,
                     headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})  # fmt: skip
     assert r.status == 201, (r.status, r.body)
