@@ -346,16 +346,17 @@ def _token_auth(args: argparse.Namespace) -> TokenAuth | None:
         if not value or not value.isprintable() or value != value.strip() or len(value) > 255:
             raise ConfigError(f"bad --{flag.replace('_', '-')} {value!r}: want a non-empty name without spaces at "
                               "its ends, as in the registry's auth.token settings")  # fmt: skip
-    from acmebox import registry_token  # imported late: `--help` stays fast
+    # imported late: `--help` stays fast
+    from acmebox.registry import acl, htpasswd, proxies, signing
 
     # Read here, not only at startup, so a bad file is refused before anything is written.
-    registry_token.Htpasswd(args.auth_htpasswd)
-    registry_token.load_acl(args.auth_acl)
+    htpasswd.Htpasswd(args.auth_htpasswd)
+    acl.load_acl(args.auth_acl)
     if args.auth_key is not None:
-        registry_token.check_signing_key(args.auth_key)
-    proxies = _split(args.auth_trusted_proxy)
-    for entry in proxies:
-        registry_token.check_proxy_entry(entry)
+        signing.check_signing_key(args.auth_key)
+    trusted = _split(args.auth_trusted_proxy)
+    for entry in trusted:
+        proxies.check_proxy_entry(entry)
     return TokenAuth(
         htpasswd=args.auth_htpasswd,
         key=args.auth_key or args.state_dir / "token-signing.key",
@@ -364,7 +365,7 @@ def _token_auth(args: argparse.Namespace) -> TokenAuth | None:
         issuer=args.auth_issuer,
         ttl=args.auth_ttl,
         acl=args.auth_acl,
-        trusted_proxies=tuple(proxies),
+        trusted_proxies=tuple(trusted),
     )
 
 

@@ -396,14 +396,12 @@ class Service:
             return await self._run(once, force)
 
     async def _run(self, once: bool, force: bool) -> int:
-        token_service = None
+        routes: list[webapp.RouteInstaller] = []
         if self.config.token_auth is not None:
-            from acmebox import registry_token  # bcrypt and PyJWT only when the token service is on
+            from acmebox.registry.token import TokenService  # bcrypt and PyJWT only when the token service is on
 
-            t = self.config.token_auth
-            token_service = registry_token.build(t.htpasswd, t.key, t.cert, t.service, t.issuer, t.ttl, t.acl,
-                                                 t.trusted_proxies)  # fmt: skip
-        app = webapp.build_app(self.tokens, self.health, self.metrics, token_service, ready=lambda: self.ready)
+            routes.append(TokenService.from_settings(self.config.token_auth).install)
+        app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=lambda: self.ready)
         runner = await webapp.start(app, self.config.listen)
         if once:
             self.reloader.attempts = ONCE_ATTEMPTS

@@ -17,7 +17,7 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
@@ -27,13 +27,15 @@ from acmebox import challenges, limits
 from acmebox.config import HostPort
 from acmebox.errors import ConfigError
 
-if TYPE_CHECKING:  # imported when used: the token service (bcrypt, PyJWT) and prometheus cost start-up time
-    from acmebox import registry_token
+if TYPE_CHECKING:  # imported when used: prometheus costs start-up time
     from acmebox.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], tuple[bool, str]]
+# Adds a feature's routes to the app (e.g. the registry token service's `install`): the web app is
+# given its features and knows none of them by name.
+RouteInstaller = Callable[[web.Application], None]
 
 MAX_CONNECTIONS = 4096
 HEADER_TIMEOUT = 15.0  # seconds to send a request head, on a new or an idle kept-alive connection
@@ -48,17 +50,15 @@ def build_app(
     tokens: challenges.Http01Tokens,
     health: HealthCheck,
     metrics: Metrics | None = None,
-    token_service: registry_token.TokenService | None = None,
+    routes: Sequence[RouteInstaller] = (),
     ready: Callable[[], bool] | None = None,
 ) -> web.Application:
     """`health` backs /healthz (200 while every certificate is good, else 503); `ready` backs
     /readyz (200 once what nginx and the registry need to start is on disk, else 503)."""
     app = web.Application()
     challenges.add_routes(app, tokens)
-    if token_service is not None:
-        from acmebox import registry_token
-
-        registry_token.add_routes(app, token_service)
+    for install in routes:
+        install(app)
 
     async def healthz(request: web.Request) -> web.Response:
         ok, text = health()

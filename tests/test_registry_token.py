@@ -20,8 +20,11 @@ from cryptography import x509
 
 from acmebox import webapp
 from acmebox.challenges import Http01Tokens
+from acmebox.config import TokenAuth
 from acmebox.errors import ConfigError
-from acmebox.registry_token import Htpasswd, Scope, TokenService, build, libtrust_kid
+from acmebox.registry.htpasswd import Htpasswd
+from acmebox.registry.signing import libtrust_kid
+from acmebox.registry.token import Scope, TokenService
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
@@ -33,8 +36,9 @@ def service(tmp_path: Path) -> TokenService:
     subprocess.run(["htpasswd", "-Bb", str(htpasswd), "carol", "pw-carol"], check=True, capture_output=True)
     acl = tmp_path / "acl.toml"
     acl.write_text('alice = ["**"]\ncarol = ["carol/*", "shared/*"]\n')
-    return build(htpasswd, tmp_path / "state" / "token.key", tmp_path / "shared" / "token.crt",
-                 "registry", "acmebox", 300, acl)  # fmt: skip
+    return TokenService.from_settings(
+        TokenAuth(htpasswd, tmp_path / "state" / "token.key", tmp_path / "shared" / "token.crt", acl=acl)
+    )
 
 
 def decode(service: TokenService, token: str) -> dict:  # type: ignore[type-arg]
@@ -105,7 +109,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 async def test_http_answers(service: TokenService, tmp_path: Path) -> None:
-    app = webapp.build_app(Http01Tokens(), lambda: (True, ""), token_service=service)
+    app = webapp.build_app(Http01Tokens(), lambda: (True, ""), routes=[service.install])
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:
@@ -154,14 +158,16 @@ def make_service(tmp_path: Path, acl: str | None = None, proxies: tuple[str, ...
     if acl is not None:
         acl_path = tmp_path / "acl.toml"
         acl_path.write_text(acl)
-    svc = build(htpasswd, tmp_path / "k", tmp_path / "c", "registry", "acmebox", 300, acl_path, proxies)
+    svc = TokenService.from_settings(
+        TokenAuth(htpasswd, tmp_path / "k", tmp_path / "c", acl=acl_path, trusted_proxies=proxies)
+    )
     svc.now = FakeClock()
     svc.__post_init__()  # buckets on the fake clock
     return svc
 
 
 async def started(svc: TokenService) -> TestClient:  # type: ignore[type-arg]
-    client = TestClient(TestServer(webapp.build_app(Http01Tokens(), lambda: (True, ""), token_service=svc),
+    client = TestClient(TestServer(webapp.build_app(Http01Tokens(), lambda: (True, ""), routes=[svc.install]),
                                    host="127.0.0.1"))  # fmt: skip
     await client.start_server()
     return client
@@ -190,7 +196,7 @@ def test_acl_fails_closed_and_names_follow_the_grammar(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", ['alice = ["Alice/*"]', 'alice = ["a b"]', 'alice = "x"', "alice = [",
                                      "x = " + "[" * 5000 + "]" * 5000])  # fmt: skip
 def test_bad_acl_files(tmp_path: Path, content: str) -> None:
-    from acmebox.registry_token import load_acl
+    from acmebox.registry.acl import load_acl
 
     (tmp_path / "acl.toml").write_text(content)
     with pytest.raises(ConfigError) as e:
@@ -248,7 +254,7 @@ async def test_long_and_odd_credentials_never_5xx(tmp_path: Path) -> None:
 
 
 async def test_throttling_per_client_and_per_user(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from acmebox import registry_token as rt
+    from acmebox.registry import token as rt
 
     svc = make_service(tmp_path, proxies=("127.0.0.1",))
     clock = svc.now
@@ -293,7 +299,7 @@ async def test_throttling_per_client_and_per_user(tmp_path: Path, caplog: pytest
         assert sorted(r.status for r in many) == [401] * rt.CLIENT_BURST + [429] * (50 - rt.CLIENT_BURST)
     finally:
         await client.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "acmebox.registry_token"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "acmebox.registry.token"]
     assert any("from 198.51.100.1" in line for line in lines), "failures are logged with the client's address"
     # at a bounded rate: 10 lines per minute; the test's clock went through three minutes
     assert len(lines) == 3 * 10 and any("similar message(s) suppressed" in line for line in lines)
@@ -301,7 +307,7 @@ async def test_throttling_per_client_and_per_user(tmp_path: Path, caplog: pytest
 
 
 async def test_forwarded_for_is_ignored_from_untrusted_peers(tmp_path: Path) -> None:
-    from acmebox import registry_token as rt
+    from acmebox.registry import token as rt
 
     svc = make_service(tmp_path)  # no trusted proxy
     client = await started(svc)
@@ -315,7 +321,7 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers(tmp_path: Path) -> 
 
 
 async def test_trusted_proxy_by_name_and_network() -> None:
-    from acmebox.registry_token import TrustedProxies
+    from acmebox.registry.proxies import TrustedProxies
 
     proxies = TrustedProxies(["localhost", "10.0.0.0/8"])
     assert await proxies.client("127.0.0.1", ["192.0.2.1"]) == "192.0.2.1"

@@ -1,0 +1,218 @@
+"""The Docker Registry token service's endpoint (registry `auth: token`), so the registry can be publicly
+readable while pushing and deleting need a login.
+
+`GET /auth/token?service=...&scope=repository:NAME:pull,push` answers:
+- without credentials: a token for `pull` on any repository and `registry:catalog:*`;
+- with valid Basic credentials (bcrypt entries of an htpasswd file): `pull,push,delete` as
+  asked, narrowed by an optional ACL of user -> repository patterns (with an ACL, users it does
+  not list may only pull); repository names outside the distribution spec's grammar get nothing;
+- with invalid credentials: 401, so `docker login` with a wrong password fails;
+- after too many attempts from one client address (X-Forwarded-For believed only from the
+  trusted proxies) or for one user: 429 with Retry-After, without checking the password.
+The OAuth2 `POST` form gets 404; containerd then falls back to GET with Basic.
+
+Tokens are short-lived ES256 JWTs (PyJWT) signed with a key made once (0600); its
+self-signed certificate is what the registry trusts (`auth.token.rootcertbundle`), and the
+JWT's `kid` is that key's libtrust ID, which is how the registry finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from acmebox.limits import KeyedBuckets, LogLimiter, retry_after
+from acmebox.registry.acl import RESOURCE_CLASS, load_acl, valid_repository
+from acmebox.registry.htpasswd import Htpasswd
+from acmebox.registry.proxies import TrustedProxies, throttle_key
+from acmebox.registry.signing import ensure_signing_key, libtrust_kid
+
+if TYPE_CHECKING:
+    from acmebox.config import TokenAuth
+
+log = logging.getLogger(__name__)
+
+PATH = "/auth/token"
+ANONYMOUS_ACTIONS = frozenset({"pull"})
+USER_ACTIONS = frozenset({"pull", "push", "delete", "*"})
+
+
+@dataclass(frozen=True)
+class Scope:
+    type: str
+    name: str
+    actions: frozenset[str]
+
+    @classmethod
+    def parse(cls, raw: str) -> Scope:
+        typ, sep, rest = raw.partition(":")
+        name, sep2, actions = rest.rpartition(":")
+        if not sep or not sep2 or not typ or not name:
+            raise ValueError(raw)
+        return cls(typ, name, frozenset(a for a in actions.split(",") if a))
+
+
+# Login attempts allowed before 429: a burst, then a steady rate. Per client address the burst
+# is smaller than per user, so one client alone cannot lock a user out.
+CLIENT_BURST, CLIENT_PER_SECOND = 10, 1 / 6
+USER_BURST, USER_PER_SECOND = 30, 1 / 2
+# A login waits at most this long for bcrypt (the pool may be busy); then 503 with Retry-After.
+LOGIN_TIMEOUT = 30.0
+# bcrypt runs in its own small pool: a flood of logins must not starve the default executor
+# (the docker reloader uses it), and more threads than cores would not check faster.
+BCRYPT_THREADS = 2
+
+
+@dataclass
+class TokenService:
+    htpasswd: Htpasswd
+    key: ec.EllipticCurvePrivateKey
+    service: str = "registry"
+    issuer: str = "acmebox"
+    ttl: int = 300
+    acl: dict[str, list[re.Pattern[str]]] | None = None
+    proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    now: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.kid = libtrust_kid(self.key.public_key())
+        self.clients = KeyedBuckets(CLIENT_BURST, CLIENT_PER_SECOND, now=self.now)
+        self.users = KeyedBuckets(USER_BURST, USER_PER_SECOND, now=self.now)
+        self.failures = LogLimiter(log, now=self.now)
+        self._pool = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
+
+    @classmethod
+    def from_settings(cls, auth: TokenAuth) -> TokenService:
+        """The service for `auth` (config.TokenAuth): reads the users and the ACL, makes the signing key
+        and its certificate if missing. Raises ConfigError for a file it cannot use."""
+        users = Htpasswd(auth.htpasswd)
+        if not len(users):
+            log.warning("htpasswd file %s has no users: nobody can push yet", auth.htpasswd)
+        key = ensure_signing_key(auth.key, auth.cert, auth.issuer)
+        return cls(users, key, auth.service, auth.issuer, auth.ttl, load_acl(auth.acl),
+                   TrustedProxies(auth.trusted_proxies))  # fmt: skip
+
+    def install(self, app: web.Application) -> None:
+        """Route `/auth/token` to this service. The OAuth2 POST form gets 404: containerd then asks
+        with GET and Basic, which is answered."""
+
+        async def no_oauth_post(request: web.Request) -> web.Response:
+            raise web.HTTPNotFound()
+
+        app.router.add_get(PATH, self.handle)
+        app.router.add_post(PATH, no_oauth_post)
+
+    def grant(self, user: str | None, scope: Scope) -> frozenset[str]:
+        if scope.type == "registry" and scope.name == "catalog":
+            return scope.actions & {"*"}  # browsing is public
+        if not RESOURCE_CLASS.match(scope.type) or not valid_repository(scope.name):
+            return frozenset()
+        if user is None:
+            return scope.actions & ANONYMOUS_ACTIONS
+        if self.acl is not None:
+            patterns = self.acl.get(user, [])
+            if not any(p.fullmatch(scope.name) for p in patterns):
+                return scope.actions & ANONYMOUS_ACTIONS
+        return scope.actions & USER_ACTIONS
+
+    def issue(self, user: str | None, scopes: list[Scope], now: dt.datetime | None = None) -> dict[str, Any]:
+        now = now or dt.datetime.now(dt.UTC)
+        access = []
+        for scope in scopes:
+            granted = self.grant(user, scope)
+            if granted:
+                access.append({"type": scope.type, "name": scope.name, "actions": sorted(granted)})
+        claims = {
+            "iss": self.issuer,
+            "sub": user or "",
+            "aud": self.service,
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()) - 10,
+            "exp": int(now.timestamp()) + self.ttl,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        token = jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.kid, "typ": "JWT"})
+        return {"token": token, "access_token": token, "expires_in": self.ttl,
+                "issued_at": now.isoformat().replace("+00:00", "Z")}  # fmt: skip
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.query.get("service", self.service) != self.service:
+            return web.json_response({"errors": [{"code": "UNSUPPORTED", "message": "unknown service"}]}, status=400)
+        try:
+            scopes = [Scope.parse(s) for raw in request.query.getall("scope", []) for s in raw.split(" ") if s]
+        except ValueError:
+            return web.json_response({"errors": [{"code": "UNSUPPORTED", "message": "bad scope"}]}, status=400)
+        user = None
+        header = request.headers.get("Authorization", "")
+        if header[:6].lower() == "basic ":
+            try:
+                user_raw, _, password = base64.b64decode(header[6:], validate=True).partition(b":")
+                user = user_raw.decode()
+            except (binascii.Error, UnicodeDecodeError):
+                return self._denied("malformed credentials")
+            client = await self.proxies.client(request.remote, request.headers.getall("X-Forwarded-For", []))
+            wait = self._waiting(client, user)
+            if wait:
+                return self._throttled(client, user, wait)
+            try:
+                async with asyncio.timeout(LOGIN_TIMEOUT):
+                    ok = await self._login(client, user, password)
+            except TimeoutError:
+                return web.json_response({"errors": [{"code": "UNAVAILABLE", "message": "busy; try again"}]},
+                                         status=503, headers={"Retry-After": "10"})  # fmt: skip
+            if not ok:
+                return self._denied("invalid username or password")
+        body = self.issue(user, scopes)
+        log.debug("token for %s: %s", user or "anonymous", [f"{s.type}:{s.name}" for s in scopes])
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+    def _waiting(self, client: str, user: str) -> float:
+        return max(self.clients.wait(throttle_key(client)), self.users.wait(user))
+
+    async def _login(self, client: str, user: str, password: bytes) -> bool:
+        """Check the password. Each attempt takes one from the client's and the user's buckets
+        before bcrypt runs (so concurrent guesses count too); a correct password gives them back."""
+        key = throttle_key(client)
+        self.clients.take(key)
+        self.users.take(user)
+        self.htpasswd.refresh()
+        ok = await asyncio.get_running_loop().run_in_executor(self._pool, self.htpasswd.check, user, password)
+        if ok:
+            self.clients.give_back(key)
+            self.users.give_back(user)
+        else:
+            self.failures(logging.WARNING, "token request with wrong credentials for user %r from %s",
+                          user[:64], client)  # fmt: skip
+        return ok
+
+    def _throttled(self, client: str, user: str, wait: float) -> web.Response:
+        self.failures(logging.WARNING, "too many login attempts for user %r or from %s; answering 429 for %ds",
+                      user[:64], client, math.ceil(wait))  # fmt: skip
+        return web.json_response(
+            {"errors": [{"code": "TOOMANYREQUESTS", "message": "too many login attempts; try again later"}]},
+            status=429,
+            headers={"Retry-After": retry_after(wait)},
+        )
+
+    def _denied(self, message: str) -> web.Response:
+        return web.json_response(
+            {"errors": [{"code": "UNAUTHORIZED", "message": message}]},
+            status=401,
+            headers={"WWW-Authenticate": f'Basic realm="{self.service}"'},
+        )
