@@ -31,6 +31,7 @@ from acmebox.config import (
     CertSpec,
     Config,
     HostPort,
+    ReloadSpec,
     TokenAuth,
     certs_from_toml,
     normalize_email,
@@ -40,7 +41,6 @@ from acmebox.config import (
 from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name
-from acmebox.reload import KINDS, ReloadTarget
 
 log = logging.getLogger("acmebox")
 TRUE = {"1", "true", "yes", "on"}
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(run, "--eab-kid", "external account binding key id")
     _opt(run, "--eab-hmac-key", "external account binding HMAC key, base64url")
     _opt(run, "--no-ari", "ignore the CA's renewal information (ARI); renew by lifetime only", action="store_true")
-    _opt(run, "--reload", "how to tell nginx about new certificates", "none", choices=KINDS)
+    _opt(run, "--reload", "how to tell nginx about new certificates", "none", choices=ReloadSpec.KINDS)
     _opt(run, "--reload-target", "file: the generation file nginx's watcher polls; docker: container name or "
          "label=KEY=VALUE; signal: PID or PID file; command: a command line")  # fmt: skip
     _opt(run, "--self-check-via", "before asking the CA to validate, fetch the challenge through HOST:PORT "
@@ -278,7 +278,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         eab_kid=args.eab_kid,
         eab_hmac_key=args.eab_hmac_key,
         ari=not args.no_ari,
-        reload=ReloadTarget.parse(args.reload, args.reload_target),
+        reload=ReloadSpec(args.reload, args.reload_target),
         reload_verify=HostPort.parse(args.reload_verify, "--reload-verify address") if args.reload_verify else None,
         token_auth=_token_auth(args),
         self_check=not args.no_self_check,

@@ -11,14 +11,11 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 from acmebox.errors import ConfigError
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name, canonical_names
-
-if TYPE_CHECKING:
-    from acmebox.reload import ReloadTarget
 
 LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LE_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -84,6 +81,30 @@ class HostPort:
 
 
 @dataclass(frozen=True)
+class ReloadSpec:
+    """How nginx is told about new certificates (`--reload` KIND, `--reload-target` TARGET); checked
+    when made. acmebox.reload turns it into the action."""
+
+    kind: str
+    target: str | None = None
+
+    KINDS: ClassVar[tuple[str, ...]] = ("file", "docker", "signal", "command", "none")
+    _WANTS: ClassVar[dict[str, str]] = {"docker": "container name or label=KEY=VALUE", "signal": "a PID or PID file",
+                                        "command": "a command line", "file": "the generation file's path"}  # fmt: skip
+
+    def __post_init__(self) -> None:
+        kind, target = self.kind, self.target
+        if kind not in self.KINDS:
+            raise ConfigError(f"unknown reload kind {kind!r}; choose one of {', '.join(self.KINDS)}")
+        if kind != "none" and not target:
+            raise ConfigError(f"--reload {kind} needs --reload-target ({self._WANTS[kind]})")
+        if kind == "signal" and not (target or "").isdigit() and not Path(target or "").parent.is_dir():
+            raise ConfigError(f"--reload-target {target!r} is neither a PID nor a PID file path")
+        if kind == "file" and not Path(target or "").is_absolute():
+            raise ConfigError(f"--reload-target {target!r}: the generation file needs an absolute path")
+
+
+@dataclass(frozen=True)
 class TokenAuth:
     """Settings of the registry token service (enabled when an htpasswd file is given)."""
 
@@ -109,7 +130,7 @@ class Config:
     eab_kid: str | None = None
     eab_hmac_key: str | None = None
     ari: bool = True
-    reload: ReloadTarget | None = None
+    reload: ReloadSpec | None = None
     reload_verify: HostPort | None = None
     token_auth: TokenAuth | None = None
     self_check: bool = True

@@ -26,13 +26,11 @@ from pathlib import Path
 
 from cryptography import x509
 
-from acmebox.config import HostPort
-from acmebox.errors import ConfigError
+from acmebox.config import HostPort, ReloadSpec
 from acmebox.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
-KINDS = ("file", "docker", "signal", "command", "none")
 # seconds the `file` kind waits after writing: nginx/reload-on-change.sh polls every second,
 # then nginx starts new workers; the TLS check (--reload-verify) follows this wait
 FILE_PICKUP = 2.0
@@ -54,17 +52,12 @@ class ReloadTarget:
 
     @classmethod
     def parse(cls, kind: str, target: str | None) -> ReloadTarget:
-        if kind not in KINDS:
-            raise ConfigError(f"unknown reload kind {kind!r}; choose one of {', '.join(KINDS)}")
-        if kind != "none" and not target:
-            hint = {"docker": "container name or label=KEY=VALUE", "signal": "a PID or PID file",
-                    "command": "a command line", "file": "the generation file's path"}[kind]  # fmt: skip
-            raise ConfigError(f"--reload {kind} needs --reload-target ({hint})")
-        if kind == "signal" and not (target or "").isdigit() and not Path(target or "").parent.is_dir():
-            raise ConfigError(f"--reload-target {target!r} is neither a PID nor a PID file path")
-        if kind == "file" and not Path(target or "").is_absolute():
-            raise ConfigError(f"--reload-target {target!r}: the generation file needs an absolute path")
-        return cls(kind, target)
+        """The action for `--reload KIND --reload-target TARGET`; ConfigError for what config.ReloadSpec refuses."""
+        return cls.of(ReloadSpec(kind, target))
+
+    @classmethod
+    def of(cls, spec: ReloadSpec) -> ReloadTarget:
+        return cls(spec.kind, spec.target)
 
     async def run(self, pickup: float = FILE_PICKUP) -> str:
         """Perform one reload; returns what was done, raises ReloadFailed. `pickup`: seconds

@@ -20,7 +20,7 @@ from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.client import AcmeClient
 from acmebox.clock import Clock
-from acmebox.config import CertSpec, Config
+from acmebox.config import CertSpec, Config, ReloadSpec
 from acmebox.errors import AccountRefused, AcmeboxError, CAProblem, CAUnreachable, ConfigError
 from acmebox.fsutil import atomic_write
 from acmebox.maintain import CertMaintainer, why_not_reusable
@@ -54,7 +54,7 @@ class Service:
         self.metrics = Metrics()
         self.account = AccountFiles.for_directory(config.state_dir, config.directory)
         self.reloader = Reloader(
-            config.reload or ReloadTarget("none"), config.reload_verify,
+            ReloadTarget.of(config.reload or ReloadSpec("none")), config.reload_verify,
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
             on_observed=self._observed,
         )  # fmt: skip
