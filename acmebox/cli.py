@@ -1,8 +1,11 @@
 """Command line: flags (each also read from an ACMEBOX_* variable), logging, exit codes.
 
+This module maps flags and environment to raw values (config.Sources) and runs the commands; the
+rules for those values live in config.py (Config.from_sources), which checks every flag and file
+before anything is written: a refusal leaves no directory behind.
+
 Exit codes: 0 success, 1 the CA refused or failed (its problem type and detail are printed),
-2 bad input (one line saying what is wrong). No traceback reaches the user. Every flag and file
-is checked before anything is written: a refusal leaves no directory behind.
+2 bad input (one line saying what is wrong). No traceback reaches the user.
 """
 
 from __future__ import annotations
@@ -14,30 +17,13 @@ import logging
 import os
 import re
 import signal
-import socket
-import ssl
 import sys
-import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from acmebox import __version__
-from acmebox.config import (
-    LE_PRODUCTION,
-    LE_STAGING,
-    MAX_CONCURRENT_ORDERS,
-    PROFILE_NAME,
-    CertSpec,
-    Config,
-    HostPort,
-    ReloadSpec,
-    TokenAuth,
-    certs_from_toml,
-    normalize_email,
-    parse_key_group,
-    parse_key_mode,
-)
+from acmebox.config import LE_PRODUCTION, MAX_CONCURRENT_ORDERS, Config, ReloadSpec, Sources
 from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name
@@ -196,177 +182,55 @@ def seconds(raw: str) -> float:
     return value
 
 
-def check_profile(profile: str | None, what: str = "--profile") -> None:
-    """An empty profile means the CA's default, as before."""
-    if profile and not PROFILE_NAME.match(profile):
-        raise ConfigError(f"bad {what} {profile[:80]!r}: want a profile name such as shortlived")
-
-
-def check_directory_url(url: str) -> None:
-    try:
-        parts = urllib.parse.urlsplit(url)
-        scheme, host = parts.scheme, parts.hostname
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-    except ValueError:
-        scheme, host = "", None
-    if scheme not in ("https", "http") or not host or any(c.isspace() for c in url):
-        raise ConfigError(f"bad directory URL {url[:200]!r}: want https://HOST/...")
-
-
-def check_listen(listen: HostPort) -> None:
-    """Refuse port 0 and addresses this host cannot bind, before anything is written (the real
-    bind happens later, after the certs and state directories are prepared)."""
-    if listen.port == 0:
-        raise ConfigError(f"bad listen address {str(listen)!r}: port 0 picks a random port the CA cannot find")
-    try:
-        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as e:
-        raise ConfigError(f"bad listen address {str(listen)!r}: {getattr(e, 'strerror', None) or e}") from None
-    family, kind, proto, _, addr = infos[0]
-    try:
-        with socket.socket(family, kind, proto) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(addr)
-    except OSError as e:
-        raise ConfigError(f"cannot listen on {listen}: {e.strerror or e}") from None
-
-
-def check_dir(path: Path, what: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{what} {path} is not usable: not a directory")
-
-
-def check_ca_bundle(path: Path | None) -> None:
-    if path is None or not path.is_file():
-        return  # Config says "does not exist"
-    try:
-        ssl.create_default_context(cafile=str(path))
-    except (ssl.SSLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise ConfigError(f"CA bundle {path} holds no usable PEM certificate ({reason})") from None
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    if args.directory and args.staging:
-        raise ConfigError("--staging and --directory are exclusive")
-    if args.force_renew and not args.once:
-        raise ConfigError("--force-renew needs --once; to renew through a running service use `acmebox renew --force`")
-    directory = args.directory or (LE_STAGING if args.staging else LE_PRODUCTION)
-    check_directory_url(directory)
-    check_profile(args.profile)
-    check_dir(args.certs_dir, "certs dir")
-    check_dir(args.state_dir, "state dir")
-    check_ca_bundle(args.ca_bundle)
-    email = args.email
-    specs = _certificates(args)
-    if args.config is not None:
-        file_specs, file_email = certs_from_toml(args.config, args.key_type, args.profile)
-        specs += file_specs
-        email = email or file_email
-    specs = _merged(specs)
-    _warn_if_not_canonical(specs[0].names)
-    key_group = parse_key_group(args.key_group) if args.key_group else None
-    key_mode = parse_key_mode(args.key_mode) if args.key_mode else (0o640 if key_group is not None else None)
-    config = Config(
-        certs=tuple(specs),
-        email=normalize_email(email) if email else None,
-        directory=directory,
-        ca_bundle=args.ca_bundle,
-        certs_dir=args.certs_dir,
-        state_dir=args.state_dir,
-        listen=HostPort.parse(args.listen),
-        eab_kid=args.eab_kid,
-        eab_hmac_key=args.eab_hmac_key,
-        ari=not args.no_ari,
-        reload=ReloadSpec(args.reload, args.reload_target),
-        reload_verify=HostPort.parse(args.reload_verify, "--reload-verify address") if args.reload_verify else None,
-        token_auth=_token_auth(args),
-        self_check=not args.no_self_check,
-        self_check_via=HostPort.parse(args.self_check_via, "--self-check-via address") if args.self_check_via else None,
-        key_mode=key_mode,
-        key_group=key_group,
-        max_concurrent_orders=args.max_concurrent_orders,
-    )
-    if args.command != "check":  # check runs beside the service, whose port this is
-        check_listen(config.listen)
-    return config
-
-
-def _certificates(args: argparse.Namespace) -> list[CertSpec]:
-    """Every source adds certificates, none replaces another (compose always sets the registry's
+def sources_from_args(args: argparse.Namespace) -> Sources:
+    """The raw values `run` and `check` were given; no rule is applied here (Config.from_sources does).
+    Every source adds certificates, none replaces another (compose always sets the registry's
     domain; a --cert for a second certificate must not drop it): the domain from the
     environment (ACMEBOX_DOMAIN, or DOCKER_REGISTRY_DOMAIN_NAME of the old stack), --domain,
     each --cert and each ;-separated group of ACMEBOX_CERTS. --config adds its own after these."""
     groups = [_split(_env("DOMAIN", "DOCKER_REGISTRY_DOMAIN_NAME")), args.domain or []]
     groups += [_split(g) for g in [*(args.cert or []), *(_env("CERTS") or "").split(";")]]
-    specs = [CertSpec.build(g, args.key_type, args.profile) for g in groups if g]
-    if not specs and args.config is None:
-        CertSpec.build([])  # raises the "no domain given" error
-    return specs
-
-
-def _merged(specs: list[CertSpec]) -> list[CertSpec]:
-    """One certificate per set of names, whichever sources named it; a name in two different
-    certificates stays an error (Config says which)."""
-    seen: set[tuple[str, ...]] = set()
-    out = []
-    for spec in specs:
-        key = tuple(sorted(spec.names))
-        if key not in seen:
-            seen.add(key)
-            out.append(spec)
-    if not out:
-        raise ConfigError("no certificate configured: --config names none, and no --domain or --cert is given")
-    return out
-
-
-def _warn_if_not_canonical(names: tuple[str, ...]) -> None:
-    """The compose file hands DOCKER_REGISTRY_DOMAIN_NAME to nginx's template as typed; if that
-    is not the canonical form, nginx looks for a live/ directory acmebox never writes."""
-    typed = (os.environ.get("DOCKER_REGISTRY_DOMAIN_NAME") or "").strip()
-    try:
-        same = bool(typed) and canonical_name(typed) == names[0]
-    except ConfigError:
-        return
-    if same and typed != names[0]:
-        log.warning("DOCKER_REGISTRY_DOMAIN_NAME=%r: the certificate is written to live/%s/; nginx's template "
-                    "must use that form (compose/start-registry.sh writes it to .env)", typed, names[0])  # fmt: skip
-
-
-def _token_auth(args: argparse.Namespace) -> TokenAuth | None:
-    if args.auth_htpasswd is None:
-        for flag in ("auth_acl", "auth_key", "auth_cert", "auth_trusted_proxy"):
-            if getattr(args, flag) is not None:
-                raise ConfigError(f"--{flag.replace('_', '-')} needs --auth-htpasswd")
-        return None
-    if args.auth_ttl < 30 or args.auth_ttl > 86400:
-        raise ConfigError("--auth-ttl must be between 30 and 86400 seconds")
-    for flag in ("auth_service", "auth_issuer"):
-        value = getattr(args, flag)
-        if not value or not value.isprintable() or value != value.strip() or len(value) > 255:
-            raise ConfigError(f"bad --{flag.replace('_', '-')} {value!r}: want a non-empty name without spaces at "
-                              "its ends, as in the registry's auth.token settings")  # fmt: skip
-    # imported late: `--help` stays fast
-    from acmebox.registry import acl, htpasswd, proxies, signing
-
-    # Read here, not only at startup, so a bad file is refused before anything is written.
-    htpasswd.Htpasswd(args.auth_htpasswd)
-    acl.load_acl(args.auth_acl)
-    if args.auth_key is not None:
-        signing.check_signing_key(args.auth_key)
-    trusted = _split(args.auth_trusted_proxy)
-    for entry in trusted:
-        proxies.check_proxy_entry(entry)
-    return TokenAuth(
-        htpasswd=args.auth_htpasswd,
-        key=args.auth_key or args.state_dir / "token-signing.key",
-        cert=args.auth_cert or args.state_dir / "token.crt",
-        service=args.auth_service,
-        issuer=args.auth_issuer,
-        ttl=args.auth_ttl,
-        acl=args.auth_acl,
-        trusted_proxies=tuple(trusted),
+    proxies = args.auth_trusted_proxy
+    return Sources(
+        cert_groups=tuple(tuple(g) for g in groups),
+        config_file=args.config,
+        email=args.email,
+        directory=args.directory,
+        staging=args.staging,
+        ca_bundle=args.ca_bundle,
+        certs_dir=args.certs_dir,
+        state_dir=args.state_dir,
+        listen=args.listen,
+        key_type=args.key_type,
+        profile=args.profile,
+        key_group=args.key_group,
+        key_mode=args.key_mode,
+        eab_kid=args.eab_kid,
+        eab_hmac_key=args.eab_hmac_key,
+        ari=not args.no_ari,
+        reload=args.reload,
+        reload_target=args.reload_target,
+        reload_verify=args.reload_verify,
+        self_check=not args.no_self_check,
+        self_check_via=args.self_check_via,
+        auth_htpasswd=args.auth_htpasswd,
+        auth_key=args.auth_key,
+        auth_cert=args.auth_cert,
+        auth_service=args.auth_service,
+        auth_issuer=args.auth_issuer,
+        auth_ttl=args.auth_ttl,
+        auth_acl=args.auth_acl,
+        auth_trusted_proxies=None if proxies is None else tuple(_split(proxies)),
+        max_concurrent_orders=args.max_concurrent_orders,
+        once=args.once,
+        force_renew=args.force_renew,
+        compose_domain=os.environ.get("DOCKER_REGISTRY_DOMAIN_NAME"),
+        probe_listen=args.command != "check",  # check runs beside the service, whose port this is
     )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config.from_sources(sources_from_args(args))
 
 
 def _setup_logging(level: str) -> None:

@@ -1,14 +1,21 @@
-"""Validated settings: what to certify, where the CA is, where files go.
+"""Validated settings: what to certify, where the CA is, where files go; and every rule for input.
 
 Everything a user types passes through here first, so bad input fails with one clear line
-(a ConfigError) before any file is touched or any request is sent.
+(a ConfigError) before any file is touched or any request is sent. `Config.from_sources(Sources)`
+is the one entry: cli.py maps flags and environment to a `Sources` (raw values, no rule applied)
+and this module applies every rule. A `Config` (and `ReloadSpec`) checks its own values when made,
+so one built another way (a test, another entry point) cannot hold what the command line refuses.
 """
 
 from __future__ import annotations
 
 import grp
+import logging
 import re
+import socket
+import ssl
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +23,8 @@ from typing import Any, ClassVar
 from acmebox.errors import ConfigError
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name, canonical_names
+
+log = logging.getLogger(__name__)
 
 LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LE_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -117,6 +126,82 @@ class TokenAuth:
     acl: Path | None = None
     trusted_proxies: tuple[str, ...] = ()
 
+    @classmethod
+    def build(cls, htpasswd: Path | None, state_dir: Path, *, key: Path | None = None, cert: Path | None = None,
+              service: str = "registry", issuer: str = "acmebox", ttl: int = 300, acl: Path | None = None,
+              trusted_proxies: tuple[str, ...] | None = None) -> TokenAuth | None:  # fmt: skip
+        """The token service's settings from the `--auth-*` values, or None without an htpasswd file (then
+        no other `--auth-*` file or proxy may be given). The files are read here, not only at startup, so
+        a bad one is refused before anything is written. ConfigError names the flag or file."""
+        if htpasswd is None:
+            given = (("--auth-acl", acl), ("--auth-key", key), ("--auth-cert", cert),
+                     ("--auth-trusted-proxy", trusted_proxies))  # fmt: skip
+            for flag, value in given:
+                if value is not None:
+                    raise ConfigError(f"{flag} needs --auth-htpasswd")
+            return None
+        if ttl < 30 or ttl > 86400:
+            raise ConfigError("--auth-ttl must be between 30 and 86400 seconds")
+        for what, name in (("--auth-service", service), ("--auth-issuer", issuer)):
+            if not name or not name.isprintable() or name != name.strip() or len(name) > 255:
+                raise ConfigError(f"bad {what} {name!r}: want a non-empty name without spaces at its ends, "
+                                  "as in the registry's auth.token settings")  # fmt: skip
+        # imported late: `--help` stays fast, and the ACME side never loads the registry's parts
+        from acmebox.registry import acl as acl_file
+        from acmebox.registry import htpasswd as users
+        from acmebox.registry import proxies, signing
+
+        users.Htpasswd(htpasswd)
+        acl_file.load_acl(acl)
+        if key is not None:
+            signing.check_signing_key(key)
+        for entry in trusted_proxies or ():
+            proxies.check_proxy_entry(entry)
+        return cls(htpasswd, key or state_dir / "token-signing.key", cert or state_dir / "token.crt", service,
+                   issuer, ttl, acl, tuple(trusted_proxies or ()))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the flags, the environment and the files they name gave, before any rule: the input of
+    `Config.from_sources`. Text stays as typed (HOST:PORT, key mode and group, reload kind, names);
+    argparse has made paths `Path`s and counts `int`s. The defaults are the flags' defaults."""
+
+    cert_groups: tuple[tuple[str, ...], ...] = ()  # one certificate's names per group, as typed, in source order
+    config_file: Path | None = None  # --config: TOML [[certificate]] tables, read by from_sources
+    email: str | None = None
+    directory: str | None = None  # None: Let's Encrypt (production, or staging with `staging`)
+    staging: bool = False
+    ca_bundle: Path | None = None
+    certs_dir: Path = Path("/etc/letsencrypt")
+    state_dir: Path = Path("/var/lib/acmebox")
+    listen: str = "0.0.0.0:8080"
+    key_type: str = "ec256"
+    profile: str | None = None
+    key_group: str | None = None
+    key_mode: str | None = None
+    eab_kid: str | None = None
+    eab_hmac_key: str | None = None
+    ari: bool = True
+    reload: str = "none"
+    reload_target: str | None = None
+    reload_verify: str | None = None
+    self_check: bool = True
+    self_check_via: str | None = None
+    auth_htpasswd: Path | None = None
+    auth_key: Path | None = None
+    auth_cert: Path | None = None
+    auth_service: str = "registry"
+    auth_issuer: str = "acmebox"
+    auth_ttl: int = 300
+    auth_acl: Path | None = None
+    auth_trusted_proxies: tuple[str, ...] | None = None  # None: not given (an empty flag counts as given)
+    max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
+    once: bool = False
+    force_renew: bool = False
+    compose_domain: str | None = None  # DOCKER_REGISTRY_DOMAIN_NAME as typed: nginx's template uses it as is
+    probe_listen: bool = True  # bind `listen` for a moment (`check` runs beside the service, whose port it is)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -147,14 +232,148 @@ class Config:
                     raise ConfigError(f"domain {n!r} is in two certificates ({','.join(seen[n].names)} and "
                                       f"{','.join(spec.names)}); give each name to one certificate")  # fmt: skip
                 seen[n] = spec
-        if self.ca_bundle is not None and not self.ca_bundle.is_file():
-            raise ConfigError(f"CA bundle {self.ca_bundle} does not exist or is not a file")
+        check_directory_url(self.directory)
+        check_dir(self.certs_dir, "certs dir")
+        check_dir(self.state_dir, "state dir")
+        check_ca_bundle(self.ca_bundle)
         if bool(self.eab_kid) != bool(self.eab_hmac_key):
             raise ConfigError("external account binding needs both --eab-kid and --eab-hmac-key")
-        if not self.directory.startswith(("https://", "http://")):
-            raise ConfigError(f"bad directory URL {self.directory!r}: want https://...")
         if not 1 <= self.max_concurrent_orders <= 1000:
             raise ConfigError(f"--max-concurrent-orders must be between 1 and 1000, not {self.max_concurrent_orders}")
+
+    @classmethod
+    def from_sources(cls, raw: Sources) -> Config:
+        """The configuration `raw` describes, every rule applied; the first thing wrong is a ConfigError
+        of one line. Writes nothing; reads the files named (--config, the token service's) and, with
+        `raw.probe_listen`, binds the listen address for a moment."""
+        if raw.directory and raw.staging:
+            raise ConfigError("--staging and --directory are exclusive")
+        if raw.force_renew and not raw.once:
+            raise ConfigError("--force-renew needs --once; to renew through a running service use "
+                              "`acmebox renew --force`")  # fmt: skip
+        check_profile(raw.profile)
+        specs = [CertSpec.build(list(group), raw.key_type, raw.profile) for group in raw.cert_groups if group]
+        if not specs and raw.config_file is None:
+            CertSpec.build([])  # raises the "no domain given" error
+        email = raw.email
+        if raw.config_file is not None:
+            file_specs, file_email = certs_from_toml(raw.config_file, raw.key_type, raw.profile)
+            specs += file_specs
+            email = email or file_email
+        specs = merged(specs)
+        warn_if_not_canonical(raw.compose_domain, specs[0].names)
+        key_group = parse_key_group(raw.key_group) if raw.key_group else None
+        key_mode = parse_key_mode(raw.key_mode) if raw.key_mode else (0o640 if key_group is not None else None)
+        config = cls(
+            certs=tuple(specs),
+            email=normalize_email(email) if email else None,
+            directory=raw.directory or (LE_STAGING if raw.staging else LE_PRODUCTION),
+            ca_bundle=raw.ca_bundle,
+            certs_dir=raw.certs_dir,
+            state_dir=raw.state_dir,
+            listen=HostPort.parse(raw.listen),
+            eab_kid=raw.eab_kid,
+            eab_hmac_key=raw.eab_hmac_key,
+            ari=raw.ari,
+            reload=ReloadSpec(raw.reload, raw.reload_target),
+            reload_verify=HostPort.parse(raw.reload_verify, "--reload-verify address") if raw.reload_verify else None,
+            token_auth=TokenAuth.build(
+                raw.auth_htpasswd, raw.state_dir, key=raw.auth_key, cert=raw.auth_cert, service=raw.auth_service,
+                issuer=raw.auth_issuer, ttl=raw.auth_ttl, acl=raw.auth_acl, trusted_proxies=raw.auth_trusted_proxies,
+            ),
+            self_check=raw.self_check,
+            self_check_via=HostPort.parse(raw.self_check_via, "--self-check-via address") if raw.self_check_via
+            else None,
+            key_mode=key_mode,
+            key_group=key_group,
+            max_concurrent_orders=raw.max_concurrent_orders,
+        )  # fmt: skip
+        if raw.probe_listen:
+            check_listen(config.listen)
+        return config
+
+
+def merged(specs: list[CertSpec]) -> list[CertSpec]:
+    """One certificate per set of names, whichever sources named it; a name in two different
+    certificates stays an error (Config says which)."""
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for spec in specs:
+        key = tuple(sorted(spec.names))
+        if key not in seen:
+            seen.add(key)
+            out.append(spec)
+    if not out:
+        raise ConfigError("no certificate configured: --config names none, and no --domain or --cert is given")
+    return out
+
+
+def warn_if_not_canonical(typed: str | None, names: tuple[str, ...]) -> None:
+    """The compose file hands DOCKER_REGISTRY_DOMAIN_NAME (`typed`) to nginx's template as typed; if
+    that is not the canonical form, nginx looks for a live/ directory acmebox never writes."""
+    typed = (typed or "").strip()
+    try:
+        same = bool(typed) and canonical_name(typed) == names[0]
+    except ConfigError:
+        return
+    if same and typed != names[0]:
+        log.warning("DOCKER_REGISTRY_DOMAIN_NAME=%r: the certificate is written to live/%s/; nginx's template "
+                    "must use that form (compose/start-registry.sh writes it to .env)", typed, names[0])  # fmt: skip
+
+
+def check_profile(profile: str | None, what: str = "--profile") -> None:
+    """An empty profile means the CA's default, as before."""
+    if profile and not PROFILE_NAME.match(profile):
+        raise ConfigError(f"bad {what} {profile[:80]!r}: want a profile name such as shortlived")
+
+
+def check_directory_url(url: str) -> None:
+    """An http(s) URL with a host, a valid port if any, and no white space."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        scheme, host = "", None
+    if scheme not in ("https", "http") or not host or any(c.isspace() for c in url):
+        raise ConfigError(f"bad directory URL {url[:200]!r}: want https://HOST/...")
+
+
+def check_listen(listen: HostPort) -> None:
+    """Refuse port 0 and addresses this host cannot bind, before anything is written (the real
+    bind happens later, after the certs and state directories are prepared)."""
+    if listen.port == 0:
+        raise ConfigError(f"bad listen address {str(listen)!r}: port 0 picks a random port the CA cannot find")
+    try:
+        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:
+        raise ConfigError(f"bad listen address {str(listen)!r}: {getattr(e, 'strerror', None) or e}") from None
+    family, kind, proto, _, addr = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {listen}: {e.strerror or e}") from None
+
+
+def check_dir(path: Path, what: str) -> None:
+    """A directory that exists must be one (a missing one is made later)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is not usable: not a directory")
+
+
+def check_ca_bundle(path: Path | None) -> None:
+    """None, or a file holding at least one PEM certificate."""
+    if path is None:
+        return
+    if not path.is_file():
+        raise ConfigError(f"CA bundle {path} does not exist or is not a file")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConfigError(f"CA bundle {path} holds no usable PEM certificate ({reason})") from None
 
 
 # Limits of the --config file: generous for any real registry, small enough that a hostile or
