@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import shutil
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,11 +25,11 @@ from acmebox import webapp
 from acmebox.account import AccountFiles
 from acmebox.challenges import PREFIX, Http01Tokens
 from acmebox.client import AcmeClient
-from acmebox.config import Config
+from acmebox.config import Config, ReloadSpec
 from acmebox.errors import AcmeboxError
 from acmebox.fsutil import space_problem
 from acmebox.maintain import MIN_FREE
-from acmebox.reload import ReloadFailed, served_serial
+from acmebox.reload import ReloadFailed, ReloadTarget, served_serial
 from acmebox.store import CertStore
 
 NOT_FOUND_BODY = "no such challenge"  # challenges.py's 404: proves the path reached acmebox
@@ -141,31 +140,7 @@ async def _front_door(config: Config, names: list[str]) -> list[Finding]:
 
 
 def _reloader(config: Config) -> Finding:
-    target = config.reload
-    if target is None or target.kind == "none":
-        return Finding("reload", True, "none: nginx is not told about new certificates")
-    where = target.target or ""
-    if target.kind == "file":
-        ok = Path(where).parent.is_dir()
-        return Finding("reload", ok, f"file {where}" + ("" if ok else ": its directory does not exist"))
-    if target.kind == "signal":
-        try:
-            pid = int(where) if where.isdigit() else int(Path(where).read_text().strip())
-            Path(f"/proc/{pid}").stat()
-        except (OSError, ValueError) as e:
-            return Finding("reload", False, f"signal {where}: {e}")
-        return Finding("reload", True, f"signal: PID {pid} is running")
-    if target.kind == "command":
-        program = where.split()[0] if where.split() else ""
-        ok = shutil.which(program) is not None
-        return Finding("reload", ok, f"command {where}" + ("" if ok else f": {program} not found"))
-    try:
-        import docker
-
-        docker.from_env().ping()
-    except Exception as e:  # the SDK raises many kinds; each means "not reachable"
-        return Finding("reload", False, f"docker: {e}")
-    return Finding("reload", True, f"docker: the engine answers; target {where}")
+    return Finding("reload", *ReloadTarget.of(config.reload or ReloadSpec("none")).check())
 
 
 def _served(config: Config) -> list[Finding]:

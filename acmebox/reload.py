@@ -18,11 +18,13 @@ import datetime as dt
 import logging
 import os
 import shlex
+import shutil
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography import x509
 
@@ -45,34 +47,97 @@ class ReloadFailed(Exception):
     pass
 
 
-@dataclass(frozen=True)
 class ReloadTarget:
-    kind: str
-    target: str | None = None
+    """One way of telling nginx (config.ReloadSpec's kind), one subclass per kind: `run` performs one
+    reload, `check` says whether it could (for `acmebox check`). This base is the `none` kind."""
+
+    kind: ClassVar[str] = "none"
+
+    def __init__(self, target: str = "") -> None:
+        self.target = target
 
     @classmethod
     def parse(cls, kind: str, target: str | None) -> ReloadTarget:
         """The action for `--reload KIND --reload-target TARGET`; ConfigError for what config.ReloadSpec refuses."""
         return cls.of(ReloadSpec(kind, target))
 
-    @classmethod
-    def of(cls, spec: ReloadSpec) -> ReloadTarget:
-        return cls(spec.kind, spec.target)
+    @staticmethod
+    def of(spec: ReloadSpec) -> ReloadTarget:
+        return BY_KIND[spec.kind](spec.target or "")
 
     async def run(self, pickup: float = FILE_PICKUP) -> str:
         """Perform one reload; returns what was done, raises ReloadFailed. `pickup`: seconds
         the `file` kind gives the watcher to notice the new generation."""
-        if self.kind == "none":
-            return "nothing (reload none)"
-        if self.kind == "file":
-            generation = _next_generation(Path(self.target or ""))
-            await asyncio.sleep(pickup)
-            return f"generation {generation} written to {self.target}"
-        if self.kind == "signal":
-            return _signal(self.target or "")
-        if self.kind == "command":
-            return await _command(self.target or "")
-        return await asyncio.to_thread(_docker, self.target or "")
+        return "nothing (reload none)"
+
+    def check(self) -> tuple[bool, str]:
+        """(usable, one line on what was found), without reloading."""
+        return True, "none: nginx is not told about new certificates"
+
+
+class FileReload(ReloadTarget):
+    kind = "file"
+
+    async def run(self, pickup: float = FILE_PICKUP) -> str:
+        generation = _next_generation(Path(self.target))
+        await asyncio.sleep(pickup)
+        return f"generation {generation} written to {self.target}"
+
+    def check(self) -> tuple[bool, str]:
+        ok = Path(self.target).parent.is_dir()
+        return ok, f"file {self.target}" + ("" if ok else ": its directory does not exist")
+
+
+class SignalReload(ReloadTarget):
+    kind = "signal"
+
+    async def run(self, pickup: float = FILE_PICKUP) -> str:
+        return _signal(self.target)
+
+    def check(self) -> tuple[bool, str]:
+        try:
+            pid = _pid(self.target)
+            Path(f"/proc/{pid}").stat()
+        except (OSError, ValueError) as e:
+            return False, f"signal {self.target}: {e}"
+        return True, f"signal: PID {pid} is running"
+
+
+class CommandReload(ReloadTarget):
+    kind = "command"
+
+    async def run(self, pickup: float = FILE_PICKUP) -> str:
+        return await _command(self.target)
+
+    def check(self) -> tuple[bool, str]:
+        program = self.target.split()[0] if self.target.split() else ""
+        ok = shutil.which(program) is not None
+        return ok, f"command {self.target}" + ("" if ok else f": {program} not found")
+
+
+class DockerReload(ReloadTarget):
+    kind = "docker"
+
+    async def run(self, pickup: float = FILE_PICKUP) -> str:
+        return await asyncio.to_thread(_docker, self.target)
+
+    def check(self) -> tuple[bool, str]:
+        try:
+            import docker
+
+            docker.from_env().ping()
+        except Exception as e:  # the SDK raises many kinds; each means "not reachable"
+            return False, f"docker: {e}"
+        return True, f"docker: the engine answers; target {self.target}"
+
+
+BY_KIND: dict[str, type[ReloadTarget]] = {c.kind: c for c in (ReloadTarget, FileReload, SignalReload,
+                                                               CommandReload, DockerReload)}  # fmt: skip
+
+
+def _pid(target: str) -> int:
+    """A PID, or the one in a PID file."""
+    return int(target) if target.isdigit() else int(Path(target).read_text().strip())
 
 
 def _next_generation(path: Path) -> int:
@@ -93,7 +158,7 @@ def _next_generation(path: Path) -> int:
 
 def _signal(target: str) -> str:
     try:
-        pid = int(target) if target.isdigit() else int(Path(target).read_text().strip())
+        pid = _pid(target)
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError) as e:
         raise ReloadFailed(f"SIGHUP to {target}: {e}") from None
