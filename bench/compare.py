@@ -47,8 +47,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -67,6 +65,10 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for tests.helpers
+
+from tests.helpers.pebble import Pebble, start_pebble, stop_pebble  # noqa: E402
+
 PEERS = ROOT / "bench" / ".peers"
 ACMEBOX_VENV = PEERS / "acmebox"
 ACMEBOX_BIN = ACMEBOX_VENV / "bin" / "acmebox"
@@ -119,20 +121,6 @@ def run_process(cmd: Sequence[str], env: dict[str, str], stdout: Path | None = N
     return into
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 for both TCP and UDP (Pebble's DNS server takes both)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACMEBOX_", "DOCKER_REGISTRY_", "LEGO_"))}
     env.update(extra)
@@ -142,50 +130,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 # -- Pebble -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Pebble:
-    run_dir: Path
-    directory: str
-    management: str
-    ca_bundle: Path
-    http_port: int
-    root: x509.Certificate | None = None
-
-    def get(self, path: str) -> bytes:
-        context = ssl.create_default_context(cafile=str(self.ca_bundle))
-        with urllib.request.urlopen(self.management + path, context=context, timeout=10) as response:
-            body: bytes = response.read()
-            return body
-
-
-def start_pebble(run_dir: Path) -> Pebble:
-    ports = {k: str(free_port()) for k in ("PEBBLE_PORT", "PEBBLE_MGMT_PORT", "PEBBLE_HTTP_PORT", "PEBBLE_DNS_PORT",
-                                           "PEBBLE_CHALLTESTSRV_MGMT_PORT")}  # fmt: skip
-    env = {**os.environ, **ports, "PEBBLE_RUN_DIR": str(run_dir), "PEBBLE_VA_NOSLEEP": "1",
-           "PEBBLE_WFE_NONCEREJECT": "0"}  # fmt: skip
-    out = subprocess.run(["bash", str(ROOT / "pebble-test" / "start.sh")], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"pebble-test/start.sh failed: {out.stderr.strip()}")
-    v = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-    pebble = Pebble(run_dir, v["PEBBLE_DIRECTORY"], v["PEBBLE_MANAGEMENT"], Path(v["PEBBLE_CA_BUNDLE"]),
-                    int(v["PEBBLE_HTTP_PORT"]))  # fmt: skip
-    pebble.root = x509.load_pem_x509_certificate(pebble.get("/roots/0"))
-    return pebble
-
-
-def stop_pebble(run_dir: Path) -> None:
-    subprocess.run(["bash", str(ROOT / "pebble-test" / "stop.sh")], env={**os.environ, "PEBBLE_RUN_DIR": str(run_dir)},
-                   check=False)  # fmt: skip
-
-
 def verify(pebble: Pebble, fullchain: bytes, key_pem: bytes, names: list[str]) -> None:
     """Raises unless `fullchain` chains to Pebble's root, names exactly `names` and matches the key."""
-    assert pebble.root is not None
+    root = pebble.root()
     chain = x509.load_pem_x509_certificates(fullchain)
     leaf = chain[0]
-    verifier = PolicyBuilder().store(Store([pebble.root])).build_server_verifier(x509.DNSName(names[0]))
+    verifier = PolicyBuilder().store(Store([root])).build_server_verifier(x509.DNSName(names[0]))
     path = verifier.verify(leaf, chain[1:])
-    if path[-1] != pebble.root:
+    if path[-1] != root:
         raise ValueError(f"{names[0]}: chain ends at {path[-1].subject.rfc4514_string()}, not Pebble's root")
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     if sorted(sans.get_values_for_type(x509.DNSName)) != sorted(names):
@@ -526,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verified = 0
     with tempfile.TemporaryDirectory(prefix="acmebox-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        pebble = start_pebble(tmp / "pebble")
+        pebble = start_pebble(tmp / "pebble", PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")
         try:
             for rep in range(args.reps):
                 order = clients[rep % len(clients) :] + clients[: rep % len(clients)]
@@ -552,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "certbot" in peers:
                 renew = certbot_renew(pebble, tmp / f"certbot-many-{args.reps - 1}")
         finally:
-            stop_pebble(tmp / "pebble")
+            stop_pebble(pebble)
 
     pebble_version = (ROOT / "pebble-test" / ".pebble" / "VERSION").read_text().strip()
     print(f"acmebox benchmark: {args.reps} interleaved repetition(s), Pebble {pebble_version} on loopback "

@@ -23,10 +23,10 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parent.parent
 STOP = f"Stop: Ctrl-C here (or kill {os.getpid()}); everything the demo started is stopped and removed."
 STOPPED = "--no-wait: everything the demo started is stopped and removed now."
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # for tests.helpers
 
-from conftest import TEST_HOSTS, busybox_image, with_hosts  # noqa: E402
-from oci import make_layout  # noqa: E402
+from tests.helpers.docker import TEST_HOSTS, busybox_image, with_hosts  # noqa: E402
+from tests.helpers.oci import make_layout  # noqa: E402
 
 
 def say(text: str) -> None:
@@ -54,7 +54,7 @@ def fresh(path: Path) -> Path:
 
 
 def loopback(work: Path, wait: bool) -> None:
-    from stack import DOMAIN, USERS, running_stack
+    from tests.helpers.stack import DOMAIN, USERS, running_stack
 
     user, password = next(iter(USERS.items()))
     say("starting Pebble, acmebox, the registry and nginx on free loopback ports")
@@ -102,8 +102,17 @@ Open (registry.test is this machine's 127.0.0.1 only for these commands; nothing
 
 
 def containers(work: Path, wait: bool) -> None:
-    from containers import DOMAIN, PASSWORD, USER, NotPrepared, Project, build_standins, compose_v2, engine
-    from containers import wait as wait_for
+    from tests.helpers.containers import (
+        DOMAIN,
+        PASSWORD,
+        USER,
+        NotPrepared,
+        Project,
+        build_standins,
+        compose_v2,
+        engine,
+    )
+    from tests.helpers.containers import wait as wait_for
 
     say("starting a dockerd of the demo's own (private network and mount namespaces)")
     try:

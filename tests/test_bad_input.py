@@ -9,16 +9,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, acmebox_env, pebble_args, run_acmebox
 
-
-def assert_usage_error(result: object, expected: str) -> None:
-    stderr: str = result.stderr  # type: ignore[attr-defined]
-    assert result.returncode == 2, stderr  # type: ignore[attr-defined]
-    assert "Traceback" not in stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("acmebox: error: "), last
-    assert expected in last, last
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import acmebox_env, assert_usage_error, run_acmebox
 
 
 @pytest.mark.parametrize(
@@ -151,7 +144,7 @@ UNREACHABLE = "https://127.0.0.1:1/dir"
 
 
 def refused_before_writing(tmp_path: Path, *args: str, expected: str, env: dict[str, str] | None = None) -> None:
-    from conftest import acmebox_env
+    from tests.helpers.process import acmebox_env
 
     result = run_acmebox("run", *args, "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
                          env=acmebox_env(**(env or {})))  # fmt: skip
@@ -175,7 +168,7 @@ def test_strict_booleans(tmp_path: Path, env: dict[str, str], expected: str) -> 
 
 
 def test_boolean_words_accepted(tmp_path: Path) -> None:
-    from conftest import acmebox_env
+    from tests.helpers.process import acmebox_env
 
     for word in ("off", "NO", "false", "0"):
         result = run_acmebox("run", "--domain", "a.example.com", "--directory", UNREACHABLE, "--certs-dir",
@@ -202,7 +195,7 @@ def test_boolean_words_accepted(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_flags_checked_before_anything_is_written(tmp_path: Path, args: list[str], expected: str) -> None:
     if "--certs-dir" in args:
-        from conftest import acmebox_env
+        from tests.helpers.process import acmebox_env
 
         result = run_acmebox("run", "--domain", "a.example.com", "--state-dir", str(tmp_path / "s"), *args,
                              env=acmebox_env())  # fmt: skip
@@ -275,7 +268,7 @@ def test_config_schema(tmp_path: Path, toml: str, expected: str) -> None:
 
 
 def test_log_level_after_the_command_and_defaults_in_help(tmp_path: Path) -> None:
-    from conftest import acmebox_env
+    from tests.helpers.process import acmebox_env
 
     result = run_acmebox("run", "--once", "--log-level", "DEBUG", "--domain", "a.example.com", "--directory",
                          UNREACHABLE, "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import busybox_image
-from containers import (
+
+from tests.helpers.containers import (
     DOMAIN,
     PASSWORD,
     ROOT,
@@ -30,6 +30,7 @@ from containers import (
     engine,
     wait,
 )
+from tests.helpers.docker import busybox_image
 
 pytestmark = pytest.mark.e2e
 FLAVORS = ["v1", "v2"]

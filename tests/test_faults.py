@@ -12,27 +12,13 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from acme import client as acme_client
 from acme import messages
-from conftest import (
-    ROOT,
-    Dirs,
-    FakeClock,
-    Pebble,
-    ServiceProcess,
-    acmebox_env,
-    run_acmebox,
-    wait_for,
-    wait_sync,
-)
 from cryptography import x509
-from faultproxy import FaultProxy, Rule
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
@@ -42,6 +28,14 @@ from acmebox.config import CertSpec, Config, HostPort
 from acmebox.errors import CAUnreachable
 from acmebox.ledger import ISSUED_PER_WEEK
 from acmebox.service import Service
+from tests.helpers import ROOT
+from tests.helpers.certs import live_serial
+from tests.helpers.clock import FakeClock
+from tests.helpers.faultproxy import FaultProxy, Rule
+from tests.helpers.pebble import Dirs, Pebble
+from tests.helpers.process import ServiceProcess, acmebox_env, healthz, run_acmebox, wait_for, wait_sync
+
+pytestmark = pytest.mark.e2e  # Pebble behind a fault proxy
 
 
 @pytest.fixture
@@ -55,10 +49,6 @@ def args_via(proxy: FaultProxy, pebble: Pebble, dirs: Dirs, name: str) -> list[s
     return ["--domain", name, "--directory", proxy.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
             "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
-
-
-def live_serial(certs: Path, name: str) -> int:
-    return x509.load_pem_x509_certificate((certs / "live" / name / "fullchain.pem").read_bytes()).serial_number
 
 
 def state_of(dirs: Dirs, name: str) -> dict:  # type: ignore[type-arg]
@@ -122,14 +112,6 @@ async def test_a_stuck_request_loses_its_worker_not_the_account(proxy: FaultProx
 # -- the service at start ------------------------------------------------------------------------
 
 
-def healthz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 @pytest.mark.parametrize(
     "rule",
     [Rule("/dir", "GET", status=503, html=True, retry_after="1", times=1),
@@ -148,12 +130,12 @@ def test_the_service_outlives_ca_errors_at_start(
     try:
         service.wait_log("trying again in")
         assert service.proc.poll() is None, service.log()
-        assert healthz(pebble.http_port) == 503
+        assert healthz(pebble.http_port)[0] == 503
         service.wait_log("certificate stored", timeout=60)
         assert service.proc.poll() is None
         assert "Traceback" not in service.log()
         assert proxy.orders() == 1
-        wait_sync(lambda: healthz(pebble.http_port) == 200, what="/healthz 200 once the certificate is in")
+        wait_sync(lambda: healthz(pebble.http_port)[0] == 200, what="/healthz 200 once the certificate is in")
     finally:
         service.stop()
 

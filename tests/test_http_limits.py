@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import ROOT, acmebox_env, free_port, wait_sync
 
 from acmebox import webapp
 from acmebox.challenges import Http01Tokens
 from acmebox.config import HostPort
+from tests.helpers import ROOT
+from tests.helpers.process import acmebox_env, free_port, wait_sync
 
 # How long a test waits for the server to act before it gives up; far above the timeouts set.
 PATIENCE = 30.0

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, pebble_args, run_acmebox
+
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import run_acmebox
 
 pytestmark = pytest.mark.e2e
 NAME = "registry.test"

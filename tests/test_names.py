@@ -9,18 +9,17 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Dirs, Pebble, free_port, pebble_args, run_acmebox
-from stack import NGINX_MAIN, compose, host_path_of, render_templates
 
 from acmebox import cli
 from acmebox.errors import ConfigError
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import free_port, run_acmebox, user_free_env
+from tests.helpers.stack import NGINX_MAIN, compose, host_path_of, render_templates
 
-ROOT = Path(__file__).resolve().parent.parent
 HUNDRED = [f"n{i}.example.com" for i in range(100)]
 
 # (what the user typed, the canonical names or the message of the exit-2 error)
@@ -103,21 +102,10 @@ def test_every_entry_point_gives_the_canonical_name_or_one_error(
         assert not (tmp_path / "c").exists()
 
 
-def script_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_REGISTRY_", "ACMEBOX_"))}
-    return {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
-
-
-@pytest.fixture
-def compose_copy(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "compose", tmp_path / "compose", ignore=shutil.ignore_patterns(".env", "data"))
-    return tmp_path / "compose"
-
-
 @pytest.mark.parametrize(("typed", "expected"), SINGLE, ids=[case_id(c) for c in SINGLE])
 def test_start_script_asks_acmebox(typed: list[str], expected: list[str] | str, compose_copy: Path) -> None:
     out = subprocess.run(["bash", str(compose_copy / "start-registry.sh"), "--prepare-only", typed[0],
-                          "ops@example.com"], capture_output=True, text=True, env=script_env())  # fmt: skip
+                          "ops@example.com"], capture_output=True, text=True, env=user_free_env())  # fmt: skip
     if isinstance(expected, list):
         assert out.returncode == 0, out.stderr
         assert f"DOCKER_REGISTRY_DOMAIN_NAME={expected[0]}\n" in (compose_copy / ".env").read_text()
@@ -144,10 +132,10 @@ def test_nginx_template_points_at_what_acmebox_wrote(pebble: Pebble, dirs: Dirs,
     name as typed. nginx -t then loads the certificate the template names."""
     typed = "Registry.TEST."
     out = subprocess.run(["bash", str(compose_copy / "start-registry.sh"), "--prepare-only", typed,
-                          "ops@example.com"], capture_output=True, text=True, env=script_env())  # fmt: skip
+                          "ops@example.com"], capture_output=True, text=True, env=user_free_env())  # fmt: skip
     assert out.returncode == 0, out.stderr
     resolved = subprocess.run(["docker-compose", "config"], cwd=compose_copy, capture_output=True, text=True,
-                              env=script_env())  # fmt: skip
+                              env=user_free_env())  # fmt: skip
     assert resolved.returncode == 0, resolved.stderr
     nginx_env = {k: str(v) for k, v in yaml.safe_load(resolved.stdout)["services"]["nginx"]["environment"].items()}
     host_specific = {  # what only differs because this runs on loopback, not in containers

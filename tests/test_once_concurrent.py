@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, pebble_args, run_acmebox
-from test_bad_input import assert_usage_error
-from test_issue_e2e import verify_live
+
+from tests.helpers.certs import verify_live
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import assert_usage_error, run_acmebox
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import busybox_image, with_hosts
-from oci import make_layout
-from stack import USERS, Stack, push_blob, push_image
+
+from tests.helpers.docker import busybox_image, docker, with_hosts
+from tests.helpers.oci import make_layout
+from tests.helpers.stack import USERS, Stack, push_blob, push_image
 
 pytestmark = pytest.mark.e2e
 ALICE = ("alice", USERS["alice"])
@@ -27,44 +28,41 @@ MANIFEST_TYPES = ", ".join([
 # -- docker ------------------------------------------------------------------------------------
 
 
-def docker(host: str, config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", "-H", host, *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, "DOCKER_CONFIG": str(config)}, timeout=300)  # fmt: skip
-
-
 def test_docker_login_push_and_anonymous_pull(stack: Stack, docker_engine: str, tmp_path: Path) -> None:
     config = tmp_path / "docker-config"
     config.mkdir()
     image = busybox_image(docker_engine, tmp_path, "acmebox-test/pushme:1")
     ref = f"{stack.host}/test/busybox:1"
-    assert docker(docker_engine, config, "tag", image, ref).returncode == 0
+    assert docker(docker_engine, "tag", image, ref, config=config).returncode == 0
 
-    anonymous = docker(docker_engine, config, "push", ref)
+    anonymous = docker(docker_engine, "push", ref, config=config)
     assert anonymous.returncode != 0
     assert "denied" in anonymous.stderr or "unauthorized" in anonymous.stderr, anonymous.stderr
 
-    wrong = docker(docker_engine, config, "login", stack.host, "-u", "alice", "--password-stdin", stdin="wrong\n")
+    wrong = docker(
+        docker_engine, "login", stack.host, "-u", "alice", "--password-stdin", stdin="wrong\n", config=config
+    )
     assert wrong.returncode != 0, "docker login with a wrong password must fail"
     assert "unauthorized" in wrong.stderr.lower() or "401" in wrong.stderr, wrong.stderr
 
-    right = docker(docker_engine, config, "login", stack.host, "-u", "alice", "--password-stdin",
-                   stdin=USERS["alice"] + "\n")  # fmt: skip
+    password = USERS["alice"] + "\n"
+    right = docker(docker_engine, "login", stack.host, "-u", "alice", "--password-stdin", stdin=password, config=config)
     assert right.returncode == 0, right.stderr
     assert "Login Succeeded" in right.stdout
 
-    pushed = docker(docker_engine, config, "push", ref)
+    pushed = docker(docker_engine, "push", ref, config=config)
     assert pushed.returncode == 0, pushed.stderr
     assert "digest: sha256:" in pushed.stdout
 
-    assert docker(docker_engine, config, "logout", stack.host).returncode == 0
-    assert docker(docker_engine, config, "rmi", ref).returncode == 0
-    pulled = docker(docker_engine, config, "pull", ref)
+    assert docker(docker_engine, "logout", stack.host, config=config).returncode == 0
+    assert docker(docker_engine, "rmi", ref, config=config).returncode == 0
+    pulled = docker(docker_engine, "pull", ref, config=config)
     assert pulled.returncode == 0, pulled.stderr
-    assert docker(docker_engine, config, "image", "inspect", ref).returncode == 0
+    assert docker(docker_engine, "image", "inspect", ref, config=config).returncode == 0
 
     other = f"{stack.host}/test/busybox:anonymous"
-    assert docker(docker_engine, config, "tag", image, other).returncode == 0
-    assert docker(docker_engine, config, "push", other).returncode != 0, "after logout, pushing is denied again"
+    assert docker(docker_engine, "tag", image, other, config=config).returncode == 0
+    assert docker(docker_engine, "push", other, config=config).returncode != 0, "after logout, pushing is denied again"
 
 
 # -- skopeo ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from acmebox import webapp
 from acmebox.challenges import Http01Tokens
 from acmebox.errors import ConfigError
 from acmebox.registry_token import Htpasswd, Scope, TokenService, build, libtrust_kid
+from tests.helpers.clock import FakeSeconds
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
@@ -88,7 +89,7 @@ def test_refused_hash_formats(tmp_path: Path, line: str) -> None:
 
 
 def test_refused_at_startup_with_one_line(tmp_path: Path) -> None:
-    from conftest import run_acmebox
+    from tests.helpers.process import run_acmebox
 
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text("bob:$apr1$abc$0123456789abcdefghij01\n")
@@ -135,14 +136,6 @@ async def test_http_answers(service: TokenService, tmp_path: Path) -> None:
 # -- hostile input ---------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def make_service(tmp_path: Path, acl: str | None = None, proxies: tuple[str, ...] = (),
                  users: dict[str, str] | None = None, cost: str = "4") -> TokenService:  # fmt: skip
     tmp_path.mkdir(exist_ok=True)
@@ -155,7 +148,7 @@ def make_service(tmp_path: Path, acl: str | None = None, proxies: tuple[str, ...
         acl_path = tmp_path / "acl.toml"
         acl_path.write_text(acl)
     svc = build(htpasswd, tmp_path / "k", tmp_path / "c", "registry", "acmebox", 300, acl_path, proxies)
-    svc.now = FakeClock()
+    svc.now = FakeSeconds()
     svc.__post_init__()  # buckets on the fake clock
     return svc
 
@@ -252,7 +245,7 @@ async def test_throttling_per_client_and_per_user(tmp_path: Path, caplog: pytest
 
     svc = make_service(tmp_path, proxies=("127.0.0.1",))
     clock = svc.now
-    assert isinstance(clock, FakeClock)
+    assert isinstance(clock, FakeSeconds)
     client = await started(svc)
     try:
         def xff(addr: str, user: str = "alice", pw: str = "wrong") -> dict[str, str]:
@@ -327,7 +320,7 @@ async def test_trusted_proxy_by_name_and_network() -> None:
 def test_throttle_memory_is_bounded() -> None:
     from acmebox.limits import KeyedBuckets
 
-    clock = FakeClock()
+    clock = FakeSeconds()
     buckets = KeyedBuckets(burst=2, rate=0.1, max_keys=100, now=clock)
     for i in range(10_000):
         buckets.take(f"client-{i}")
@@ -363,7 +356,7 @@ def real_registry(tmp_path: Path) -> Iterator[tuple[TokenService, int]]:
     import urllib.error
     import urllib.request
 
-    from conftest import free_port
+    from tests.helpers.process import free_port
 
     svc = make_service(tmp_path / "tok", acl='alice = ["alice/*"]\n')
     port = free_port()
@@ -392,6 +385,7 @@ http: {{addr: "127.0.0.1:{port}"}}
         proc.wait(timeout=10)
 
 
+@pytest.mark.e2e  # Debian's docker-registry
 def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenService, int]) -> None:
     import hashlib
     import hmac

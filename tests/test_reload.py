@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from cryptography import x509
 
 from acmebox import placeholder
 from acmebox.config import HostPort
 from acmebox.reload import Reloader, ReloadTarget
+from tests.helpers.process import free_port
 
 
 async def no_wait(seconds: float) -> None:

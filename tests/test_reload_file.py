@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_sync
 from cryptography import x509
 
 from acmebox import placeholder
 from acmebox.config import HostPort
 from acmebox.errors import ConfigError
 from acmebox.reload import Reloader, ReloadFailed, ReloadTarget, served_serial
+from tests.helpers import ROOT
+from tests.helpers.process import free_port, wait_sync
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e  # Debian's nginx
+
 WATCHER = ROOT / "nginx" / "reload-on-change.sh"
 NAME = "srv.test"
 

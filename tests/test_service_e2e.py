@@ -11,20 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import (
-    Dirs,
-    FakeClock,
-    Nginx,
-    Pebble,
-    ServiceProcess,
-    free_port,
-    pebble_args,
-    run_acmebox,
-    start_pebble,
-    stop_pebble,
-    wait_for,
-    wait_sync,
-)
 from cryptography import x509
 
 from acmebox.client import ari_cert_id
@@ -32,6 +18,10 @@ from acmebox.config import CertSpec, Config, HostPort
 from acmebox.reload import served_serial
 from acmebox.service import Service
 from acmebox.store import CertStore
+from tests.helpers.clock import FakeClock
+from tests.helpers.nginx import Nginx
+from tests.helpers.pebble import Dirs, Pebble, pebble_args, start_pebble, stop_pebble
+from tests.helpers.process import ServiceProcess, free_port, run_acmebox, wait_for, wait_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -231,7 +221,7 @@ def test_nginx_starts_on_the_placeholder_and_is_reloaded_onto_the_real_certifica
     pebble = start_pebble(tmp_path / "pebble")  # makes the listener CA; stopped until nginx is up
     stop_pebble(pebble)
     port = free_port()
-    nginx = Nginx(tmp_path / "nginx", SERVER.format(port=port, certs=dirs.certs))
+    nginx = Nginx.serving(tmp_path / "nginx", SERVER.format(port=port, certs=dirs.certs))
     svc = ServiceProcess(
         ["run", "--domain", "nginx.test", *pebble_args(pebble, dirs), "--reload", "signal",
          "--reload-target", str(nginx.pid_file), "--reload-verify", f"127.0.0.1:{port}"],

@@ -15,12 +15,12 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import run_acmebox
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
-from stack import DOMAIN, Stack, running_stack
 
 from acmebox.reload import served_serial
+from tests.helpers.process import run_acmebox
+from tests.helpers.stack import DOMAIN, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 HSTS = "max-age=63072000; includeSubDomains"

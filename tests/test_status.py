@@ -7,7 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Dirs, Nginx, Pebble, ServiceProcess, acmebox_env, free_port, pebble_args, run_acmebox, wait_sync
+import pytest
+
+from tests.helpers.nginx import Nginx
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import ServiceProcess, acmebox_env, free_port, run_acmebox, wait_sync
+
+pytestmark = pytest.mark.e2e  # Pebble and nginx
 
 
 def test_every_source_adds_certificates(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
@@ -49,7 +55,7 @@ def test_status_and_renew_against_a_running_service(pebble: Pebble, dirs: Dirs, 
     """good.test is served by nginx; blocked.test is refused by the CA (Pebble's blocklist);
     unserved.test is issued but nginx presents good.test's certificate for it."""
     port = free_port()
-    nginx = Nginx(tmp_path / "nginx", SERVED.format(port=port, certs=dirs.certs))
+    nginx = Nginx.serving(tmp_path / "nginx", SERVED.format(port=port, certs=dirs.certs))
     svc = ServiceProcess(["run", "--cert", "good.test,www.good.test", "--cert", "blocked.test", "--cert",
                           "unserved.test", *pebble_args(pebble, dirs), "--no-ari", "--reload", "signal",
                           "--reload-target", str(nginx.pid_file), "--reload-verify", f"127.0.0.1:{port}"],
@@ -110,7 +116,7 @@ FRONT = """
 
 def test_check_reports_before_going_live(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
     front, upstream = free_port(), free_port()
-    nginx = Nginx(tmp_path / "nginx", FRONT.format(port=front, upstream=upstream))
+    nginx = Nginx.serving(tmp_path / "nginx", FRONT.format(port=front, upstream=upstream))
     args = pebble_args(pebble, dirs)
     args[args.index("--listen") + 1] = f"127.0.0.1:{upstream}"
     args += ["--domain", "check.test", "--self-check-via", f"127.0.0.1:{front}", "--reload", "signal",

@@ -21,11 +21,13 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from registry_fill import clone_repositories, empty_repository, push_built_image, push_index
-from stack import DOMAIN, USERS, Stack, running_stack
+
+from tests.helpers import ROOT
+from tests.helpers.registry_fill import clone_repositories, empty_repository, push_built_image, push_index
+from tests.helpers.stack import DOMAIN, USERS, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 BULK = 1500
 # What the page may fetch before the first repositories are on screen: itself, the token for
 # the catalog, the first catalog page (and the icon, which Chromium asks for on its own time).

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from stack import Stack, push_blob, push_manifest_blobs
+from tests.helpers.stack import Stack, push_blob, push_manifest_blobs
 
 
 def repositories_root(stack: Stack) -> Path:

@@ -21,11 +21,13 @@ from pathlib import Path
 
 from cryptography import x509
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+from tests.helpers.docker import TEST_HOSTS
+from tests.helpers.process import stop_process
+
 CACHE = ROOT / "pebble-test" / ".container"
-STANDINS = Path(__file__).resolve().parent / "standins"
+STANDINS = ROOT / "tests" / "standins"
 DOMAIN = "registry.test"
-HOSTS = f"127.0.0.1 localhost\n::1 localhost\n127.0.0.1 {DOMAIN}\n"
 
 
 class NotPrepared(Exception):
@@ -85,7 +87,7 @@ def engine(work: Path) -> Iterator[Engine]:
     d = work / "docker"
     for sub in ("etc-docker/certs.d", "data", "exec", "config"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    (d / "hosts").write_text(HOSTS)
+    (d / "hosts").write_text(TEST_HOSTS)
     script = (
         "set -e; ip link set lo up; "
         f'mount --bind "{d}/hosts" /etc/hosts; mount --bind "{d}/etc-docker" /etc/docker; '
@@ -109,12 +111,7 @@ def engine(work: Path) -> Iterator[Engine]:
         ids = e.run("docker", "ps", "-aq", check=False, timeout=60).stdout.split()
         if ids:
             e.run("docker", "rm", "-f", *ids, check=False, timeout=120)
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=60)
         log.close()
 
 

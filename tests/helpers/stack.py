@@ -15,20 +15,22 @@ import http.client
 import json
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import Pebble, ServiceProcess, free_port, start_pebble, stop_pebble
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+from tests.helpers.nginx import Nginx
+from tests.helpers.pebble import Pebble, start_pebble, stop_pebble
+from tests.helpers.process import ServiceProcess, free_port
+
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 
 NGINX_MAIN = """
@@ -88,21 +90,6 @@ def render_templates(template_dir: Path, out_dir: Path, env: dict[str, str]) -> 
             subprocess.run(["envsubst", defined_envs], stdin=src, stdout=dst, env=env, check=True)
         out.append(target)
     return out
-
-
-@dataclass
-class Nginx:
-    run: Path
-    conf: Path
-    binary: str = field(default_factory=lambda: shutil.which("nginx") or "/usr/sbin/nginx")
-
-    def start(self) -> None:
-        subprocess.run([self.binary, "-c", str(self.conf), "-p", str(self.run)], check=True,
-                       capture_output=True)  # fmt: skip
-
-    def stop(self) -> None:
-        if (self.run / "nginx.pid").exists():
-            subprocess.run([self.binary, "-c", str(self.conf), "-p", str(self.run), "-s", "stop"], capture_output=True)
 
 
 def prepare_nginx(run: Path, env_overrides: dict[str, str]) -> tuple[Nginx, dict[str, str]]:
