@@ -147,14 +147,14 @@ class AcmeClient:
                 hint = f" (is the local clock right? it says {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ})"
             raise CAUnreachable(f"cannot reach the CA: {_short(e)}{hint}") from None
         except (acme_errors.ClientError, acme_errors.UnexpectedUpdate, ValueError, DeserializationError,
-                KeyError, TypeError) as e:  # fmt: skip
+                KeyError, TypeError) as e:
             raise self._unexpected(e) from None
 
     def _unexpected(self, e: Exception) -> CAProblem:
         r = self._last_response
         where = f" (HTTP {r.status_code} from {r.url})" if r is not None else ""
         return CAProblem(ACME_ERROR + "serverInternal", f"unexpected answer{where}: {_short(e)}",
-                         self._last_retry_after())  # fmt: skip
+                         self._last_retry_after())
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the account thread, retrying badNonce. Each try has `deadline` seconds
@@ -220,7 +220,7 @@ class AcmeClient:
                     raise _problem(messages.Error.from_json(resp.json()), self._last_retry_after())
                 except (ValueError, DeserializationError):
                     raise CAProblem(ACME_ERROR + "serverInternal", f"HTTP {resp.status_code} from {resp.url}",
-                                    self._last_retry_after()) from None  # fmt: skip
+                                    self._last_retry_after()) from None
             try:
                 return messages.Directory.from_json(resp.json())
             except (ValueError, DeserializationError):

@@ -124,7 +124,7 @@ class Config:
             for n in spec.names:
                 if n in seen:
                     raise ConfigError(f"domain {n!r} is in two certificates ({','.join(seen[n].names)} and "
-                                      f"{','.join(spec.names)}); give each name to one certificate")  # fmt: skip
+                                      f"{','.join(spec.names)}); give each name to one certificate")
                 seen[n] = spec
         if self.ca_bundle is not None and not self.ca_bundle.is_file():
             raise ConfigError(f"CA bundle {self.ca_bundle} does not exist or is not a file")
@@ -143,7 +143,7 @@ TOML_MAX_STRING = 1024
 # ACME profile names (draft-aaron-acme-profiles) are short tokens such as `shortlived`.
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CERT_KEYS = {"names": "a list of domain names", "key_type": f"one of {', '.join(KEY_TYPES)}",
-              "profile": "a profile name such as shortlived"}  # fmt: skip
+              "profile": "a profile name such as shortlived"}
 
 
 def _toml_str(value: object, where: str, want: str) -> str:

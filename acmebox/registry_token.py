@@ -89,7 +89,7 @@ def ensure_signing_key(key_path: Path, cert_path: Path, issuer: str) -> ec.Ellip
             x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
             .not_valid_after(now + dt.timedelta(days=3650)).sign(key, hashes.SHA256())
-        )  # fmt: skip
+        )
         try:
             cert_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
@@ -263,7 +263,7 @@ def load_acl(path: Path | None) -> dict[str, list[re.Pattern[str]]] | None:
         for p in patterns:
             if not _PATTERN.match(p) or len(p) > MAX_REPOSITORY:
                 raise ConfigError(f"ACL file {path}: {user}: pattern {p[:80]!r} can match no repository name "
-                                  "(lower-case letters, digits, . _ - / and *)")  # fmt: skip
+                                  "(lower-case letters, digits, . _ - / and *)")
         acl[user] = [compile_pattern(p) for p in patterns]
     return acl
 
@@ -416,7 +416,7 @@ class TokenService:
         }
         token = jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.kid, "typ": "JWT"})
         return {"token": token, "access_token": token, "expires_in": self.ttl,
-                "issued_at": now.isoformat().replace("+00:00", "Z")}  # fmt: skip
+                "issued_at": now.isoformat().replace("+00:00", "Z")}
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.query.get("service", self.service) != self.service:
@@ -442,7 +442,7 @@ class TokenService:
                     ok = await self._login(client, user, password)
             except TimeoutError:
                 return web.json_response({"errors": [{"code": "UNAVAILABLE", "message": "busy; try again"}]},
-                                         status=503, headers={"Retry-After": "10"})  # fmt: skip
+                                         status=503, headers={"Retry-After": "10"})
             if not ok:
                 return self._denied("invalid username or password")
         body = self.issue(user, scopes)
@@ -465,12 +465,12 @@ class TokenService:
             self.users.give_back(user)
         else:
             self.failures(logging.WARNING, "token request with wrong credentials for user %r from %s",
-                          user[:64], client)  # fmt: skip
+                          user[:64], client)
         return ok
 
     def _throttled(self, client: str, user: str, wait: float) -> web.Response:
         self.failures(logging.WARNING, "too many login attempts for user %r or from %s; answering 429 for %ds",
-                      user[:64], client, math.ceil(wait))  # fmt: skip
+                      user[:64], client, math.ceil(wait))
         return web.json_response(
             {"errors": [{"code": "TOOMANYREQUESTS", "message": "too many login attempts; try again later"}]},
             status=429,
@@ -494,7 +494,7 @@ def add_routes(app: web.Application, service: TokenService) -> None:
 
 
 def build(htpasswd: Path, key_path: Path, cert_path: Path, service: str, issuer: str, ttl: int,
-          acl: Path | None, trusted_proxies: Iterable[str] = ()) -> TokenService:  # fmt: skip
+          acl: Path | None, trusted_proxies: Iterable[str] = ()) -> TokenService:
     users = Htpasswd(htpasswd)
     if not len(users):
         log.warning("htpasswd file %s has no users: nobody can push yet", htpasswd)

@@ -58,7 +58,7 @@ class ReloadTarget:
             raise ConfigError(f"unknown reload kind {kind!r}; choose one of {', '.join(KINDS)}")
         if kind != "none" and not target:
             hint = {"docker": "container name or label=KEY=VALUE", "signal": "a PID or PID file",
-                    "command": "a command line", "file": "the generation file's path"}[kind]  # fmt: skip
+                    "command": "a command line", "file": "the generation file's path"}[kind]
             raise ConfigError(f"--reload {kind} needs --reload-target ({hint})")
         if kind == "signal" and not (target or "").isdigit() and not Path(target or "").parent.is_dir():
             raise ConfigError(f"--reload-target {target!r} is neither a PID nor a PID file path")
@@ -192,7 +192,7 @@ class Reloader:
 
     def __init__(self, target: ReloadTarget, verify: HostPort | None = None, on_result: OnResult | None = None,
                  settle: float = 0.2, attempts: int | None = None,
-                 on_observed: Callable[[str, bool], None] | None = None) -> None:  # fmt: skip
+                 on_observed: Callable[[str, bool], None] | None = None) -> None:
         self.target = target
         self.verify = verify
         self.on_result = on_result or (lambda result: None)
@@ -241,7 +241,7 @@ class Reloader:
                 failures += 1
                 if self.attempts is not None and failures >= self.attempts:
                     log.error("giving up after %d attempts: the server does not serve the live certificate(s)",
-                              failures)  # fmt: skip
+                              failures)
                     self.failed, failures, self._changed = True, 0, False
                     self._idle.set()
                     continue
