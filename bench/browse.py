@@ -140,7 +140,7 @@ def main() -> int:
                     f"--ignore-certificate-errors-spki-list={spki_pin(stack)}",
                     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                ])  # fmt: skip
+                ])
                 for size in sizes:
                     clone_repositories(stack, "base/img", [f"bulk/r{i:05d}" for i in range(made - 1, size - 1)], TAGS)
                     made = size

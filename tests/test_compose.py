@@ -21,7 +21,7 @@ def compose_config(compose_dir: Path, env: dict[str, str]) -> subprocess.Complet
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is not installed (Debian package docker-compose)")
     return subprocess.run(["docker-compose", "-f", str(compose_dir / COMPOSE.name), "config"], capture_output=True,
-                          text=True, env=env, cwd=compose_dir)  # fmt: skip
+                          text=True, env=env, cwd=compose_dir)
 
 
 def start_script(compose_dir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -30,7 +30,7 @@ def start_script(compose_dir: Path, *args: str, env: dict[str, str]) -> subproce
 
 
 STACK_ENV = {"DOCKER_REGISTRY_DOMAIN_NAME": "registry.example.com",
-             "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com", "REGISTRY_HTTP_SECRET": "s3cret"}  # fmt: skip
+             "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com", "REGISTRY_HTTP_SECRET": "s3cret"}
 
 
 def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
@@ -87,7 +87,7 @@ def test_docker_reload_overlay_adds_the_socket_only_there(compose_copy: Path) ->
     here = compose_copy
     out = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.docker-reload.yml",
                           "config"], capture_output=True, text=True, cwd=here,
-                         env=user_free_env(**STACK_ENV, DOCKER_GID="106"))  # fmt: skip
+                         env=user_free_env(**STACK_ENV, DOCKER_GID="106"))
     assert out.returncode == 0, out.stderr
     acmebox = yaml.safe_load(out.stdout)["services"]["acmebox"]
     assert acmebox["environment"]["ACMEBOX_RELOAD"] == "docker"
@@ -145,7 +145,7 @@ def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
     # The old stack's environment variables work as well as the arguments.
     (here / ".env").unlink()
     env_vars = user_free_env(DOCKER_REGISTRY_DOMAIN_NAME="R.Example.org.",
-                          DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="x@example.org")  # fmt: skip
+                          DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="x@example.org")
     out = start_script(compose_copy, "--prepare-only", env=env_vars)
     assert out.returncode == 0, out.stderr
     assert "DOCKER_REGISTRY_DOMAIN_NAME=r.example.org" in (here / ".env").read_text()

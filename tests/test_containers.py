@@ -124,10 +124,10 @@ def _run_the_stack(s: Project, tmp_path: Path) -> None:
     # Let's Encrypt's; then a verified handshake and the port-80 redirect.
     ca = s.trust_pebble_root()
     code = s.in_ns("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca),
-                   f"https://{DOMAIN}/v2/").stdout  # fmt: skip
+                   f"https://{DOMAIN}/v2/").stdout
     assert code == "401"  # the registry's token challenge, over a certificate that verifies
     redirect = s.in_ns("curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
-                       "-H", "Host: elsewhere.example", "http://127.0.0.1/v2/").stdout  # fmt: skip
+                       "-H", "Host: elsewhere.example", "http://127.0.0.1/v2/").stdout
     assert redirect == f"308 https://{DOMAIN}/v2/"
 
     # docker login / push / pull through nginx.

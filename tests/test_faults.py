@@ -48,7 +48,7 @@ def proxy(pebble: Pebble) -> Iterator[FaultProxy]:
 def args_via(proxy: FaultProxy, pebble: Pebble, dirs: Dirs, name: str) -> list[str]:
     return ["--domain", name, "--directory", proxy.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
 
 
 def state_of(dirs: Dirs, name: str) -> dict:  # type: ignore[type-arg]
@@ -153,13 +153,13 @@ def test_a_full_certs_volume_keeps_the_certificate_and_installs_it_later(
     dirs.certs.mkdir()
     service_args = ["--domain", name, "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
                     "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-                    "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+                    "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
     script = (f"mount -t tmpfs -o size=4m,nr_inodes=64 acmebox-test {dirs.certs} && "
-              f"exec {sys.executable} -m acmebox run {' '.join(service_args)}")  # fmt: skip
+              f"exec {sys.executable} -m acmebox run {' '.join(service_args)}")
     log_path = tmp_path / "acmebox.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                                stdout=log, stderr=subprocess.STDOUT, env=acmebox_env(), cwd=ROOT)  # fmt: skip
+                                stdout=log, stderr=subprocess.STDOUT, env=acmebox_env(), cwd=ROOT)
     certs_in_ns = Path(f"/proc/{proc.pid}/root") / dirs.certs.relative_to("/")
 
     def in_ns(command: str) -> None:
@@ -202,7 +202,7 @@ def test_a_clock_100_days_ahead_orders_nothing(pebble: Pebble, dirs: Dirs) -> No
     name = "clock.test"
     args = ["--domain", name, "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
     assert run_acmebox("run", "--once", *args).returncode == 0
     orders = pebble.orders_in_log()
     faked = [shutil.which("faketime") or "faketime", "-f", "+100d", sys.executable, "-m", "acmebox", "run", "--once"]
@@ -224,7 +224,7 @@ def test_a_damaged_state_file_is_moved_aside_and_counts_as_a_failure(
     name = "state.test"
     args = ["--domain", name, "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
     path = dirs.state / "certs" / f"{name}.json"
     path.parent.mkdir(parents=True)
     path.write_text(content)
@@ -241,7 +241,7 @@ def test_a_damaged_state_file_is_moved_aside_and_counts_as_a_failure(
 def test_a_damaged_account_file_is_rewritten(pebble: Pebble, dirs: Dirs, content: str) -> None:
     args = ["--domain", "acct.test", "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
     assert run_acmebox("run", "--once", *args).returncode == 0
     (info,) = dirs.state.glob("accounts/**/account.json")
     url = json.loads(info.read_text())["url"]
@@ -257,14 +257,14 @@ def test_a_naive_timestamp_is_read_as_utc(pebble: Pebble, dirs: Dirs) -> None:
     path.write_text('{"failures": 1, "next_attempt": "2020-01-01T00:00:00", "last_success": "2020-01-01T00:00:00"}')
     out = run_acmebox("run", "--once", "--domain", "naive.test", "--directory", pebble.directory,
                       "--ca-bundle", str(pebble.ca_bundle), "--certs-dir", str(dirs.certs),
-                      "--state-dir", str(dirs.state), "--listen", f"127.0.0.1:{pebble.http_port}")  # fmt: skip
+                      "--state-dir", str(dirs.state), "--listen", f"127.0.0.1:{pebble.http_port}")
     assert out.returncode == 0, out.stderr
     assert not list(path.parent.glob("*.unreadable-*"))
 
 
 def test_a_second_instance_on_one_state_dir_is_refused(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
     args = ["--domain", "lock.test", "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
-            "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state), "--no-ari"]  # fmt: skip
+            "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state), "--no-ari"]
     first = ServiceProcess(["run", *args, "--listen", f"127.0.0.1:{pebble.http_port}"], tmp_path / "first.log")
     try:
         first.wait_log("managing 1 certificate")
@@ -279,12 +279,12 @@ def test_a_second_instance_on_one_state_dir_is_refused(pebble: Pebble, dirs: Dir
 def test_a_deactivated_account_is_replaced(pebble: Pebble, dirs: Dirs) -> None:
     args = ["--domain", "deact.test", "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
     assert run_acmebox("run", "--once", *args).returncode == 0
     (key_path,) = dirs.state.glob("accounts/**/key.pem")
     url = json.loads((key_path.parent / "account.json").read_text())["url"]
     net = acme_client.ClientNetwork(JWKEC(key=keys.from_pem(key_path.read_bytes())), alg=ES256,
-                                    verify_ssl=str(pebble.ca_bundle))  # type: ignore[arg-type]  # fmt: skip
+                                    verify_ssl=str(pebble.ca_bundle))  # type: ignore[arg-type]
     acme = acme_client.ClientV2(acme_client.ClientV2.get_directory(pebble.directory, net), net)
     regr = messages.RegistrationResource(body=messages.Registration(), uri=url)
     net.account = regr
@@ -307,14 +307,14 @@ async def test_the_ledger_stops_a_loop_of_orders(pebble: Pebble, dirs: Dirs) -> 
     clock = FakeClock()
     config = Config(certs=(CertSpec.build([name]),), email=None, directory=pebble.directory,
                     ca_bundle=pebble.ca_bundle, certs_dir=dirs.certs, state_dir=dirs.state,
-                    listen=HostPort("127.0.0.1", pebble.http_port), ari=False)  # fmt: skip
+                    listen=HostPort("127.0.0.1", pebble.http_port), ari=False)
     service = Service(config, clock)
     maintainer = service.maintainers[name]
     orders = pebble.orders_in_log()
     task = asyncio.create_task(service.run())
     try:
         await wait_for(lambda: pebble.orders_in_log() == orders + 1 and maintainer.state is not None
-                       and maintainer.state.last_success is not None, what="the first certificate")  # fmt: skip
+                       and maintainer.state.last_success is not None, what="the first certificate")
         for _ in range(2 * ISSUED_PER_WEEK):
             live = dirs.certs / "live" / name
             if live.is_symlink():
@@ -325,7 +325,7 @@ async def test_the_ledger_stops_a_loop_of_orders(pebble: Pebble, dirs: Dirs) -> 
             before = pebble.orders_in_log()
             maintainer.wake.set()
             await wait_for(lambda: (dirs.certs / "live" / name).exists() or "ledger" in
-                           (maintainer.state.last_error or ""), what="a new certificate or a refusal")  # type: ignore[union-attr]  # fmt: skip
+                           (maintainer.state.last_error or ""), what="a new certificate or a refusal")  # type: ignore[union-attr]
             assert pebble.orders_in_log() - before <= 1
         assert pebble.orders_in_log() - orders == ISSUED_PER_WEEK
         assert maintainer.state is not None and "ledger allows" in (maintainer.state.last_error or "")

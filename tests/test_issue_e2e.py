@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def test_issue_then_reuse(pebble: Pebble, dirs: Dirs) -> None:
     orders_before = pebble.orders_in_log()
     first = run_acmebox("run", "--once", "--domain", "registry.test", "--email", "ops@example.com",
-                        *pebble_args(pebble, dirs))  # fmt: skip
+                        *pebble_args(pebble, dirs))
     assert first.returncode == 0, first.stderr
     leaf = verify_live(pebble, dirs, ["registry.test"])
     assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
@@ -29,7 +29,7 @@ def test_issue_then_reuse(pebble: Pebble, dirs: Dirs) -> None:
     assert "BEGIN" not in first.stderr, "key material must never be logged"
 
     second = run_acmebox("run", "--once", "--domain", "registry.test", "--email", "ops@example.com",
-                         *pebble_args(pebble, dirs))  # fmt: skip
+                         *pebble_args(pebble, dirs))
     assert second.returncode == 0, second.stderr
     assert pebble.orders_in_log() == orders_before + 1, "a valid certificate on disk must not be re-ordered"
     assert "nothing ordered" in second.stderr
@@ -37,7 +37,7 @@ def test_issue_then_reuse(pebble: Pebble, dirs: Dirs) -> None:
     assert x509.load_pem_x509_certificate((live(dirs, "registry.test") / "cert.pem").read_bytes()) == leaf
 
     forced = run_acmebox("run", "--once", "--force-renew", "--domain", "registry.test",
-                         *pebble_args(pebble, dirs))  # fmt: skip
+                         *pebble_args(pebble, dirs))
     assert forced.returncode == 0, forced.stderr
     # Pebble sometimes cannot find the order of the certificate named in `replaces` (RFC 9773)
     # and refuses it; acmebox then orders once more without it.
@@ -64,7 +64,7 @@ def test_environment_variables_of_the_old_stack(pebble: Pebble, dirs: Dirs) -> N
 
 
 @pytest.mark.parametrize(("key_type", "key_class", "size"), [("ec256", ec.EllipticCurvePublicKey, 256),
-                                                             ("rsa2048", rsa.RSAPublicKey, 2048)])  # fmt: skip
+                                                             ("rsa2048", rsa.RSAPublicKey, 2048)])
 def test_several_names_and_key_types(pebble: Pebble, dirs: Dirs, key_type: str, key_class: type, size: int) -> None:
     names = [f"{key_type}.registry.test", "registry.test", "ui.registry.test"]
     args = [a for n in names for a in ("--domain", n)]
@@ -79,7 +79,7 @@ def test_several_names_and_key_types(pebble: Pebble, dirs: Dirs, key_type: str, 
 
 def test_shortlived_profile(pebble: Pebble, dirs: Dirs) -> None:
     result = run_acmebox("run", "--once", "--domain", "short.test", "--profile", "shortlived",
-                         *pebble_args(pebble, dirs))  # fmt: skip
+                         *pebble_args(pebble, dirs))
     assert result.returncode == 0, result.stderr
     leaf = verify_live(pebble, dirs, ["short.test"])
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
@@ -98,7 +98,7 @@ def test_nonce_rejection_is_retried(pebble_nonce_reject: Pebble, dirs: Dirs) -> 
     """Pebble rejects 5% of nonces; three issuances (~40 signed requests) still succeed."""
     for i in range(3):
         result = run_acmebox("run", "--once", "--force-renew", "--domain", "nonce.test",
-                             *pebble_args(pebble_nonce_reject, dirs))  # fmt: skip
+                             *pebble_args(pebble_nonce_reject, dirs))
         assert result.returncode == 0, f"run {i}: {result.stderr}"
     verify_live(pebble_nonce_reject, dirs, ["nonce.test"])
 
@@ -127,7 +127,7 @@ def test_several_certificates_and_one_failure_does_not_stop_the_others(
     config = tmp_path / "certs.toml"
     config.write_text('[[certificate]]\nnames = ["toml.test", "www.toml.test"]\nkey_type = "ec384"\n')
     result = run_acmebox("run", "--once", "--config", str(config), "--cert", "blocked.test",
-                         "--cert", "a.multi.test,b.multi.test", *pebble_args(pebble, dirs))  # fmt: skip
+                         "--cert", "a.multi.test,b.multi.test", *pebble_args(pebble, dirs))
     assert result.returncode == 1, result.stderr
     assert "rejectedIdentifier" in result.stderr.strip().splitlines()[-1]
     verify_live(pebble, dirs, ["toml.test", "www.toml.test"])
@@ -142,14 +142,14 @@ def test_revoke(pebble: Pebble, dirs: Dirs) -> None:
     serial = x509.load_pem_x509_certificate((live(dirs, "revoke.test") / "cert.pem").read_bytes()).serial_number
     assert json.loads(pebble.get(f"/cert-status-by-serial/{serial:x}"))["Status"] == "Valid"
     result = run_acmebox("revoke", "revoke.test", "--reason", "4", "--ca-bundle", str(pebble.ca_bundle),
-                         "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))  # fmt: skip
+                         "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))
     assert result.returncode == 0, result.stderr
     assert f"revoke.test: revoked serial {serial:x}" in result.stdout
     assert json.loads(pebble.get(f"/cert-status-by-serial/{serial:x}"))["Status"] == "Revoked"
     status = run_acmebox("status", "--json", "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))
     assert status.returncode == 1 and json.loads(status.stdout)[0]["condition"] == "revoked"
     again = run_acmebox("revoke", "revoke.test", "--ca-bundle", str(pebble.ca_bundle),
-                        "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))  # fmt: skip
+                        "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))
     assert again.returncode == 1 and "alreadyRevoked" in again.stderr.strip().splitlines()[-1]
     # No service was running: the next run replaces it at once, not at its renewal date.
     assert "the next `acmebox run` (or `run --once`) replaces it" in result.stdout
@@ -171,10 +171,10 @@ def test_external_account_binding(tmp_path: Path, dirs: Dirs) -> None:
         assert without.returncode == 1
         assert "externalAccountRequired" in without.stderr.strip().splitlines()[-1]
         wrong = run_acmebox("run", "--once", "--domain", "eab.test", "--eab-kid", kid, "--eab-hmac-key",
-                            "A" * 64, *pebble_args(pebble, dirs))  # fmt: skip
+                            "A" * 64, *pebble_args(pebble, dirs))
         assert wrong.returncode == 1 and "unauthorized" in wrong.stderr.strip().splitlines()[-1]
         right = run_acmebox("run", "--once", "--domain", "eab.test", "--eab-kid", kid, "--eab-hmac-key", hmac_key,
-                            *pebble_args(pebble, dirs))  # fmt: skip
+                            *pebble_args(pebble, dirs))
         assert right.returncode == 0, right.stderr
         verify_live(pebble, dirs, ["eab.test"])
     finally:

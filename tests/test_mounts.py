@@ -50,7 +50,7 @@ STYLES = [
           "files/fullchain.pem", "files/privkey.pem", False),
     Style("single file combined.pem", ((f"live/{NAME}/combined.pem", "combined.pem"),),
           "combined.pem", "combined.pem", False),
-]  # fmt: skip
+]
 
 NGINX_CONF = """
 pid {run}/nginx.pid;
@@ -97,7 +97,7 @@ def start_nginx_in_namespace(run: Path, certs: Path, mnt: Path, ports: dict[str,
     )
     log = (run / "stderr.log").open("w")
     return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=log, stderr=subprocess.STDOUT)
 
 
 def reloaded(master: int) -> bool:
@@ -126,7 +126,7 @@ def test_every_mount_style_after_four_renewals(pebble: Pebble, dirs: Dirs, tmp_p
     try:
         for style in STYLES:
             wait_sync(lambda p=ports[style.id]: serving(p) is not None or nginx.poll() is not None,
-                      what=f"nginx serving {style.id}")  # fmt: skip
+                      what=f"nginx serving {style.id}")
             assert serving(ports[style.id]) == first_serial, style.id
         serials = [first_serial]
         for renewal in range(1, 5):
@@ -138,7 +138,7 @@ def test_every_mount_style_after_four_renewals(pebble: Pebble, dirs: Dirs, tmp_p
             before = Path(f"/proc/{nginx.pid}/task/{nginx.pid}/children").read_text().split()
             os.kill(nginx.pid, signal.SIGHUP)  # what acmebox's reloader does
             wait_sync(lambda b=before: Path(f"/proc/{nginx.pid}/task/{nginx.pid}/children").read_text().split() != b,
-                      what="a new nginx worker")  # fmt: skip
+                      what="a new nginx worker")
             wait_sync(lambda: reloaded(nginx.pid), what=f"nginx reloaded after renewal {renewal}")
             seen = {style.id: serving(ports[style.id]) for style in STYLES}
             expected = {style.id: newest if style.follows_renewals else first_serial for style in STYLES}

@@ -64,7 +64,7 @@ def test_no_validation_before_the_front_door_answers(tmp_path: Path, dirs: Dirs)
     args = pebble_args(pebble, dirs)
     args[args.index("--listen") + 1] = f"127.0.0.1:{upstream}"
     svc = ServiceProcess(["run", "--domain", "front.test", *args, "--no-ari",
-                          "--self-check-via", f"127.0.0.1:{front}"], tmp_path / "service.log")  # fmt: skip
+                          "--self-check-via", f"127.0.0.1:{front}"], tmp_path / "service.log")
     try:
         svc.wait_log("not yet answered")
         assert pebble.orders_in_log() == 1
@@ -102,7 +102,7 @@ def test_what_nginx_serves_is_reconciled_with_the_live_certificate(pebble: Pebbl
     nginx = Nginx.serving(tmp_path / "nginx", TLS.format(port=port, certs=dirs.certs))
     later = tmp_path / "nginx" / "later.pid"
     base = ["run", "--domain", "served.test", *pebble_args(pebble, dirs), "--no-ari", "--reload", "signal",
-            "--reload-verify", f"127.0.0.1:{port}"]  # fmt: skip
+            "--reload-verify", f"127.0.0.1:{port}"]
 
     def serial() -> int:
         return live_chain(dirs, "served.test")[0].serial_number
@@ -128,7 +128,7 @@ def test_what_nginx_serves_is_reconciled_with_the_live_certificate(pebble: Pebbl
     # A renewal nginx never hears of (as if acmebox stopped between the save and the reload) ...
     def renewal_nginx_never_hears_of() -> None:
         out = run_acmebox("run", "--once", "--force-renew", "--domain", "served.test", *pebble_args(pebble, dirs),
-                          "--no-ari")  # fmt: skip
+                          "--no-ari")
         assert out.returncode == 0, out.stderr
         assert served() != serial()
 

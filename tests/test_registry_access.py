@@ -22,7 +22,7 @@ MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
-])  # fmt: skip
+])
 
 
 # -- docker ------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def skopeo_env(tmp_path: Path, stack: Stack) -> dict[str, str]:
     (tmp_path / "certs" / "ca.crt").write_text(stack.root_pem())
     return {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(tmp_path / "xdg"),
             "DOCKER_CONFIG": str(home / ".docker"), "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json"),
-            "CERTS": str(tmp_path / "certs")}  # fmt: skip
+            "CERTS": str(tmp_path / "certs")}
 
 
 def skopeo(test_hosts: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -99,12 +99,12 @@ def test_skopeo_reads_anonymously_and_writes_with_credentials(
     assert "unauthorized" in anonymous.stderr.lower() or "denied" in anonymous.stderr.lower(), anonymous.stderr
 
     wrong = skopeo(test_hosts, skopeo_env, "copy", "--dest-cert-dir", certs, "--dest-creds", "alice:wrong",
-                   f"oci:{layout}:v1", dest)  # fmt: skip
+                   f"oci:{layout}:v1", dest)
     assert wrong.returncode != 0
     assert "401" in wrong.stderr or "unauthorized" in wrong.stderr.lower(), wrong.stderr
 
     pushed = skopeo(test_hosts, skopeo_env, "copy", "--dest-cert-dir", certs, "--dest-creds", ":".join(ALICE),
-                    f"oci:{layout}:v1", dest)  # fmt: skip
+                    f"oci:{layout}:v1", dest)
     assert pushed.returncode == 0, pushed.stderr
     assert not Path(skopeo_env["REGISTRY_AUTH_FILE"]).exists(), "nothing saved that later cases could use"
 
@@ -155,7 +155,7 @@ def test_http_reads_are_public_and_writes_need_a_login(stack: Stack) -> None:
             stack.https("POST", f"/v2/{repo}/blobs/uploads/", **auth),  # type: ignore[arg-type]
             stack.https("PATCH", f"/v2/{repo}/blobs/uploads/00000000-0000-0000-0000-000000000000", body=b"x",
                         **auth),  # type: ignore[arg-type]
-        ]  # fmt: skip
+        ]
         assert [a.status for a in attempts] == [401] * 4, (label, [(a.status, a.body[:80]) for a in attempts])
 
     deleted = stack.https("DELETE", f"/v2/{repo}/manifests/{digest}", token=writer)

@@ -35,13 +35,13 @@ def service(tmp_path: Path) -> TokenService:
     acl = tmp_path / "acl.toml"
     acl.write_text('alice = ["**"]\ncarol = ["carol/*", "shared/*"]\n')
     return build(htpasswd, tmp_path / "state" / "token.key", tmp_path / "shared" / "token.crt",
-                 "registry", "acmebox", 300, acl)  # fmt: skip
+                 "registry", "acmebox", 300, acl)
 
 
 def decode(service: TokenService, token: str) -> dict:  # type: ignore[type-arg]
     lenient = {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
     return jwt.decode(token, service.key.public_key(), algorithms=["ES256"], audience="registry", issuer="acmebox",
-                      options=lenient)  # fmt: skip
+                      options=lenient)
 
 
 def test_claims_and_expiry(service: TokenService, tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_scopes_per_identity(service: TokenService) -> None:
     "line",
     ["bob:$apr1$abc$0123456789abcdefghij01", "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "bob:plaintext",
      "bob:abJnggxhB/yWI"],
-)  # fmt: skip
+)
 def test_refused_hash_formats(tmp_path: Path, line: str) -> None:
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(line + "\n")
@@ -95,7 +95,7 @@ def test_refused_at_startup_with_one_line(tmp_path: Path) -> None:
     htpasswd.write_text("bob:$apr1$abc$0123456789abcdefghij01\n")
     result = run_acmebox("run", "--once", "--domain", "a.test", "--auth-htpasswd", str(htpasswd),
                          "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
-                         "--listen", "127.0.0.1:0")  # fmt: skip
+                         "--listen", "127.0.0.1:0")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("acmebox: error: htpasswd file")
     assert "Traceback" not in result.stderr
@@ -127,7 +127,7 @@ async def test_http_answers(service: TokenService, tmp_path: Path) -> None:
 
         # a user added while running is seen without a restart
         subprocess.run(["htpasswd", "-Bb", str(tmp_path / "htpasswd"), "dave", "pw-dave"], check=True,
-                       capture_output=True)  # fmt: skip
+                       capture_output=True)
         assert (await client.get(url, headers=basic("dave", "pw-dave"))).status == 200
     finally:
         await client.close()
@@ -137,12 +137,12 @@ async def test_http_answers(service: TokenService, tmp_path: Path) -> None:
 
 
 def make_service(tmp_path: Path, acl: str | None = None, proxies: tuple[str, ...] = (),
-                 users: dict[str, str] | None = None, cost: str = "4") -> TokenService:  # fmt: skip
+                 users: dict[str, str] | None = None, cost: str = "4") -> TokenService:
     tmp_path.mkdir(exist_ok=True)
     htpasswd = tmp_path / "htpasswd"
     for i, (user, password) in enumerate((users or {"alice": "pw-alice", "bob": "pw-bob"}).items()):
         subprocess.run(["htpasswd", "-B", "-C", cost, "-b", *(["-c"] if i == 0 else []), str(htpasswd), user,
-                        password], check=True, capture_output=True)  # fmt: skip
+                        password], check=True, capture_output=True)
     acl_path = None
     if acl is not None:
         acl_path = tmp_path / "acl.toml"
@@ -155,7 +155,7 @@ def make_service(tmp_path: Path, acl: str | None = None, proxies: tuple[str, ...
 
 async def started(svc: TokenService) -> TestClient:  # type: ignore[type-arg]
     client = TestClient(TestServer(webapp.build_app(Http01Tokens(), lambda: (True, ""), token_service=svc),
-                                   host="127.0.0.1"))  # fmt: skip
+                                   host="127.0.0.1"))
     await client.start_server()
     return client
 
@@ -181,7 +181,7 @@ def test_acl_fails_closed_and_names_follow_the_grammar(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", ['alice = ["Alice/*"]', 'alice = ["a b"]', 'alice = "x"', "alice = [",
-                                     "x = " + "[" * 5000 + "]" * 5000])  # fmt: skip
+                                     "x = " + "[" * 5000 + "]" * 5000])
 def test_bad_acl_files(tmp_path: Path, content: str) -> None:
     from acmebox.registry_token import load_acl
 
@@ -220,7 +220,7 @@ def test_passwords_as_htpasswd_hashes_them(tmp_path: Path) -> None:
 def test_unknown_users_cost_what_known_ones_cost(tmp_path: Path) -> None:
     svc = make_service(tmp_path, users={"alice": "a", "bob": "b"}, cost="4")
     subprocess.run(["htpasswd", "-B", "-C", "6", "-b", str(tmp_path / "htpasswd"), "carol", "c"], check=True,
-                   capture_output=True)  # fmt: skip
+                   capture_output=True)
     svc.htpasswd.refresh()
     assert not svc.htpasswd.check("mallory", b"guess")
     dummy = svc.htpasswd._dummies
@@ -232,7 +232,7 @@ async def test_long_and_odd_credentials_never_5xx(tmp_path: Path) -> None:
     client = await started(svc)
     try:
         for user, pw in (("alice", "p" * 73), ("alice", "p" * 5000), ("nobody", "p" * 5000), ("alice", "a\x00b"),
-                         ("alice", ""), ("é", "x")):  # fmt: skip
+                         ("alice", ""), ("é", "x")):
             assert (await client.get(URL, headers=basic(user, pw))).status == 401
         for raw in ("Basic !!!", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "Basic " + "A" * 6000):
             assert (await client.get(URL, headers={"Authorization": raw})).status == 401
@@ -301,7 +301,7 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers(tmp_path: Path) -> 
     try:
         for i in range(rt.CLIENT_BURST):
             assert (await client.get(URL, headers={**basic("alice", "x"), "X-Forwarded-For": f"192.0.2.{i}"})).status \
-                == 401  # fmt: skip
+                == 401
         assert (await client.get(URL, headers={**basic("bob", "x"), "X-Forwarded-For": "192.0.2.99"})).status == 429
     finally:
         await client.close()
@@ -424,14 +424,14 @@ def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenSe
 
     def hs256(secret: bytes, p: dict) -> str:  # type: ignore[type-arg]
         msg = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": hdr["kid"]}).encode()) + "." + \
-            b64(json.dumps(p).encode())  # fmt: skip
+            b64(json.dumps(p).encode())
         return msg + "." + b64(hmac.new(secret, msg.encode(), hashlib.sha256).digest())
 
     attacker = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil")])
     evil_cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(attacker.public_key())
                  .serial_number(1).not_valid_before(NOW - dt.timedelta(days=1000))
-                 .not_valid_after(NOW + dt.timedelta(days=1000)).sign(attacker, hashes.SHA256()))  # fmt: skip
+                 .not_valid_after(NOW + dt.timedelta(days=1000)).sign(attacker, hashes.SHA256()))
     x5c = base64.b64encode(evil_cert.public_bytes(serialization.Encoding.DER)).decode()
     parts = good.split(".")
     now = int(time.time())
@@ -455,5 +455,5 @@ def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenSe
     }
     assert len(forged) == 13
     answers = {label: registry_upload(port, "bob/app" if "real key" not in label else "alice/app", tok)
-               for label, tok in forged.items()}  # fmt: skip
+               for label, tok in forged.items()}
     assert answers == dict.fromkeys(forged, 401)

@@ -327,7 +327,7 @@ def test_killed_writer_never_leaves_a_mismatched_pair_in_any_mount_view(tmp_path
     store.save("a.test", *make_cert(["a.test"]), {})
     reader = subprocess.Popen(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", READER,
                                str(certs), str(mnt)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, cwd=ROOT)  # fmt: skip
+                              text=True, cwd=ROOT)
     try:
         assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
         rng = random.Random(1)
@@ -380,7 +380,7 @@ def test_a_group_acmebox_may_not_use_is_reported_not_fatal(tmp_path: Path) -> No
         subprocess.run(["chown", "-R", "65534:65534", str(top)], check=True)
         key = certs / "live" / "a.test" / "privkey.pem"
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", AS_NOBODY,
-                   str(certs)]  # fmt: skip
+                   str(certs)]
         for gid, mode, expected, logged in ((0, 0o600, "0o600 65534", False), (101, 0o640, "0o640 65534", True)):
             os.chown(key, 65534, gid)
             key.chmod(mode)
