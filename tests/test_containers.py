@@ -155,7 +155,7 @@ def _run_the_stack(s: Project, tmp_path: Path) -> None:
     assert s.logs("acmebox").count("certificate issued") == 1  # the logs of both runs
     assert s.served_serial() == serial
 
-    # `down` keeps the named volumes (certificates, token certificate), as the README says.
+    # `down` keeps the named volumes (certificates, token certificate), as docs/deploying.md says.
     s.compose("down")
     assert e.docker("ps", "-aq", "--filter", "label=com.docker.compose.project=compose") == ""
     volumes = set(e.docker("volume", "ls", "-q").split())
