@@ -144,8 +144,6 @@ UNREACHABLE = "https://127.0.0.1:1/dir"
 
 
 def refused_before_writing(tmp_path: Path, *args: str, expected: str, env: dict[str, str] | None = None) -> None:
-    from tests.helpers.process import acmebox_env
-
     result = run_acmebox("run", *args, "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
                          env=acmebox_env(**(env or {})))
     assert_usage_error(result, expected)
@@ -168,8 +166,6 @@ def test_strict_booleans(tmp_path: Path, env: dict[str, str], expected: str) -> 
 
 
 def test_boolean_words_accepted(tmp_path: Path) -> None:
-    from tests.helpers.process import acmebox_env
-
     for word in ("off", "NO", "false", "0"):
         result = run_acmebox("run", "--domain", "a.example.com", "--directory", UNREACHABLE, "--certs-dir",
                              str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"), "--listen", "127.0.0.1:0",
@@ -195,8 +191,6 @@ def test_boolean_words_accepted(tmp_path: Path) -> None:
 )
 def test_flags_checked_before_anything_is_written(tmp_path: Path, args: list[str], expected: str) -> None:
     if "--certs-dir" in args:
-        from tests.helpers.process import acmebox_env
-
         result = run_acmebox("run", "--domain", "a.example.com", "--state-dir", str(tmp_path / "s"), *args,
                              env=acmebox_env())
         assert_usage_error(result, expected)
@@ -268,8 +262,6 @@ def test_config_schema(tmp_path: Path, toml: str, expected: str) -> None:
 
 
 def test_log_level_after_the_command_and_defaults_in_help(tmp_path: Path) -> None:
-    from tests.helpers.process import acmebox_env
-
     result = run_acmebox("run", "--once", "--log-level", "DEBUG", "--domain", "a.example.com", "--directory",
                          UNREACHABLE, "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
                          "--listen", "127.0.0.1:1")

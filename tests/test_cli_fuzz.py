@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from acmebox import cli
-from tests.helpers.process import free_port, run_acmebox
+from tests.helpers.process import acmebox_env, free_port, run_acmebox
 
 UNREACHABLE = "https://127.0.0.1:1/dir"
 PORT = free_port()
@@ -169,8 +169,6 @@ def test_config_and_files(doc: str, acl: str, flags: list[str], file_flags: list
 @given(pairs=flag_pairs, env=environment, where=listen)
 def test_as_a_user_runs_it(pairs: list[tuple[str, str]], env: dict[str, str], where: str) -> None:
     """The same through `python -m acmebox`: what reaches the terminal is one line."""
-    from tests.helpers.process import acmebox_env
-
     argv = [x for pair in pairs for x in pair]
     with tempfile.TemporaryDirectory() as tmp:
         result = run_acmebox("run", "--once", "--domain", "a.example.com", *argv, "--listen", where,

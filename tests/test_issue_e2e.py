@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.helpers.certs import live, verify_live
-from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.pebble import Dirs, Pebble, pebble_args, start_pebble, stop_pebble
 from tests.helpers.process import acmebox_env, free_port, run_acmebox
 
 pytestmark = pytest.mark.e2e
@@ -160,8 +160,6 @@ def test_revoke(pebble: Pebble, dirs: Dirs) -> None:
 
 
 def test_external_account_binding(tmp_path: Path, dirs: Dirs) -> None:
-    from tests.helpers.pebble import start_pebble, stop_pebble
-
     pebble = start_pebble(tmp_path / "pebble-eab", PEBBLE_EAB="1")
     try:
         config = json.loads((pebble.run_dir / "pebble-config.json").read_text())["pebble"]

@@ -12,7 +12,7 @@ from cryptography import x509
 
 from tests.helpers.nginx import Nginx
 from tests.helpers.pebble import Dirs, Pebble, pebble_args, start_pebble, stop_pebble
-from tests.helpers.process import ServiceProcess, free_port, healthz, run_acmebox
+from tests.helpers.process import ServiceProcess, free_port, healthz, run_acmebox, wait_sync
 
 pytestmark = pytest.mark.e2e  # Pebble and nginx
 
@@ -96,8 +96,6 @@ def test_what_nginx_serves_is_reconciled_with_the_live_certificate(pebble: Pebbl
     a renewal nginx was never told about: each time acmebox sees the served serial differ from
     the live one, says so in /healthz, and reloads until nginx serves the live certificate."""
     from acmebox.reload import served_serial
-    from tests.helpers.process import wait_sync
-
     port = free_port()
     nginx = Nginx.serving(tmp_path / "nginx", TLS.format(port=port, certs=dirs.certs))
     later = tmp_path / "nginx" / "later.pid"

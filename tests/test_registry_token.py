@@ -23,6 +23,7 @@ from acmebox.challenges import Http01Tokens
 from acmebox.errors import ConfigError
 from acmebox.registry_token import Htpasswd, Scope, TokenService, build, libtrust_kid
 from tests.helpers.clock import FakeSeconds
+from tests.helpers.process import free_port, run_acmebox
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
@@ -89,8 +90,6 @@ def test_refused_hash_formats(tmp_path: Path, line: str) -> None:
 
 
 def test_refused_at_startup_with_one_line(tmp_path: Path) -> None:
-    from tests.helpers.process import run_acmebox
-
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text("bob:$apr1$abc$0123456789abcdefghij01\n")
     result = run_acmebox("run", "--once", "--domain", "a.test", "--auth-htpasswd", str(htpasswd),
@@ -355,8 +354,6 @@ def real_registry(tmp_path: Path) -> Iterator[tuple[TokenService, int]]:
     import time
     import urllib.error
     import urllib.request
-
-    from tests.helpers.process import free_port
 
     svc = make_service(tmp_path / "tok", acl='alice = ["alice/*"]\n')
     port = free_port()
