@@ -90,13 +90,13 @@ class SelfCheck:
                         last = f"HTTP {resp.status} from {resp.url}" + ("" if resp.status != 200 else ", wrong body")
                 except aiohttp.ClientConnectorDNSError as e:
                     log.warning("%s: self-check skipped: %s does not resolve here (%s); asking the CA anyway",
-                                name, host, e.os_error)  # fmt: skip
+                                name, host, e.os_error)
                     return False
                 except (aiohttp.ClientError, TimeoutError, OSError) as e:
                     last = f"{type(e).__name__}: {e}"
                 if waited >= self.bound:
                     log.warning("%s: self-check through %s still fails after %.0fs (%s); asking the CA anyway",
-                                name, url, waited, last)  # fmt: skip
+                                name, url, waited, last)
                     return False
                 if not waited:
                     log.info("%s: self-check through %s not yet answered (%s); waiting", name, url, last)

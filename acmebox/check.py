@@ -51,7 +51,7 @@ async def run(config: Config) -> list[Finding]:
         found = await asyncio.to_thread(_resolves, n)
         if not found.ok and config.self_check_via is not None:  # the CA resolves it, not this host
             found = Finding(found.check, True, f"{found.detail}; fine if the CA resolves it (the self-check "
-                                               f"goes through {config.self_check_via})")  # fmt: skip
+                                               f"goes through {config.self_check_via})")
         out.append(found)
     out += await _front_door(config, names)
     out.append(_reloader(config))
@@ -123,7 +123,7 @@ async def _front_door(config: Config, names: list[str]) -> list[Finding]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             for name in names:
                 host, port = (config.self_check_via.host, config.self_check_via.port) if config.self_check_via \
-                    else (name, 80)  # fmt: skip
+                    else (name, 80)
                 url = f"http://{host}:{port}{PREFIX}{token}"
                 try:
                     async with session.get(url, headers={"Host": name}) as resp:

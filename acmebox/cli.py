@@ -91,7 +91,7 @@ def _dirs(parser: argparse.ArgumentParser) -> None:
     # value given before the command when it is not repeated here.
     parser.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, type=str.lower,
                         help="log verbosity, also accepted before the command "
-                             "[ACMEBOX_LOG_LEVEL; default: info]")  # fmt: skip
+                             "[ACMEBOX_LOG_LEVEL; default: info]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", aliases=["check"], help="obtain certificates and keep them fresh; `check` "
-                         "takes the same flags and only checks, orders nothing")  # fmt: skip
+                         "takes the same flags and only checks, orders nothing")
     run.add_argument("--json", action="store_true", help="check: the findings as JSON")
     run.add_argument(
         "--domain",
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--cert", action="append", metavar="NAME[,NAME...]",
                      help="one more certificate with these names; repeat for more certificates "
-                          "[ACMEBOX_CERTS, certificates separated by ';']")  # fmt: skip
+                          "[ACMEBOX_CERTS, certificates separated by ';']")
     _opt(run, "--config", "TOML file with [[certificate]] tables (names, key_type, profile)", type=Path)
     _opt(run, "--email", "contact address for the ACME account", also=("DOCKER_REGISTRY_CERT_EMAIL_ADDRESS",))
     _opt(run, "--directory", f"ACME directory URL (default: Let's Encrypt, {LE_PRODUCTION})")
@@ -124,38 +124,38 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(run, "--key-type", "certificate key type", "ec256", choices=KEY_TYPES)
     _opt(run, "--profile", "ACME profile to ask for, e.g. shortlived")
     _opt(run, "--key-group", "group (name or GID) given privkey.pem and combined.pem on every write "
-         "(default: the previous key's group)")  # fmt: skip
+         "(default: the previous key's group)")
     _opt(run, "--key-mode", "permissions of privkey.pem and combined.pem, e.g. 0640 (default: the previous "
-         "key's, 0600 for a first key; 0640 with --key-group)")  # fmt: skip
+         "key's, 0600 for a first key; 0640 with --key-group)")
     _opt(run, "--eab-kid", "external account binding key id")
     _opt(run, "--eab-hmac-key", "external account binding HMAC key, base64url")
     _opt(run, "--no-ari", "ignore the CA's renewal information (ARI); renew by lifetime only", action="store_true")
     _opt(run, "--reload", "how to tell nginx about new certificates", "none", choices=ReloadSpec.KINDS)
     _opt(run, "--reload-target", "file: the generation file nginx's watcher polls; docker: container name or "
-         "label=KEY=VALUE; signal: PID or PID file; command: a command line")  # fmt: skip
+         "label=KEY=VALUE; signal: PID or PID file; command: a command line")
     _opt(run, "--self-check-via", "before asking the CA to validate, fetch the challenge through HOST:PORT "
          "(Host: the name) instead of http://NAME/", metavar="HOST:PORT")
     _opt(run, "--no-self-check", "ask the CA to validate without fetching the challenge through the front door first",
          action="store_true")
     _opt(run, "--reload-verify", "after reloading, check by TLS handshake that HOST:PORT serves the new certificate",
-         metavar="HOST:PORT")  # fmt: skip
+         metavar="HOST:PORT")
     auth = run.add_argument_group("registry token service (enabled by --auth-htpasswd)")
     _opt(auth, "--auth-htpasswd", "htpasswd file with bcrypt entries of the users who may push", type=Path)
     _opt(auth, "--auth-key", "token signing key, created once (default: <state-dir>/token-signing.key)", type=Path)
     _opt(auth, "--auth-cert", "where to write the signing key's certificate, the registry's rootcertbundle "
-         "(default: <state-dir>/token.crt)", type=Path)  # fmt: skip
+         "(default: <state-dir>/token.crt)", type=Path)
     _opt(auth, "--auth-service", "the registry's auth.token.service", "registry")
     _opt(auth, "--auth-issuer", "the registry's auth.token.issuer", "acmebox")
     _opt(auth, "--auth-ttl", "token lifetime in seconds", "300", type=int)
     _opt(auth, "--auth-acl", 'TOML file of users and the repositories they may write: alice = ["alice/*"]; '
-         "users it does not list may only pull", type=Path)  # fmt: skip
+         "users it does not list may only pull", type=Path)
     _opt(auth, "--auth-trusted-proxy", "addresses, networks (CIDR) or host names of the reverse proxies whose "
-         "X-Forwarded-For names the client, comma-separated", also=())  # fmt: skip
+         "X-Forwarded-For names the client, comma-separated", also=())
     _opt(run, "--once", "obtain or confirm the certificates, then exit", action="store_true")
     _opt(run, "--force-renew", "with --once: order new certificates even when valid ones exist "
-         "(a running service: `acmebox renew --force`)", action="store_true")  # fmt: skip
+         "(a running service: `acmebox renew --force`)", action="store_true")
     _opt(run, "--max-concurrent-orders", "orders in flight at once (in --once and in the service)",
-         str(MAX_CONCURRENT_ORDERS), type=int, metavar="N")  # fmt: skip
+         str(MAX_CONCURRENT_ORDERS), type=int, metavar="N")
 
     status = sub.add_parser("status", help="the certificates and their renewal plans; exit 1 if any is not ok")
     _dirs(status)
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name", help="any name of the certificate")
     revoke.add_argument("--reason", type=int, default=0, choices=[0, 1, 3, 4, 5],
                         help="RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, ...) "
-                             "[default: 0]")  # fmt: skip
+                             "[default: 0]")
     _opt(revoke, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=Path)
     _dirs(revoke)
     return parser

@@ -8,14 +8,13 @@ takes tens of milliseconds instead of the library's 1-2 s.
 
 What the library lacks is filled in here: the ARI `replaces` field on new orders, the
 Retry-After header on error answers (seen by a requests response hook), correct HTTP-date
-parsing in any timezone, more than one badNonce retry, and errors matched on `.typ`.
+parsing in any timezone (httpdate.py), more than one badNonce retry, and errors matched on `.typ`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import email.utils
 import logging
 import math
 import re
@@ -41,6 +40,7 @@ from josepy.jwk import JWK
 from acmebox import __version__
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, NotADirectory
+from acmebox.httpdate import http_date, parse_retry_after
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,33 +62,6 @@ class NewOrder(messages.NewOrder):
 def ari_cert_id(cert: x509.Certificate) -> str:
     """base64url(AKI keyIdentifier) "." base64url(serial), as RFC 9773 defines it."""
     return acme_client._renewal_info_path_component(cert)
-
-
-def _http_date(value: str | None) -> dt.datetime | None:
-    """An aware datetime from an HTTP-date (RFC 9110 section 5.6.7), which is GMT by definition."""
-    try:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-    except (TypeError, ValueError):
-        return None
-    return when.replace(tzinfo=dt.UTC) if when is not None and when.tzinfo is None else when
-
-
-def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date), or None.
-
-    HTTP-dates are GMT by definition; they are compared with an aware UTC `now`, so the
-    result does not depend on the machine's timezone (the acme library gets this wrong).
-    """
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    when = _http_date(value)
-    if when is None:
-        return None
-    now = now or dt.datetime.now(dt.UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 def _problem(err: messages.Error, retry_after: float | None = None) -> CAProblem:
@@ -142,7 +115,7 @@ class AcmeClient:
 
     def _saw_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self._last_response = response  # the library drops it (and Retry-After) on errors
-        ca_now = _http_date(response.headers.get("Date"))
+        ca_now = http_date(response.headers.get("Date"))
         if ca_now is not None:
             self.ca_clock_offset = (ca_now - dt.datetime.now(dt.UTC)).total_seconds()
             self._clock_seen = time.monotonic()
@@ -174,14 +147,14 @@ class AcmeClient:
                 hint = f" (is the local clock right? it says {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ})"
             raise CAUnreachable(f"cannot reach the CA: {_short(e)}{hint}") from None
         except (acme_errors.ClientError, acme_errors.UnexpectedUpdate, ValueError, DeserializationError,
-                KeyError, TypeError) as e:  # fmt: skip
+                KeyError, TypeError) as e:
             raise self._unexpected(e) from None
 
     def _unexpected(self, e: Exception) -> CAProblem:
         r = self._last_response
         where = f" (HTTP {r.status_code} from {r.url})" if r is not None else ""
         return CAProblem(ACME_ERROR + "serverInternal", f"unexpected answer{where}: {_short(e)}",
-                         self._last_retry_after())  # fmt: skip
+                         self._last_retry_after())
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the account thread, retrying badNonce. Each try has `deadline` seconds
@@ -247,7 +220,7 @@ class AcmeClient:
                     raise _problem(messages.Error.from_json(resp.json()), self._last_retry_after())
                 except (ValueError, DeserializationError):
                     raise CAProblem(ACME_ERROR + "serverInternal", f"HTTP {resp.status_code} from {resp.url}",
-                                    self._last_retry_after()) from None  # fmt: skip
+                                    self._last_retry_after()) from None
             try:
                 return messages.Directory.from_json(resp.json())
             except (ValueError, DeserializationError):

@@ -117,7 +117,7 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
             table.append((r["name"], r["condition"], _short(r["issuer"], 24), _when_iso(r["not_after"]),
                           served_text[r["served_matches"]],
                           _when_iso(r["next_attempt"] if r["condition"] == "failing" else r["next_renewal"]),
-                          _short(why, 60)))  # fmt: skip
+                          _short(why, 60)))
         widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]
         for t in table:
             print("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=False)) + "  " + t[-1])
@@ -171,7 +171,7 @@ def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeo
         time.sleep(0.1)
     if pending:
         raise AcmeboxError(f"no answer from the service for {', '.join(sorted(pending))} within {timeout:.0f}s "
-                           "(it may be busy with an order; see `acmebox status`)")  # fmt: skip
+                           "(it may be busy with an order; see `acmebox status`)")
     return 1 if failed else 0
 
 

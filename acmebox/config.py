@@ -99,7 +99,7 @@ class ReloadSpec:
 
     KINDS: ClassVar[tuple[str, ...]] = ("file", "docker", "signal", "command", "none")
     _WANTS: ClassVar[dict[str, str]] = {"docker": "container name or label=KEY=VALUE", "signal": "a PID or PID file",
-                                        "command": "a command line", "file": "the generation file's path"}  # fmt: skip
+                                        "command": "a command line", "file": "the generation file's path"}
 
     def __post_init__(self) -> None:
         kind, target = self.kind, self.target
@@ -129,13 +129,13 @@ class TokenAuth:
     @classmethod
     def build(cls, htpasswd: Path | None, state_dir: Path, *, key: Path | None = None, cert: Path | None = None,
               service: str = "registry", issuer: str = "acmebox", ttl: int = 300, acl: Path | None = None,
-              trusted_proxies: tuple[str, ...] | None = None) -> TokenAuth | None:  # fmt: skip
+              trusted_proxies: tuple[str, ...] | None = None) -> TokenAuth | None:
         """The token service's settings from the `--auth-*` values, or None without an htpasswd file (then
         no other `--auth-*` file or proxy may be given). The files are read here, not only at startup, so
         a bad one is refused before anything is written. ConfigError names the flag or file."""
         if htpasswd is None:
             given = (("--auth-acl", acl), ("--auth-key", key), ("--auth-cert", cert),
-                     ("--auth-trusted-proxy", trusted_proxies))  # fmt: skip
+                     ("--auth-trusted-proxy", trusted_proxies))
             for flag, value in given:
                 if value is not None:
                     raise ConfigError(f"{flag} needs --auth-htpasswd")
@@ -145,7 +145,7 @@ class TokenAuth:
         for what, name in (("--auth-service", service), ("--auth-issuer", issuer)):
             if not name or not name.isprintable() or name != name.strip() or len(name) > 255:
                 raise ConfigError(f"bad {what} {name!r}: want a non-empty name without spaces at its ends, "
-                                  "as in the registry's auth.token settings")  # fmt: skip
+                                  "as in the registry's auth.token settings")
         # imported late: `--help` stays fast, and the ACME side never loads the registry's parts
         from acmebox.registry import acl as acl_file
         from acmebox.registry import htpasswd as users
@@ -158,7 +158,7 @@ class TokenAuth:
         for entry in trusted_proxies or ():
             proxies.check_proxy_entry(entry)
         return cls(htpasswd, key or state_dir / "token-signing.key", cert or state_dir / "token.crt", service,
-                   issuer, ttl, acl, tuple(trusted_proxies or ()))  # fmt: skip
+                   issuer, ttl, acl, tuple(trusted_proxies or ()))
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ class Config:
             for n in spec.names:
                 if n in seen:
                     raise ConfigError(f"domain {n!r} is in two certificates ({','.join(seen[n].names)} and "
-                                      f"{','.join(spec.names)}); give each name to one certificate")  # fmt: skip
+                                      f"{','.join(spec.names)}); give each name to one certificate")
                 seen[n] = spec
         check_directory_url(self.directory)
         check_dir(self.certs_dir, "certs dir")
@@ -250,7 +250,7 @@ class Config:
             raise ConfigError("--staging and --directory are exclusive")
         if raw.force_renew and not raw.once:
             raise ConfigError("--force-renew needs --once; to renew through a running service use "
-                              "`acmebox renew --force`")  # fmt: skip
+                              "`acmebox renew --force`")
         check_profile(raw.profile)
         specs = [CertSpec.build(list(group), raw.key_type, raw.profile) for group in raw.cert_groups if group]
         if not specs and raw.config_file is None:
@@ -287,7 +287,7 @@ class Config:
             key_mode=key_mode,
             key_group=key_group,
             max_concurrent_orders=raw.max_concurrent_orders,
-        )  # fmt: skip
+        )
         if raw.probe_listen:
             check_listen(config.listen)
         return config
@@ -318,7 +318,7 @@ def warn_if_not_canonical(typed: str | None, names: tuple[str, ...]) -> None:
         return
     if same and typed != names[0]:
         log.warning("DOCKER_REGISTRY_DOMAIN_NAME=%r: the certificate is written to live/%s/; nginx's template "
-                    "must use that form (compose/start-registry.sh writes it to .env)", typed, names[0])  # fmt: skip
+                    "must use that form (compose/start-registry.sh writes it to .env)", typed, names[0])
 
 
 def check_profile(profile: str | None, what: str = "--profile") -> None:
@@ -383,7 +383,7 @@ TOML_MAX_STRING = 1024
 # ACME profile names (draft-aaron-acme-profiles) are short tokens such as `shortlived`.
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CERT_KEYS = {"names": "a list of domain names", "key_type": f"one of {', '.join(KEY_TYPES)}",
-              "profile": "a profile name such as shortlived"}  # fmt: skip
+              "profile": "a profile name such as shortlived"}
 
 
 def _toml_str(value: object, where: str, want: str) -> str:

@@ -157,7 +157,7 @@ class Ledger:
                 old = dt.datetime.fromisoformat(json.loads(raw)["at"]) <= now - WEEK
             except (ValueError, KeyError, TypeError, AttributeError):
                 entry = {"at": now.isoformat(), "order": f"unreadable-{uuid.uuid4().hex[:8]}",
-                         "names": sorted(names), "directory": self.directory}  # fmt: skip
+                         "names": sorted(names), "directory": self.directory}
                 keep.append(json.dumps(entry, sort_keys=True).encode())
                 changed = True
                 continue

@@ -227,7 +227,7 @@ class CertMaintainer:
         same_window = cache is not None and (cache.start, cache.end) == (info.start, info.end)
         chosen = cache.chosen if same_window and cache is not None else renewal.ari_pick(info.start, info.end, self.rng)
         cache = AriCache(serial, info.start, info.end, chosen, renewal.ari_next_fetch(now, info.retry_after),
-                         info.explanation_url)  # fmt: skip
+                         info.explanation_url)
         state.ari = cache
         self._save(state)
         self.metrics.set_time(self.metrics.ari_start, self.name, info.start)
@@ -307,7 +307,7 @@ class CertMaintainer:
         await self._preflight(client)
         replaces = None
         if (self.use_ari and client.has_ari and stored is not None and not stored.placeholder
-                and stored.meta.get("directory") == self.directory):  # fmt: skip
+                and stored.meta.get("directory") == self.directory):
             replaces = ari_cert_id(stored.cert)
         try:
             received = await self._order(client, replaces)
@@ -333,7 +333,7 @@ class CertMaintainer:
             problem = _space_problem(path)
             if problem is not None:
                 raise DiskError(f"{what} {path} is {problem}; not ordering until it can take a certificate",
-                                now + DISK_RECHECK)  # fmt: skip
+                                now + DISK_RECHECK)
         offset = await client.check_clock()
         if offset is not None and abs(offset) > MAX_CLOCK_SKEW.total_seconds():
             ca_now = now + dt.timedelta(seconds=offset)
@@ -375,7 +375,7 @@ class CertMaintainer:
         except OSError as e:
             self._unsaved = received
             log.error("%s: cannot keep the new certificate in %s (%s); holding it in memory until it is stored",
-                      self.name, self.pending.dir, e.strerror or e)  # fmt: skip
+                      self.name, self.pending.dir, e.strerror or e)
 
     def _install(self, received: Received) -> StoredCert:
         """Store a received certificate and make it live; DiskError (kept for another try, no
@@ -416,7 +416,7 @@ class CertMaintainer:
         except OSError as e:
             log.warning("%s: cannot remove the kept copy (%s); it is installed again at the next step", self.name, e)
         log.info("%s: certificate stored: serial %x, valid until %s, version %s",
-                 self.name, stored.serial, _iso(stored.not_after), stored.version)  # fmt: skip
+                 self.name, stored.serial, _iso(stored.not_after), stored.version)
         return stored
 
     def _discard(self, why: str) -> None:
@@ -449,7 +449,7 @@ class CertMaintainer:
         self.metrics.set_time(self.metrics.last_failure, self.name, now)
         log.error("%s: %s (%s); next attempt %s (problem %s, %d failure(s) in a row)",
                   self.name, "held back" if isinstance(e, Deferred) else "renewal failed", e,
-                  _iso(state.next_attempt), problem, state.failures)  # fmt: skip
+                  _iso(state.next_attempt), problem, state.failures)
 
     async def _succeeded(self, state: CertState, new: StoredCert) -> None:
         now = self.clock.now()

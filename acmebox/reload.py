@@ -132,7 +132,7 @@ class DockerReload(ReloadTarget):
 
 
 BY_KIND: dict[str, type[ReloadTarget]] = {c.kind: c for c in (ReloadTarget, FileReload, SignalReload,
-                                                               CommandReload, DockerReload)}  # fmt: skip
+                                                               CommandReload, DockerReload)}
 
 
 def _pid(target: str) -> int:
@@ -250,7 +250,7 @@ class Reloader:
 
     def __init__(self, target: ReloadTarget, verify: HostPort | None = None, on_result: OnResult | None = None,
                  settle: float = 0.2, attempts: int | None = None,
-                 on_observed: Callable[[str, bool], None] | None = None) -> None:  # fmt: skip
+                 on_observed: Callable[[str, bool], None] | None = None) -> None:
         self.target = target
         self.verify = verify
         self.on_result = on_result or (lambda result: None)
@@ -299,7 +299,7 @@ class Reloader:
                 failures += 1
                 if self.attempts is not None and failures >= self.attempts:
                     log.error("giving up after %d attempts: the server does not serve the live certificate(s)",
-                              failures)  # fmt: skip
+                              failures)
                     self.failed, failures, self._changed = True, 0, False
                     self._idle.set()
                     continue

@@ -57,7 +57,7 @@ class Service:
             ReloadTarget.of(config.reload or ReloadSpec("none")), config.reload_verify,
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
             on_observed=self._observed,
-        )  # fmt: skip
+        )
         self._client: AcmeClient | None = None
         self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
         self._connected = asyncio.Event()
@@ -170,9 +170,9 @@ class Service:
                 retired = self.account.retire_key(self.clock.now())
             except OSError as err:
                 raise AcmeboxError(f"the CA deactivated account {client.account_url or ''} ({e.detail}), "
-                                   f"and its key cannot be moved aside: {err.strerror or err}") from None  # fmt: skip
+                                   f"and its key cannot be moved aside: {err.strerror or err}") from None
             log.warning("the CA reports the ACME account as deactivated (%s); its key is kept as %s and a new "
-                        "account is registered", e.detail, retired)  # fmt: skip
+                        "account is registered", e.detail, retired)
             key = self.account.load_or_create_key()
             url = await client.login(key, self.config.email, eab)  # type: ignore[arg-type]
         try:
@@ -196,7 +196,7 @@ class Service:
                 self.ca_error = str(e)
                 self.metrics.failures.labels("-", "connect").inc()
                 log.error("%s: %s; trying again in %.0fs (certificates on disk stay served)",
-                          self.config.directory, e, wait)  # fmt: skip
+                          self.config.directory, e, wait)
                 await asyncio.sleep(wait)
 
     def _check_profiles(self, client: AcmeClient) -> None:
@@ -246,7 +246,7 @@ class Service:
         self.metrics.set_time(self.metrics.served_expiry, name, seen.not_after if seen is not None else None)
         now = self.clock.now().isoformat()
         served = {n: {"serial": f"{s.serial:x}" if s.serial is not None else None, "error": s.error, "at": now}
-                  for n, s in self.reloader.served.items()}  # fmt: skip
+                  for n, s in self.reloader.served.items()}
         try:
             control.write_served(self.config.state_dir, served)
         except OSError as e:
@@ -282,7 +282,7 @@ class Service:
                     self.store.save(spec.name, key_pem, cert_pem, {"placeholder": True, "names": list(spec.names)})
                 except OSError as e:
                     log.error("%s: cannot write a placeholder to %s (%s); nginx may not start until it can",
-                              spec.name, self.store.root, e.strerror or e)  # fmt: skip
+                              spec.name, self.store.root, e.strerror or e)
                     continue
                 log.info("%s: wrote a self-signed placeholder so nginx can start", spec.name)
 
@@ -327,7 +327,7 @@ class Service:
         await self.reloader.wait_idle()
         if len(failures) > 1:
             log.error("%d of %d certificates failed: %s", len(failures), len(steps),
-                      ", ".join(name for name, _ in failures))  # fmt: skip
+                      ", ".join(name for name, _ in failures))
         if failures:
             raise failures[0][1]
         if self.reloader.failed:
@@ -346,7 +346,7 @@ class Service:
         missing = why_not_reusable(m.spec, stored, self.clock.now(), self.config.directory, self.states.revoked())
         if plan is not None and stored is not None and missing is None:
             log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
-                     m.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
+                     m.name, stored.not_after.isoformat(), stored.serial)
         if missing is not None and plan is not None:
             error = AcmeboxError(
                 f"{m.name}: {missing}; next attempt {plan.at:%Y-%m-%dT%H:%M:%SZ} because of {plan.reason} "

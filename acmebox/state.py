@@ -132,9 +132,9 @@ class StateStore:
                 except OSError as err:
                     where = f"left in place ({err.strerror or err})"
                 log.warning("state of %s unreadable (%s); %s; counting it as a failure just now",
-                            name, _short(e), where)  # fmt: skip
+                            name, _short(e), where)
             return CertState(failures=1, last_failure=now, next_attempt=now + renewal.BACKOFF[0],
-                             last_error=f"state file unreadable: {_short(e)}")  # fmt: skip
+                             last_error=f"state file unreadable: {_short(e)}")
 
     def save(self, name: str, state: CertState) -> None:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -198,7 +198,7 @@ class CertStore:
             target = self.archive / name / versions[-1]
         self._install_from_archive(name, target.name, target)
         log.info("certificate %s: live/%s/ is now a directory of files (version %s); containers that "
-                 "bind-mounted live/%s before must be restarted once", name, name, target.name, name)  # fmt: skip
+                 "bind-mounted live/%s before must be restarted once", name, name, target.name, name)
 
     def _convert_foreign(self, name: str) -> None:
         """A certbot (or hand-made) live/<name>/: its pair becomes a version of our own."""
@@ -208,7 +208,7 @@ class CertStore:
             fullchain_pem = (live / "fullchain.pem").read_bytes()
         except OSError as e:
             log.warning("certificate %s: live/%s/ is not readable as a key and chain (%s); it will be "
-                        "replaced by the next certificate", name, name, e.strerror or e)  # fmt: skip
+                        "replaced by the next certificate", name, name, e.strerror or e)
             return
         meta: dict[str, Any] = {"migrated_from": "certbot" if any(p.is_symlink() for p in live.iterdir()) else "files"}
         renewal_conf = self.root / "renewal" / f"{name}.conf"
@@ -217,7 +217,7 @@ class CertStore:
             meta["directory"] = server.group(1)
         stored = self.save(name, key_pem, fullchain_pem, meta)
         log.info("certificate %s: took over live/%s/ (serial %x) as version %s, without a new order",
-                 name, name, stored.serial, stored.version)  # fmt: skip
+                 name, name, stored.serial, stored.version)
 
     def _roll_forward(self, name: str) -> None:
         """Install the newest archive version again if live/<name>/ does not hold it exactly."""
@@ -303,7 +303,7 @@ class CertStore:
         self._install(name, version, key_pem, pem, meta, self._key_perms(name, st))
 
     def _install(self, name: str, version: str, key_pem: bytes, pem: list[bytes], meta: dict[str, Any],
-                 perms: KeyPerms) -> None:  # fmt: skip
+                 perms: KeyPerms) -> None:
         live = self.live / name
         files = _live_files(key_pem, pem, meta, version)
         if live.is_dir() and not live.is_symlink():
@@ -352,7 +352,7 @@ class CertStore:
         if gid is not None and self.key_group is None and not _may_use_group(gid):
             log.error("certificate %s: cannot keep group %d on privkey.pem: acmebox (uid %d) is not a member; "
                       "readers in that group lose access (pass --key-group and add acmebox to the group)",
-                      name, gid, os.geteuid())  # fmt: skip
+                      name, gid, os.geteuid())
             gid = None
         return KeyPerms(mode, gid)
 
@@ -407,7 +407,7 @@ def _read_version(source: Path) -> tuple[bytes, list[bytes], dict[str, Any]]:
 
 
 def _live_files(key_pem: bytes, pem: list[bytes], meta: dict[str, Any],
-                version: str) -> list[tuple[str, bytes, bool]]:  # fmt: skip
+                version: str) -> list[tuple[str, bytes, bool]]:
     """(file name, content, holds the key) for live/<name>/, in LIVE_ORDER."""
     fullchain = b"".join(pem)
     content = {

@@ -139,7 +139,7 @@ class LimitedSite(web.BaseSite):
     accepts up to BACKLOG of them before any is registered with aiohttp's server)."""
 
     def __init__(self, runner: web.AppRunner, listen: HostPort, cap: int, max_age: float,
-                 handler_args: dict[str, Any]) -> None:  # fmt: skip
+                 handler_args: dict[str, Any]) -> None:
         super().__init__(runner)
         self.listen, self.cap, self.max_age = listen, cap, max_age
         self.handler_args = handler_args
@@ -173,7 +173,7 @@ class LimitedSite(web.BaseSite):
             self.forget(old)
             self.evicted += 1
             self._full_log(logging.WARNING, "%d connections open (the limit): closing the oldest ones "
-                           "to take new ones (%d closed so far)", self.cap, self.evicted)  # fmt: skip
+                           "to take new ones (%d closed so far)", self.cap, self.evicted)
         handler = _Handler(server, loop=loop, **self.handler_args)
         handler.site = self
         self._born[handler] = loop.time()
@@ -203,7 +203,7 @@ class LimitedSite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(self.listen.host, self.listen.port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)  # fmt: skip
+                                       flags=socket.AI_PASSIVE)
         family, kind, proto, _, addr = infos[0]
         sock = socket.socket(family, kind, proto)
         try:
@@ -293,13 +293,13 @@ async def start(
     log.info("file-descriptor limit %s (hard %s): at most %d client connections", soft, hard, cap)
     if cap < max_connections:
         log.warning("the file-descriptor limit %s allows only %d connections; raise it to at least %d "
-                    "(compose: ulimits: nofile: 65536)", soft, cap, limits.FD_WANTED)  # fmt: skip
+                    "(compose: ulimits: nofile: 65536)", soft, cap, limits.FD_WANTED)
     server_log = _OneLineLog(logging.getLogger("aiohttp.server"), limits.LogLimiter(log))
     # What each connection's handler gets (the site makes the handlers, to count them).
     logger = cast(logging.Logger, server_log)
     handler_args: dict[str, Any] = {"access_log": None, "keepalive_timeout": header_timeout, "logger": logger}
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None, keepalive_timeout=header_timeout,
-                           logger=logger)  # fmt: skip
+                           logger=logger)
     await runner.setup()
     _quiet_accept_errors(asyncio.get_running_loop())
     try:

@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # for tests.helpers
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
-from registry_fill import clone_repositories  # noqa: E402
-from stack import DOMAIN, USERS, Stack, push_image, running_stack  # noqa: E402
+
+from tests.helpers.registry_fill import clone_repositories  # noqa: E402
+from tests.helpers.stack import DOMAIN, USERS, Stack, push_image, running_stack  # noqa: E402
 
 PAGES = {"old": ROOT / "bench" / "old-ui", "new": ROOT / "nginx" / "ui"}
 TAGS = ["1.0", "1.1", "latest"]
@@ -139,7 +140,7 @@ def main() -> int:
                     f"--ignore-certificate-errors-spki-list={spki_pin(stack)}",
                     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                ])  # fmt: skip
+                ])
                 for size in sizes:
                     clone_repositories(stack, "base/img", [f"bulk/r{i:05d}" for i in range(made - 1, size - 1)], TAGS)
                     made = size

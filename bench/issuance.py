@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_pebble(run: Path) -> dict[str, str]:
     env = {**os.environ, "PEBBLE_RUN_DIR": str(run), "PEBBLE_PORT": "14400", "PEBBLE_MGMT_PORT": "15400",
-           "PEBBLE_HTTP_PORT": "5402", "PEBBLE_DNS_PORT": "8453", "PEBBLE_CHALLTESTSRV_MGMT_PORT": "8455"}  # fmt: skip
+           "PEBBLE_HTTP_PORT": "5402", "PEBBLE_DNS_PORT": "8453", "PEBBLE_CHALLTESTSRV_MGMT_PORT": "8455"}
     out = subprocess.run(["bash", str(ROOT / "pebble-test" / "start.sh")], env=env, capture_output=True, text=True,
-                         check=True)  # fmt: skip
+                         check=True)
     return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line) | {"RUN": str(run)}
 
 
@@ -77,7 +77,7 @@ async def main(runs: int) -> None:
             await client.close()
             await runner.cleanup()
             subprocess.run(["bash", str(ROOT / "pebble-test" / "stop.sh")], env={**os.environ,
-                           "PEBBLE_RUN_DIR": pebble["RUN"]}, check=False)  # fmt: skip
+                           "PEBBLE_RUN_DIR": pebble["RUN"]}, check=False)
     version = (ROOT / "pebble-test" / ".pebble" / "VERSION").read_text().strip()
     print(f"{runs} issuances each, one name, EC P-256 keys, Pebble {version} (no VA sleep)")
     for label, times in (("acmebox, asyncio polling", ours), ("acme poll_and_finalize (peer)", library)):

@@ -23,10 +23,10 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parent.parent
 STOP = f"Stop: Ctrl-C here (or kill {os.getpid()}); everything the demo started is stopped and removed."
 STOPPED = "--no-wait: everything the demo started is stopped and removed now."
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # for tests.helpers
 
-from conftest import TEST_HOSTS, busybox_image, with_hosts  # noqa: E402
-from oci import make_layout  # noqa: E402
+from tests.helpers.docker import TEST_HOSTS, busybox_image, with_hosts  # noqa: E402
+from tests.helpers.oci import make_layout  # noqa: E402
 
 
 def say(text: str) -> None:
@@ -54,14 +54,14 @@ def fresh(path: Path) -> Path:
 
 
 def loopback(work: Path, wait: bool) -> None:
-    from stack import DOMAIN, USERS, running_stack
+    from tests.helpers.stack import DOMAIN, USERS, running_stack
 
     user, password = next(iter(USERS.items()))
     say("starting Pebble, acmebox, the registry and nginx on free loopback ports")
     with running_stack(work) as s:
         cert = (s.certs / "live" / DOMAIN / "cert.pem").read_text()
         serial = subprocess.run(["openssl", "x509", "-noout", "-serial", "-issuer"], input=cert, text=True,
-                                capture_output=True).stdout.strip().replace("\n", ", ")  # fmt: skip
+                                capture_output=True).stdout.strip().replace("\n", ", ")
         say(f"certificate for {DOMAIN} from Pebble through nginx's port 80 ({serial}); nginx serves it")
         certs = fresh(work / "client-certs")
         (certs / "ca.crt").write_text(s.root_pem())
@@ -76,7 +76,7 @@ def loopback(work: Path, wait: bool) -> None:
             return subprocess.run(with_hosts(hosts, ["skopeo", *args]), capture_output=True, text=True, env=env)
 
         pushed = skopeo("copy", "--dest-cert-dir", str(certs), "--dest-creds", f"{user}:{password}",
-                        f"oci:{layout}:1", dest)  # fmt: skip
+                        f"oci:{layout}:1", dest)
         if pushed.returncode != 0:
             raise SystemExit(f"push failed: {pushed.stderr}")
         say(f"pushed {s.host}/demo/hello:1 as {user} (skopeo, with a login)")
@@ -97,13 +97,22 @@ Open (registry.test is this machine's 127.0.0.1 only for these commands; nothing
   push more:    unshare --mount sh -c 'mount --bind {hosts} /etc/hosts && skopeo copy \\
                   --dest-cert-dir {certs} --dest-creds {user}:{password} oci:{layout}:1 docker://{s.host}/demo/x:1'
 {STOP if wait else STOPPED}""",
-              flush=True)  # fmt: skip
+              flush=True)
         until_stopped(wait)
 
 
 def containers(work: Path, wait: bool) -> None:
-    from containers import DOMAIN, PASSWORD, USER, NotPrepared, Project, build_standins, compose_v2, engine
-    from containers import wait as wait_for
+    from tests.helpers.containers import (
+        DOMAIN,
+        PASSWORD,
+        USER,
+        NotPrepared,
+        Project,
+        build_standins,
+        compose_v2,
+        engine,
+    )
+    from tests.helpers.containers import wait as wait_for
 
     say("starting a dockerd of the demo's own (private network and mount namespaces)")
     try:
@@ -118,7 +127,7 @@ def containers(work: Path, wait: bool) -> None:
                 p.start_script()
                 wait_for(lambda: "now presents the new certificate(s)" in p.logs("acmebox"), 300, "the certificate")
                 say(f"certificate from Pebble through nginx's port 80, {time.monotonic() - started:.0f} s after "
-                    "start-registry.sh; nginx reloaded by its watcher (no Docker socket)")  # fmt: skip
+                    "start-registry.sh; nginx reloaded by its watcher (no Docker socket)")
                 for service in ("acmebox", "registry", "nginx"):
                     wait_for(lambda svc=service: p.health(svc) == "healthy", 120, f"{service} healthy")  # type: ignore[misc]
                 say("acmebox, registry and nginx are healthy")
@@ -142,7 +151,7 @@ The stack runs in the demo's own network namespace (its ports 80 and 443 are not
   the engine:     DOCKER_HOST={e.env["DOCKER_HOST"]} docker ps
   compose:        cd {p.dir} && {compose_env} {" ".join(p.compose_cmd)} ps   (in that shell)
 {STOP if wait else STOPPED}""",
-                      flush=True)  # fmt: skip
+                      flush=True)
                 until_stopped(wait)
             finally:
                 p.compose("down", "-v", "--remove-orphans", check=False)

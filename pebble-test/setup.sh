@@ -29,7 +29,7 @@ fi
 
 bash "$here/install.sh"
 
-# The venv comes from the lock files (pinned versions with hashes; README "Dependencies"), so a
+# The venv comes from the lock files (pinned versions with hashes; docs/testing.md, "Dependencies"), so a
 # fresh machine gets exactly the set CI tested.
 venv=$top/.venv
 if [ ! -x "$venv/bin/python" ]; then

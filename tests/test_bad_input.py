@@ -9,16 +9,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, acmebox_env, pebble_args, run_acmebox
 
-
-def assert_usage_error(result: object, expected: str) -> None:
-    stderr: str = result.stderr  # type: ignore[attr-defined]
-    assert result.returncode == 2, stderr  # type: ignore[attr-defined]
-    assert "Traceback" not in stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("acmebox: error: "), last
-    assert expected in last, last
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import acmebox_env, assert_usage_error, run_acmebox
 
 
 @pytest.mark.parametrize(
@@ -48,7 +41,7 @@ def test_bad_domains(tmp_path: Path, domains: list[str], expected: str) -> None:
 )
 def test_bad_email(tmp_path: Path, email: str) -> None:
     result = run_acmebox("run", "--once", "--domain", "registry.test", "--email", email,
-                         "--certs-dir", str(tmp_path / "c"))  # fmt: skip
+                         "--certs-dir", str(tmp_path / "c"))
     assert_usage_error(result, f"bad email address {email!r}")
 
 
@@ -65,7 +58,7 @@ def test_flag_errors(tmp_path: Path) -> None:
         run_acmebox("run", "--domain", "a.test", "--eab-kid", "k"), "needs both --eab-kid and --eab-hmac-key"
     )
     assert_usage_error(run_acmebox("run", "--domain", "a.test", "--staging", "--directory", "https://x.test/d"),
-                       "--staging and --directory are exclusive")  # fmt: skip
+                       "--staging and --directory are exclusive")
     assert_usage_error(run_acmebox("frobnicate"), "invalid choice: 'frobnicate'")
 
 
@@ -86,11 +79,11 @@ def test_unreachable_ca_and_not_a_directory(pebble: Pebble, dirs: Dirs) -> None:
     args = pebble_args(pebble, dirs)
     args[args.index("--directory") + 1] = "https://127.0.0.1:1/dir"
     assert_usage_error(run_acmebox("run", "--once", "--domain", "a.test", *args),
-                       "https://127.0.0.1:1/dir: cannot reach the CA: [Errno 111] Connection refused")  # fmt: skip
+                       "https://127.0.0.1:1/dir: cannot reach the CA: [Errno 111] Connection refused")
 
     args[args.index("--directory") + 1] = pebble.management + "/roots/0"
     assert_usage_error(run_acmebox("run", "--once", "--domain", "a.test", *args),
-                       f"{pebble.management}/roots/0 is not an ACME directory")  # fmt: skip
+                       f"{pebble.management}/roots/0 is not an ACME directory")
 
     untrusted = pebble_args(pebble, dirs)
     untrusted.remove("--ca-bundle")
@@ -122,7 +115,7 @@ def test_operator_commands_without_a_service(tmp_path: Path) -> None:
 )
 def test_bad_key_permission_flags(tmp_path: Path, flags: list[str], expected: str) -> None:
     result = run_acmebox("run", "--once", "--domain", "a.test", *flags, "--certs-dir", str(tmp_path / "c"),
-                         "--state-dir", str(tmp_path / "s"))  # fmt: skip
+                         "--state-dir", str(tmp_path / "s"))
     assert_usage_error(result, expected)
     assert not (tmp_path / "c").exists()
 
@@ -140,7 +133,7 @@ def test_key_group_acmebox_may_not_use() -> None:
 def _refused_as_nobody(top: Path) -> None:
     command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "acmebox",
                "run", "--once", "--domain", "a.test", "--key-group", "101", "--certs-dir", str(top / "c"),
-               "--state-dir", str(top / "s"), "--directory", "https://127.0.0.1:1/dir"]  # fmt: skip
+               "--state-dir", str(top / "s"), "--directory", "https://127.0.0.1:1/dir"]
     result = subprocess.run(command, capture_output=True, text=True, env=acmebox_env(), cwd=top, timeout=60)
     assert_usage_error(result, "--key-group 101: acmebox (uid 65534) may not give files to that group")
 
@@ -151,10 +144,8 @@ UNREACHABLE = "https://127.0.0.1:1/dir"
 
 
 def refused_before_writing(tmp_path: Path, *args: str, expected: str, env: dict[str, str] | None = None) -> None:
-    from conftest import acmebox_env
-
     result = run_acmebox("run", *args, "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
-                         env=acmebox_env(**(env or {})))  # fmt: skip
+                         env=acmebox_env(**(env or {})))
     assert_usage_error(result, expected)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "c").exists() and not (tmp_path / "s").exists(), "nothing written before validation"
@@ -171,16 +162,14 @@ def refused_before_writing(tmp_path: Path, *args: str, expected: str, env: dict[
 )
 def test_strict_booleans(tmp_path: Path, env: dict[str, str], expected: str) -> None:
     refused_before_writing(tmp_path, "--domain", "a.example.com", "--listen", "127.0.0.1:1", expected=expected,
-                           env=env)  # fmt: skip
+                           env=env)
 
 
 def test_boolean_words_accepted(tmp_path: Path) -> None:
-    from conftest import acmebox_env
-
     for word in ("off", "NO", "false", "0"):
         result = run_acmebox("run", "--domain", "a.example.com", "--directory", UNREACHABLE, "--certs-dir",
                              str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"), "--listen", "127.0.0.1:0",
-                             env=acmebox_env(ACMEBOX_ONCE="1", ACMEBOX_NO_ARI=word, ACMEBOX_STAGING=word))  # fmt: skip
+                             env=acmebox_env(ACMEBOX_ONCE="1", ACMEBOX_NO_ARI=word, ACMEBOX_STAGING=word))
         assert_usage_error(result, "port 0")  # got past the booleans to the next check
 
 
@@ -199,18 +188,16 @@ def test_boolean_words_accepted(tmp_path: Path) -> None:
         (["--once", "--certs-dir", "/etc/hostname"], "certs dir /etc/hostname is not usable"),
         (["--once", "--auth-trusted-proxy", "10.0.0.1"], "--auth-trusted-proxy needs --auth-htpasswd"),
     ],
-)  # fmt: skip
+)
 def test_flags_checked_before_anything_is_written(tmp_path: Path, args: list[str], expected: str) -> None:
     if "--certs-dir" in args:
-        from conftest import acmebox_env
-
         result = run_acmebox("run", "--domain", "a.example.com", "--state-dir", str(tmp_path / "s"), *args,
-                             env=acmebox_env())  # fmt: skip
+                             env=acmebox_env())
         assert_usage_error(result, expected)
         assert not (tmp_path / "s").exists()
         return
     refused_before_writing(tmp_path, "--domain", "a.example.com", "--directory", UNREACHABLE, *args,
-                           expected=expected)  # fmt: skip
+                           expected=expected)
 
 
 def htpasswd_file(tmp_path: Path) -> str:
@@ -237,14 +224,14 @@ def test_token_service_flags(tmp_path: Path, flags: list[str], expected: str) ->
     (files / "acl.toml").write_text('alice = ["Alice/*"]')
     flags = [f.format(dir=files) for f in flags]
     refused_before_writing(tmp_path, "--once", "--domain", "a.example.com", "--directory", UNREACHABLE,
-                           "--auth-htpasswd", htpasswd_file(files), *flags, expected=expected)  # fmt: skip
+                           "--auth-htpasswd", htpasswd_file(files), *flags, expected=expected)
 
 
 def test_non_utf8_htpasswd(tmp_path: Path) -> None:
     bad = tmp_path / "bad.htpasswd"
     bad.write_bytes(b"\xff\xfe\x00alice:$2y$05$" + b"\xff" * 40 + b"\n")
     refused_before_writing(tmp_path, "--once", "--domain", "a.example.com", "--auth-htpasswd", str(bad),
-                           expected=f"htpasswd file {bad} is not UTF-8 text")  # fmt: skip
+                           expected=f"htpasswd file {bad} is not UTF-8 text")
 
 
 @pytest.mark.parametrize(
@@ -271,23 +258,21 @@ def test_config_schema(tmp_path: Path, toml: str, expected: str) -> None:
     files.mkdir()
     (files / "c.toml").write_text(toml)
     refused_before_writing(tmp_path, "--once", "--config", str(files / "c.toml"), "--directory", UNREACHABLE,
-                           expected=expected)  # fmt: skip
+                           expected=expected)
 
 
 def test_log_level_after_the_command_and_defaults_in_help(tmp_path: Path) -> None:
-    from conftest import acmebox_env
-
     result = run_acmebox("run", "--once", "--log-level", "DEBUG", "--domain", "a.example.com", "--directory",
                          UNREACHABLE, "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
-                         "--listen", "127.0.0.1:1")  # fmt: skip
+                         "--listen", "127.0.0.1:1")
     assert_usage_error(result, "cannot reach the CA")
     assert " DEBUG " in result.stderr
     quiet = run_acmebox("--log-level", "debug", "status", "--log-level", "error", "--certs-dir", str(tmp_path / "c"),
-                        "--state-dir", str(tmp_path / "s"))  # fmt: skip
+                        "--state-dir", str(tmp_path / "s"))
     assert quiet.returncode == 1 and " DEBUG " not in quiet.stderr  # exit 1: a.example.com is missing
     helptext = run_acmebox("run", "--help", env=acmebox_env(ACMEBOX_EAB_HMAC_KEY="s3cret-hmac")).stdout
     flat = " ".join(helptext.split())
     for shown in ("default: 0.0.0.0:8080", "default: /etc/letsencrypt", "default: ec256", "default: 300",
-                  "default: off", "default: info"):  # fmt: skip
+                  "default: off", "default: info"):
         assert shown in flat, shown
     assert "s3cret-hmac" not in helptext, "defaults from the environment (secrets) are not shown"

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT
+
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_runs_and_verifies_every_certificate(tmp_path: Path) -> None:
@@ -20,13 +21,13 @@ def test_bench_runs_and_verifies_every_certificate(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "bench" / "compare.py"), "--dev", "--clients", "acmebox", "--reps", "1",
          "--certs", "2", "--names", "2", "--idle", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     raw = json.loads(out.read_text())
     # per repetition: cold 1 + names 1 + many 2; the sidecar with 1 and with 2 certificates
     assert raw["verified"] == 7
     assert {(r["scenario"], r["client"]) for r in raw["runs"]} == {("cold", "acmebox"), ("names", "acmebox"),
-                                                                   ("many", "acmebox")}  # fmt: skip
+                                                                   ("many", "acmebox")}
     assert [s["certs"] for s in raw["sidecar"]] == [1, 2]
     assert "7 certificates issued, every one verified" in result.stdout
     assert "| 1 certificate, cold process |" in result.stdout

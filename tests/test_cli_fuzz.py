@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, run_acmebox
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from acmebox import cli
+from tests.helpers.process import acmebox_env, free_port, run_acmebox
 
 UNREACHABLE = "https://127.0.0.1:1/dir"
 PORT = free_port()
@@ -36,17 +36,17 @@ argv_text = st.one_of(
     st.binary(max_size=20).filter(lambda b: b"\x00" not in b).map(os.fsdecode),
     st.sampled_from(["", " ", "-", "--", "a.example.com", "a..b", "xn--", "1", "0", "yes", "off", "y", "2",
                      "ec256", "rsa1024", "shortlived", "a@b.example", "../x", "*", "%s", "{}", "\\", "\n"]),
-)  # fmt: skip
+)
 listen = st.sampled_from([f"127.0.0.1:{PORT}", ":0", "127.0.0.1:0", "nope", "127.0.0.1:99999", "127.0.0.1:-1",
-                          "999.1.1.1:1", "no-such-host.invalid:1", "[::1]:x", ""])  # fmt: skip
+                          "999.1.1.1:1", "no-such-host.invalid:1", "[::1]:x", ""])
 directory = st.sampled_from([UNREACHABLE, "https://", "ftp://127.0.0.1/d", "not a url", "https://127.0.0.1:x/d"])
 VALUE_FLAGS = ["--domain", "-d", "--cert", "--email", "--key-type", "--profile", "--eab-kid", "--eab-hmac-key",
                "--reload", "--reload-target", "--reload-verify", "--auth-service", "--auth-issuer", "--auth-ttl",
-               "--auth-trusted-proxy", "--log-level"]  # fmt: skip
+               "--auth-trusted-proxy", "--log-level"]
 SWITCHES = ["--once", "--force-renew", "--staging", "--no-ari"]
 ENV_NAMES = ["ACMEBOX_STAGING", "ACMEBOX_NO_ARI", "ACMEBOX_ONCE", "ACMEBOX_FORCE_RENEW", "ACMEBOX_LOG_LEVEL",
              "ACMEBOX_AUTH_TTL", "ACMEBOX_KEY_TYPE", "ACMEBOX_DOMAIN", "ACMEBOX_CERTS", "ACMEBOX_EMAIL",
-             "ACMEBOX_PROFILE", "DOCKER_REGISTRY_DOMAIN_NAME"]  # fmt: skip
+             "ACMEBOX_PROFILE", "DOCKER_REGISTRY_DOMAIN_NAME"]
 FILE_FLAGS = ["--config", "--ca-bundle", "--auth-htpasswd", "--auth-acl", "--auth-key"]
 
 flag_pairs = st.lists(st.tuples(st.sampled_from(VALUE_FLAGS), argv_text), max_size=5)
@@ -59,9 +59,9 @@ toml_value = st.recursive(toml_scalar, lambda inner: st.lists(inner, max_size=3)
 cert_table = st.dictionaries(st.sampled_from(["names", "key_type", "profile", "keytype", "x"]),
                              st.one_of(toml_value, st.lists(st.sampled_from(["a.example.com", "b.example.com",
                                                                               "bad_name", ""]), max_size=3)),
-                             max_size=4)  # fmt: skip
+                             max_size=4)
 config_doc = st.fixed_dictionaries({}, optional={"email": toml_value, "certificate": st.lists(cert_table, max_size=3),
-                                                 "other": toml_value})  # fmt: skip
+                                                 "other": toml_value})
 
 
 def toml_dump(value: object) -> str:
@@ -139,43 +139,41 @@ def check(argv: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[st
 
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                         HealthCheck.too_slow])  # fmt: skip
+                                                                         HealthCheck.too_slow])
 
 
 @FUZZ
 @given(pairs=flag_pairs, flags=switches, env=environment, where=listen, ca=directory)
 def test_flags_and_environment(pairs: list[tuple[str, str]], flags: list[str], env: dict[str, str], where: str,
-                               ca: str, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+                               ca: str, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--domain", "a.example.com", *[x for pair in pairs for x in pair], *flags, "--listen", where,
-            "--directory", ca]  # fmt: skip
+            "--directory", ca]
     check(argv, env, capsys, {})
 
 
 @FUZZ
 @given(doc=toml_text, acl=toml_text, flags=switches, file_flags=st.lists(st.sampled_from(FILE_FLAGS), max_size=3))
 def test_config_and_files(doc: str, acl: str, flags: list[str], file_flags: list[str],
-                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+                          capsys: pytest.CaptureFixture[str]) -> None:
     # Every file flag points at a generated file: the TOML, the ACL, or garbage bytes.
     targets = {"--config": "c.toml", "--auth-acl": "acl.toml", "--auth-htpasswd": "acl.toml",
-               "--ca-bundle": "c.toml", "--auth-key": "acl.toml"}  # fmt: skip
+               "--ca-bundle": "c.toml", "--auth-key": "acl.toml"}
     argv = ["--config", "c.toml", *flags]
     for flag in file_flags:
         argv += [flag, targets[flag]]
     check(argv, {}, capsys, {"c.toml": doc.encode("utf-8", "surrogateescape"),
-                             "acl.toml": acl.encode("utf-8", "surrogateescape")})  # fmt: skip
+                             "acl.toml": acl.encode("utf-8", "surrogateescape")})
 
 
 @settings(max_examples=6, deadline=None)
 @given(pairs=flag_pairs, env=environment, where=listen)
 def test_as_a_user_runs_it(pairs: list[tuple[str, str]], env: dict[str, str], where: str) -> None:
     """The same through `python -m acmebox`: what reaches the terminal is one line."""
-    from conftest import acmebox_env
-
     argv = [x for pair in pairs for x in pair]
     with tempfile.TemporaryDirectory() as tmp:
         result = run_acmebox("run", "--once", "--domain", "a.example.com", *argv, "--listen", where,
                              "--directory", UNREACHABLE, "--certs-dir", f"{tmp}/c", "--state-dir", f"{tmp}/s",
-                             env=acmebox_env(**env), timeout=60)  # fmt: skip
+                             env=acmebox_env(**env), timeout=60)
         assert "Traceback" not in result.stderr
         assert result.returncode == 2
         last = result.stderr.strip().splitlines()[-1]

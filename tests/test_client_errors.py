@@ -29,14 +29,14 @@ async def stand_in_ca(retry_after: str, status: int, problem: bool) -> TestServe
     async def directory(request: web.Request) -> web.Response:
         base = f"http://{request.host}"
         return web.json_response({"newNonce": f"{base}/nonce", "newAccount": f"{base}/account",
-                                  "newOrder": f"{base}/order"})  # fmt: skip
+                                  "newOrder": f"{base}/order"})
 
     async def nonce(request: web.Request) -> web.Response:
         return web.Response(headers={"Replay-Nonce": new_nonce(), "Cache-Control": "no-store"})
 
     async def account(request: web.Request) -> web.Response:
         return web.json_response({"status": "valid"}, status=200, headers={
-            "Location": f"http://{request.host}/acct/1", "Replay-Nonce": new_nonce()})  # fmt: skip
+            "Location": f"http://{request.host}/acct/1", "Replay-Nonce": new_nonce()})
 
     async def order(request: web.Request) -> web.Response:
         headers = {"Retry-After": retry_after, "Replay-Nonce": new_nonce()}

@@ -7,46 +7,34 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from stack import COMPOSE, compose, host_path_of
 
-ROOT = COMPOSE.parent.parent
-
-
-def user_free_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the variables a user's own stack would set, and the
-    test virtualenv's python3 first on PATH (start-registry.sh asks acmebox for the canonical name)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_REGISTRY_", "ACMEBOX_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    return {**env, **extra}
-
-
-@pytest.fixture
-def compose_copy(tmp_path: Path) -> Path:
-    """start-registry.sh in a copy of compose/ beside a copy of nginx/, without the .env and
-    data/ a user's own run may have left in the work tree: tests read and write only the copy."""
-    shutil.copytree(ROOT / "compose", tmp_path / "compose", ignore=shutil.ignore_patterns(".env", "data"))
-    shutil.copytree(ROOT / "nginx", tmp_path / "nginx")
-    return tmp_path / "compose" / "start-registry.sh"
+from tests.helpers import ROOT
+from tests.helpers.process import user_free_env
+from tests.helpers.stack import COMPOSE, compose, host_path_of
 
 
 def compose_config(compose_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is not installed (Debian package docker-compose)")
     return subprocess.run(["docker-compose", "-f", str(compose_dir / COMPOSE.name), "config"], capture_output=True,
-                          text=True, env=env, cwd=compose_dir)  # fmt: skip
+                          text=True, env=env, cwd=compose_dir)
+
+
+def start_script(compose_dir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = compose_dir / "start-registry.sh"
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env)
 
 
 STACK_ENV = {"DOCKER_REGISTRY_DOMAIN_NAME": "registry.example.com",
-             "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com", "REGISTRY_HTTP_SECRET": "s3cret"}  # fmt: skip
+             "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com", "REGISTRY_HTTP_SECRET": "s3cret"}
 
 
 def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
-    out = compose_config(compose_copy.parent, user_free_env(**STACK_ENV))
+    out = compose_config(compose_copy, user_free_env(**STACK_ENV))
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load(out.stdout)
     services = resolved["services"]
@@ -96,10 +84,10 @@ def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
 
 
 def test_docker_reload_overlay_adds_the_socket_only_there(compose_copy: Path) -> None:
-    here = compose_copy.parent
+    here = compose_copy
     out = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.docker-reload.yml",
                           "config"], capture_output=True, text=True, cwd=here,
-                         env=user_free_env(**STACK_ENV, DOCKER_GID="106"))  # fmt: skip
+                         env=user_free_env(**STACK_ENV, DOCKER_GID="106"))
     assert out.returncode == 0, out.stderr
     acmebox = yaml.safe_load(out.stdout)["services"]["acmebox"]
     assert acmebox["environment"]["ACMEBOX_RELOAD"] == "docker"
@@ -110,7 +98,7 @@ def test_docker_reload_overlay_adds_the_socket_only_there(compose_copy: Path) ->
 
 
 def test_compose_refuses_a_missing_domain(compose_copy: Path) -> None:
-    out = compose_config(compose_copy.parent, user_free_env())
+    out = compose_config(compose_copy, user_free_env())
     assert out.returncode != 0 and "DOCKER_REGISTRY_DOMAIN_NAME" in out.stderr
 
 
@@ -130,18 +118,19 @@ def test_compose_refuses_a_missing_domain(compose_copy: Path) -> None:
     ],
 )
 def test_start_script_refuses_bad_arguments(compose_copy: Path, args: list[str], message: str) -> None:
-    out = subprocess.run(["bash", str(compose_copy), *args], capture_output=True, text=True, env=user_free_env())
+    out = start_script(compose_copy, *args, env=user_free_env())
     assert out.returncode == 2
     assert out.stderr.startswith("start-registry.sh: ") and message in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
-    assert not (compose_copy.parent / ".env").exists()
+    assert not (compose_copy / ".env").exists()
 
 
 def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
-    out = subprocess.run(["bash", str(compose_copy), "--prepare-only", "--staging", "Registry.Example.com",
-                          "ops@example.com"], capture_output=True, text=True, env=user_free_env())  # fmt: skip
+    out = start_script(
+        compose_copy, "--prepare-only", "--staging", "Registry.Example.com", "ops@example.com", env=user_free_env()
+    )
     assert out.returncode == 0, out.stderr
-    here = compose_copy.parent
+    here = compose_copy
     env = dict(line.split("=", 1) for line in (here / ".env").read_text().splitlines())
     assert env["DOCKER_REGISTRY_DOMAIN_NAME"] == "registry.example.com"
     assert env["DOCKER_REGISTRY_CERT_EMAIL_ADDRESS"] == "ops@example.com"
@@ -156,8 +145,8 @@ def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
     # The old stack's environment variables work as well as the arguments.
     (here / ".env").unlink()
     env_vars = user_free_env(DOCKER_REGISTRY_DOMAIN_NAME="R.Example.org.",
-                          DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="x@example.org")  # fmt: skip
-    out = subprocess.run(["bash", str(compose_copy), "--prepare-only"], capture_output=True, text=True, env=env_vars)
+                          DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="x@example.org")
+    out = start_script(compose_copy, "--prepare-only", env=env_vars)
     assert out.returncode == 0, out.stderr
     assert "DOCKER_REGISTRY_DOMAIN_NAME=r.example.org" in (here / ".env").read_text()
     def http_secret() -> str:
@@ -165,7 +154,7 @@ def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
 
     first = http_secret()
     assert first != secret  # a fresh .env, a new secret; a second run keeps it
-    out = subprocess.run(["bash", str(compose_copy), "--prepare-only"], capture_output=True, text=True, env=env_vars)
+    out = start_script(compose_copy, "--prepare-only", env=env_vars)
     assert out.returncode == 0, out.stderr
     assert http_secret() == first
     # and the compose file accepts what the script wrote

@@ -76,7 +76,7 @@ def test_directory_url(url: str, expected: str | None) -> None:
     ("profile", "expected"),
     [(None, None), ("", None), ("shortlived", None), ("tls-server.v1_2", None), ("a b", "bad --profile 'a b'"),
      ("['a']", "bad --profile"), ("-x", "bad --profile"), ("x" * 65, "bad --profile")],
-)  # fmt: skip
+)
 def test_profile(profile: str | None, expected: str | None) -> None:
     if expected is None:
         check_profile(profile)
@@ -103,7 +103,7 @@ def self_signed_pem() -> bytes:
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))  # fmt: skip
+            .sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -116,7 +116,7 @@ def test_ca_bundle(tmp_path: Path) -> None:
     assert Config(certs=ONE, email=None, ca_bundle=good).ca_bundle == good
     for path, expected in [(tmp_path / "missing.pem", "does not exist or is not a file"),
                            (tmp_path, "does not exist or is not a file"),
-                           (garbage, "holds no usable PEM certificate")]:  # fmt: skip
+                           (garbage, "holds no usable PEM certificate")]:
         with refused(expected):
             check_ca_bundle(path)
         with refused(expected):
@@ -143,7 +143,7 @@ def test_listen_address() -> None:
     [("0.0.0.0:8080", HostPort("0.0.0.0", 8080)), (":80", HostPort("0.0.0.0", 80)),
      ("[::1]:443", HostPort("::1", 443)), ("nope", None), ("127.0.0.1:99999", None), ("127.0.0.1:-1", None),
      ("", None), ("[::1]:x", None)],
-)  # fmt: skip
+)
 def test_host_port(raw: str, expected: HostPort | None) -> None:
     if expected is None:
         with refused(f"bad listen address {raw!r}: want HOST:PORT"):
@@ -165,7 +165,7 @@ def test_merged_keeps_one_certificate_per_set_of_names() -> None:
     ("typed", "warned"),
     [("Registry.Example.COM", True), ("registry.example.com.", True), (" registry.example.com ", False),
      ("registry.example.com", False), ("other.example.com", False), ("bad..name", False), (None, False)],
-)  # fmt: skip
+)
 def test_compose_name_not_canonical(typed: str | None, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="acmebox"):
         warn_if_not_canonical(typed, ("registry.example.com",))
@@ -216,7 +216,7 @@ def htpasswd(tmp_path: Path) -> Path:
 def test_token_auth_flags_need_an_htpasswd_file(tmp_path: Path) -> None:
     assert TokenAuth.build(None, tmp_path) is None
     given_alone = [({"acl": tmp_path}, "--auth-acl"), ({"key": tmp_path}, "--auth-key"),
-                   ({"cert": tmp_path}, "--auth-cert"), ({"trusted_proxies": ()}, "--auth-trusted-proxy")]  # fmt: skip
+                   ({"cert": tmp_path}, "--auth-cert"), ({"trusted_proxies": ()}, "--auth-trusted-proxy")]
     for given, flag in given_alone:
         with refused(f"{flag} needs --auth-htpasswd"):
             TokenAuth.build(None, tmp_path, **given)  # type: ignore[arg-type]
@@ -244,7 +244,7 @@ def test_token_auth_rules(htpasswd: Path, tmp_path: Path, given: dict[str, objec
 def test_token_auth_defaults_and_files(htpasswd: Path, tmp_path: Path) -> None:
     auth = TokenAuth.build(htpasswd, tmp_path / "state", ttl=30, trusted_proxies=("nginx", "10.0.0.0/8"))
     assert auth == TokenAuth(htpasswd, tmp_path / "state" / "token-signing.key", tmp_path / "state" / "token.crt",
-                             ttl=30, trusted_proxies=("nginx", "10.0.0.0/8"))  # fmt: skip
+                             ttl=30, trusted_proxies=("nginx", "10.0.0.0/8"))
     assert not (tmp_path / "state").exists(), "checking writes nothing"
     with refused(f"htpasswd file {tmp_path / 'none'}"):
         TokenAuth.build(tmp_path / "none", tmp_path)
@@ -291,9 +291,9 @@ def test_from_sources_refuses(change: dict[str, object], expected: str) -> None:
 def test_from_sources_builds(tmp_path: Path) -> None:
     toml = tmp_path / "certs.toml"
     toml.write_text('email = "ops@example.com"\n[[certificate]]\nnames = ["B.example.com", "a.example.com"]\n'
-                    'key_type = "ec384"\n[[certificate]]\nnames = ["c.example.com"]\n')  # fmt: skip
+                    'key_type = "ec384"\n[[certificate]]\nnames = ["c.example.com"]\n')
     raw = replace(BASE, cert_groups=(("A.example.com.", "b.example.com"), (), ("a.example.com", "b.example.com")),
-                  config_file=toml, key_group="0", reload_verify="127.0.0.1:443", profile="shortlived")  # fmt: skip
+                  config_file=toml, key_group="0", reload_verify="127.0.0.1:443", profile="shortlived")
     config = Config.from_sources(raw)
     assert [(s.names, s.key_type, s.profile) for s in config.certs] == [
         (("a.example.com", "b.example.com"), "ec256", "shortlived"),

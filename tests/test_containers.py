@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import busybox_image
-from containers import (
+
+from tests.helpers.containers import (
     DOMAIN,
     PASSWORD,
     ROOT,
@@ -30,6 +30,7 @@ from containers import (
     engine,
     wait,
 )
+from tests.helpers.docker import busybox_image
 
 pytestmark = pytest.mark.e2e
 FLAVORS = ["v1", "v2"]
@@ -123,10 +124,10 @@ def _run_the_stack(s: Project, tmp_path: Path) -> None:
     # Let's Encrypt's; then a verified handshake and the port-80 redirect.
     ca = s.trust_pebble_root()
     code = s.in_ns("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca),
-                   f"https://{DOMAIN}/v2/").stdout  # fmt: skip
+                   f"https://{DOMAIN}/v2/").stdout
     assert code == "401"  # the registry's token challenge, over a certificate that verifies
     redirect = s.in_ns("curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
-                       "-H", "Host: elsewhere.example", "http://127.0.0.1/v2/").stdout  # fmt: skip
+                       "-H", "Host: elsewhere.example", "http://127.0.0.1/v2/").stdout
     assert redirect == f"308 https://{DOMAIN}/v2/"
 
     # docker login / push / pull through nginx.
@@ -154,7 +155,7 @@ def _run_the_stack(s: Project, tmp_path: Path) -> None:
     assert s.logs("acmebox").count("certificate issued") == 1  # the logs of both runs
     assert s.served_serial() == serial
 
-    # `down` keeps the named volumes (certificates, token certificate), as the README says.
+    # `down` keeps the named volumes (certificates, token certificate), as docs/deploying.md says.
     s.compose("down")
     assert e.docker("ps", "-aq", "--filter", "label=com.docker.compose.project=compose") == ""
     volumes = set(e.docker("volume", "ls", "-q").split())

@@ -12,27 +12,13 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from acme import client as acme_client
 from acme import messages
-from conftest import (
-    ROOT,
-    Dirs,
-    FakeClock,
-    Pebble,
-    ServiceProcess,
-    acmebox_env,
-    run_acmebox,
-    wait_for,
-    wait_sync,
-)
 from cryptography import x509
-from faultproxy import FaultProxy, Rule
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
@@ -42,6 +28,14 @@ from acmebox.config import CertSpec, Config, HostPort
 from acmebox.errors import CAUnreachable
 from acmebox.ledger import ISSUED_PER_WEEK
 from acmebox.service import Service
+from tests.helpers import ROOT
+from tests.helpers.certs import live_serial
+from tests.helpers.clock import FakeClock
+from tests.helpers.faultproxy import FaultProxy, Rule
+from tests.helpers.pebble import Dirs, Pebble
+from tests.helpers.process import ServiceProcess, acmebox_env, healthz, run_acmebox, wait_for, wait_sync
+
+pytestmark = pytest.mark.e2e  # Pebble behind a fault proxy
 
 
 @pytest.fixture
@@ -54,11 +48,7 @@ def proxy(pebble: Pebble) -> Iterator[FaultProxy]:
 def args_via(proxy: FaultProxy, pebble: Pebble, dirs: Dirs, name: str) -> list[str]:
     return ["--domain", name, "--directory", proxy.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
-
-
-def live_serial(certs: Path, name: str) -> int:
-    return x509.load_pem_x509_certificate((certs / "live" / name / "fullchain.pem").read_bytes()).serial_number
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
 
 
 def state_of(dirs: Dirs, name: str) -> dict:  # type: ignore[type-arg]
@@ -122,14 +112,6 @@ async def test_a_stuck_request_loses_its_worker_not_the_account(proxy: FaultProx
 # -- the service at start ------------------------------------------------------------------------
 
 
-def healthz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 @pytest.mark.parametrize(
     "rule",
     [Rule("/dir", "GET", status=503, html=True, retry_after="1", times=1),
@@ -148,12 +130,12 @@ def test_the_service_outlives_ca_errors_at_start(
     try:
         service.wait_log("trying again in")
         assert service.proc.poll() is None, service.log()
-        assert healthz(pebble.http_port) == 503
+        assert healthz(pebble.http_port)[0] == 503
         service.wait_log("certificate stored", timeout=60)
         assert service.proc.poll() is None
         assert "Traceback" not in service.log()
         assert proxy.orders() == 1
-        wait_sync(lambda: healthz(pebble.http_port) == 200, what="/healthz 200 once the certificate is in")
+        wait_sync(lambda: healthz(pebble.http_port)[0] == 200, what="/healthz 200 once the certificate is in")
     finally:
         service.stop()
 
@@ -171,13 +153,13 @@ def test_a_full_certs_volume_keeps_the_certificate_and_installs_it_later(
     dirs.certs.mkdir()
     service_args = ["--domain", name, "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
                     "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-                    "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+                    "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
     script = (f"mount -t tmpfs -o size=4m,nr_inodes=64 acmebox-test {dirs.certs} && "
-              f"exec {sys.executable} -m acmebox run {' '.join(service_args)}")  # fmt: skip
+              f"exec {sys.executable} -m acmebox run {' '.join(service_args)}")
     log_path = tmp_path / "acmebox.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                                stdout=log, stderr=subprocess.STDOUT, env=acmebox_env(), cwd=ROOT)  # fmt: skip
+                                stdout=log, stderr=subprocess.STDOUT, env=acmebox_env(), cwd=ROOT)
     certs_in_ns = Path(f"/proc/{proc.pid}/root") / dirs.certs.relative_to("/")
 
     def in_ns(command: str) -> None:
@@ -220,7 +202,7 @@ def test_a_clock_100_days_ahead_orders_nothing(pebble: Pebble, dirs: Dirs) -> No
     name = "clock.test"
     args = ["--domain", name, "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
     assert run_acmebox("run", "--once", *args).returncode == 0
     orders = pebble.orders_in_log()
     faked = [shutil.which("faketime") or "faketime", "-f", "+100d", sys.executable, "-m", "acmebox", "run", "--once"]
@@ -242,7 +224,7 @@ def test_a_damaged_state_file_is_moved_aside_and_counts_as_a_failure(
     name = "state.test"
     args = ["--domain", name, "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
     path = dirs.state / "certs" / f"{name}.json"
     path.parent.mkdir(parents=True)
     path.write_text(content)
@@ -259,7 +241,7 @@ def test_a_damaged_state_file_is_moved_aside_and_counts_as_a_failure(
 def test_a_damaged_account_file_is_rewritten(pebble: Pebble, dirs: Dirs, content: str) -> None:
     args = ["--domain", "acct.test", "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
     assert run_acmebox("run", "--once", *args).returncode == 0
     (info,) = dirs.state.glob("accounts/**/account.json")
     url = json.loads(info.read_text())["url"]
@@ -275,14 +257,14 @@ def test_a_naive_timestamp_is_read_as_utc(pebble: Pebble, dirs: Dirs) -> None:
     path.write_text('{"failures": 1, "next_attempt": "2020-01-01T00:00:00", "last_success": "2020-01-01T00:00:00"}')
     out = run_acmebox("run", "--once", "--domain", "naive.test", "--directory", pebble.directory,
                       "--ca-bundle", str(pebble.ca_bundle), "--certs-dir", str(dirs.certs),
-                      "--state-dir", str(dirs.state), "--listen", f"127.0.0.1:{pebble.http_port}")  # fmt: skip
+                      "--state-dir", str(dirs.state), "--listen", f"127.0.0.1:{pebble.http_port}")
     assert out.returncode == 0, out.stderr
     assert not list(path.parent.glob("*.unreadable-*"))
 
 
 def test_a_second_instance_on_one_state_dir_is_refused(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
     args = ["--domain", "lock.test", "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
-            "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state), "--no-ari"]  # fmt: skip
+            "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state), "--no-ari"]
     first = ServiceProcess(["run", *args, "--listen", f"127.0.0.1:{pebble.http_port}"], tmp_path / "first.log")
     try:
         first.wait_log("managing 1 certificate")
@@ -297,12 +279,12 @@ def test_a_second_instance_on_one_state_dir_is_refused(pebble: Pebble, dirs: Dir
 def test_a_deactivated_account_is_replaced(pebble: Pebble, dirs: Dirs) -> None:
     args = ["--domain", "deact.test", "--directory", pebble.directory, "--ca-bundle", str(pebble.ca_bundle),
             "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state),
-            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]  # fmt: skip
+            "--listen", f"127.0.0.1:{pebble.http_port}", "--no-ari"]
     assert run_acmebox("run", "--once", *args).returncode == 0
     (key_path,) = dirs.state.glob("accounts/**/key.pem")
     url = json.loads((key_path.parent / "account.json").read_text())["url"]
     net = acme_client.ClientNetwork(JWKEC(key=keys.from_pem(key_path.read_bytes())), alg=ES256,
-                                    verify_ssl=str(pebble.ca_bundle))  # type: ignore[arg-type]  # fmt: skip
+                                    verify_ssl=str(pebble.ca_bundle))  # type: ignore[arg-type]
     acme = acme_client.ClientV2(acme_client.ClientV2.get_directory(pebble.directory, net), net)
     regr = messages.RegistrationResource(body=messages.Registration(), uri=url)
     net.account = regr
@@ -325,14 +307,14 @@ async def test_the_ledger_stops_a_loop_of_orders(pebble: Pebble, dirs: Dirs) -> 
     clock = FakeClock()
     config = Config(certs=(CertSpec.build([name]),), email=None, directory=pebble.directory,
                     ca_bundle=pebble.ca_bundle, certs_dir=dirs.certs, state_dir=dirs.state,
-                    listen=HostPort("127.0.0.1", pebble.http_port), ari=False)  # fmt: skip
+                    listen=HostPort("127.0.0.1", pebble.http_port), ari=False)
     service = Service(config, clock)
     maintainer = service.maintainers[name]
     orders = pebble.orders_in_log()
     task = asyncio.create_task(service.run())
     try:
         await wait_for(lambda: pebble.orders_in_log() == orders + 1 and maintainer.state is not None
-                       and maintainer.state.last_success is not None, what="the first certificate")  # fmt: skip
+                       and maintainer.state.last_success is not None, what="the first certificate")
         for _ in range(2 * ISSUED_PER_WEEK):
             live = dirs.certs / "live" / name
             if live.is_symlink():
@@ -343,7 +325,7 @@ async def test_the_ledger_stops_a_loop_of_orders(pebble: Pebble, dirs: Dirs) -> 
             before = pebble.orders_in_log()
             maintainer.wake.set()
             await wait_for(lambda: (dirs.certs / "live" / name).exists() or "ledger" in
-                           (maintainer.state.last_error or ""), what="a new certificate or a refusal")  # type: ignore[union-attr]  # fmt: skip
+                           (maintainer.state.last_error or ""), what="a new certificate or a refusal")  # type: ignore[union-attr]
             assert pebble.orders_in_log() - before <= 1
         assert pebble.orders_in_log() - orders == ISSUED_PER_WEEK
         assert maintainer.state is not None and "ledger allows" in (maintainer.state.last_error or "")

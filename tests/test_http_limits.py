@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import ROOT, acmebox_env, free_port, wait_sync
 
 from acmebox import webapp
 from acmebox.challenges import Http01Tokens
 from acmebox.config import HostPort
+from tests.helpers import ROOT
+from tests.helpers.process import acmebox_env, free_port, wait_sync
 
 # How long a test waits for the server to act before it gives up; far above the timeouts set.
 PATIENCE = 30.0
@@ -32,7 +33,7 @@ async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, we
     tokens = Http01Tokens()
     tokens.present("tok", "tok.thumb")
     runner = await webapp.start(webapp.build_app(tokens, lambda: (True, "ok")), HostPort("127.0.0.1", 0),
-                                max_connections=8, header_timeout=0.5, max_age=2.0)  # fmt: skip
+                                max_connections=8, header_timeout=0.5, max_age=2.0)
     yield webapp.bound_port(runner), runner
     await runner.cleanup()
 
@@ -122,7 +123,7 @@ async def test_malformed_requests_log_one_line_each_at_a_bounded_rate(
     smuggle = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     bad = [b"GET /" + b"A" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"G\x01T / HTTP/1.1\r\n\r\n",
            b"GET / HTTP/9.9\r\nHost: a\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"b" * 100_000 + b"\r\n\r\n",
-           smuggle]  # fmt: skip
+           smuggle]
     statuses = []
     for request in bad * 6:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -161,7 +162,7 @@ def test_lowered_descriptor_limit_with_held_connections(tmp_path: Path) -> None:
              f"https://127.0.0.1:{ca_port}/dir", "--certs-dir", str(tmp_path / "c"), "--state-dir",
              str(tmp_path / "s"), "--listen", f"127.0.0.1:{port}"],
             stdout=log_file, stderr=subprocess.STDOUT, env=acmebox_env(), cwd=ROOT, preexec_fn=lower_limit,
-        )  # fmt: skip
+        )
     held: list[socket.socket] = []
     try:
         wait_sync(lambda: "serving HTTP-01" in log_path.read_text() or proc.poll() is not None, 30, "service up")

@@ -4,56 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import stat
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, acmebox_env, free_port, pebble_args, run_acmebox
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.verification import PolicyBuilder, Store
+
+from tests.helpers.certs import live, verify_live
+from tests.helpers.pebble import Dirs, Pebble, pebble_args, start_pebble, stop_pebble
+from tests.helpers.process import acmebox_env, free_port, run_acmebox
 
 pytestmark = pytest.mark.e2e
-
-
-def live(dirs: Dirs, name: str) -> Path:
-    return dirs.certs / "live" / name
-
-
-def verify_live(pebble: Pebble, dirs: Dirs, names: list[str]) -> x509.Certificate:
-    """Chain to Pebble's root, SANs, key match, file modes: everything a server relies on."""
-    d = live(dirs, names[0])
-    chain = x509.load_pem_x509_certificates((d / "fullchain.pem").read_bytes())
-    leaf = chain[0]
-    assert x509.load_pem_x509_certificate((d / "cert.pem").read_bytes()) == leaf
-    assert x509.load_pem_x509_certificates((d / "chain.pem").read_bytes()) == chain[1:]
-
-    verifier = PolicyBuilder().store(Store([pebble.root()])).build_server_verifier(x509.DNSName(names[0]))
-    verified = verifier.verify(leaf, chain[1:])
-    assert verified[-1] == pebble.root()
-
-    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(names)
-
-    key = serialization.load_pem_private_key((d / "privkey.pem").read_bytes(), None)
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    assert key.public_key().public_bytes(serialization.Encoding.DER, spki) == leaf.public_key().public_bytes(
-        serialization.Encoding.DER, spki
-    )
-
-    assert stat.S_IMODE((d / "privkey.pem").stat().st_mode) == 0o600
-    for public in ("fullchain.pem", "cert.pem", "chain.pem"):
-        assert stat.S_IMODE((d / public).stat().st_mode) == 0o644
-    account_key = next(dirs.state.glob("accounts/**/key.pem"))
-    assert stat.S_IMODE(account_key.stat().st_mode) == 0o600
-    return leaf
 
 
 def test_issue_then_reuse(pebble: Pebble, dirs: Dirs) -> None:
     orders_before = pebble.orders_in_log()
     first = run_acmebox("run", "--once", "--domain", "registry.test", "--email", "ops@example.com",
-                        *pebble_args(pebble, dirs))  # fmt: skip
+                        *pebble_args(pebble, dirs))
     assert first.returncode == 0, first.stderr
     leaf = verify_live(pebble, dirs, ["registry.test"])
     assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
@@ -62,7 +29,7 @@ def test_issue_then_reuse(pebble: Pebble, dirs: Dirs) -> None:
     assert "BEGIN" not in first.stderr, "key material must never be logged"
 
     second = run_acmebox("run", "--once", "--domain", "registry.test", "--email", "ops@example.com",
-                         *pebble_args(pebble, dirs))  # fmt: skip
+                         *pebble_args(pebble, dirs))
     assert second.returncode == 0, second.stderr
     assert pebble.orders_in_log() == orders_before + 1, "a valid certificate on disk must not be re-ordered"
     assert "nothing ordered" in second.stderr
@@ -70,7 +37,7 @@ def test_issue_then_reuse(pebble: Pebble, dirs: Dirs) -> None:
     assert x509.load_pem_x509_certificate((live(dirs, "registry.test") / "cert.pem").read_bytes()) == leaf
 
     forced = run_acmebox("run", "--once", "--force-renew", "--domain", "registry.test",
-                         *pebble_args(pebble, dirs))  # fmt: skip
+                         *pebble_args(pebble, dirs))
     assert forced.returncode == 0, forced.stderr
     # Pebble sometimes cannot find the order of the certificate named in `replaces` (RFC 9773)
     # and refuses it; acmebox then orders once more without it.
@@ -97,7 +64,7 @@ def test_environment_variables_of_the_old_stack(pebble: Pebble, dirs: Dirs) -> N
 
 
 @pytest.mark.parametrize(("key_type", "key_class", "size"), [("ec256", ec.EllipticCurvePublicKey, 256),
-                                                             ("rsa2048", rsa.RSAPublicKey, 2048)])  # fmt: skip
+                                                             ("rsa2048", rsa.RSAPublicKey, 2048)])
 def test_several_names_and_key_types(pebble: Pebble, dirs: Dirs, key_type: str, key_class: type, size: int) -> None:
     names = [f"{key_type}.registry.test", "registry.test", "ui.registry.test"]
     args = [a for n in names for a in ("--domain", n)]
@@ -112,7 +79,7 @@ def test_several_names_and_key_types(pebble: Pebble, dirs: Dirs, key_type: str, 
 
 def test_shortlived_profile(pebble: Pebble, dirs: Dirs) -> None:
     result = run_acmebox("run", "--once", "--domain", "short.test", "--profile", "shortlived",
-                         *pebble_args(pebble, dirs))  # fmt: skip
+                         *pebble_args(pebble, dirs))
     assert result.returncode == 0, result.stderr
     leaf = verify_live(pebble, dirs, ["short.test"])
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
@@ -131,7 +98,7 @@ def test_nonce_rejection_is_retried(pebble_nonce_reject: Pebble, dirs: Dirs) -> 
     """Pebble rejects 5% of nonces; three issuances (~40 signed requests) still succeed."""
     for i in range(3):
         result = run_acmebox("run", "--once", "--force-renew", "--domain", "nonce.test",
-                             *pebble_args(pebble_nonce_reject, dirs))  # fmt: skip
+                             *pebble_args(pebble_nonce_reject, dirs))
         assert result.returncode == 0, f"run {i}: {result.stderr}"
     verify_live(pebble_nonce_reject, dirs, ["nonce.test"])
 
@@ -160,7 +127,7 @@ def test_several_certificates_and_one_failure_does_not_stop_the_others(
     config = tmp_path / "certs.toml"
     config.write_text('[[certificate]]\nnames = ["toml.test", "www.toml.test"]\nkey_type = "ec384"\n')
     result = run_acmebox("run", "--once", "--config", str(config), "--cert", "blocked.test",
-                         "--cert", "a.multi.test,b.multi.test", *pebble_args(pebble, dirs))  # fmt: skip
+                         "--cert", "a.multi.test,b.multi.test", *pebble_args(pebble, dirs))
     assert result.returncode == 1, result.stderr
     assert "rejectedIdentifier" in result.stderr.strip().splitlines()[-1]
     verify_live(pebble, dirs, ["toml.test", "www.toml.test"])
@@ -175,14 +142,14 @@ def test_revoke(pebble: Pebble, dirs: Dirs) -> None:
     serial = x509.load_pem_x509_certificate((live(dirs, "revoke.test") / "cert.pem").read_bytes()).serial_number
     assert json.loads(pebble.get(f"/cert-status-by-serial/{serial:x}"))["Status"] == "Valid"
     result = run_acmebox("revoke", "revoke.test", "--reason", "4", "--ca-bundle", str(pebble.ca_bundle),
-                         "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))  # fmt: skip
+                         "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))
     assert result.returncode == 0, result.stderr
     assert f"revoke.test: revoked serial {serial:x}" in result.stdout
     assert json.loads(pebble.get(f"/cert-status-by-serial/{serial:x}"))["Status"] == "Revoked"
     status = run_acmebox("status", "--json", "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))
     assert status.returncode == 1 and json.loads(status.stdout)[0]["condition"] == "revoked"
     again = run_acmebox("revoke", "revoke.test", "--ca-bundle", str(pebble.ca_bundle),
-                        "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))  # fmt: skip
+                        "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state))
     assert again.returncode == 1 and "alreadyRevoked" in again.stderr.strip().splitlines()[-1]
     # No service was running: the next run replaces it at once, not at its renewal date.
     assert "the next `acmebox run` (or `run --once`) replaces it" in result.stdout
@@ -193,8 +160,6 @@ def test_revoke(pebble: Pebble, dirs: Dirs) -> None:
 
 
 def test_external_account_binding(tmp_path: Path, dirs: Dirs) -> None:
-    from conftest import start_pebble, stop_pebble
-
     pebble = start_pebble(tmp_path / "pebble-eab", PEBBLE_EAB="1")
     try:
         config = json.loads((pebble.run_dir / "pebble-config.json").read_text())["pebble"]
@@ -204,10 +169,10 @@ def test_external_account_binding(tmp_path: Path, dirs: Dirs) -> None:
         assert without.returncode == 1
         assert "externalAccountRequired" in without.stderr.strip().splitlines()[-1]
         wrong = run_acmebox("run", "--once", "--domain", "eab.test", "--eab-kid", kid, "--eab-hmac-key",
-                            "A" * 64, *pebble_args(pebble, dirs))  # fmt: skip
+                            "A" * 64, *pebble_args(pebble, dirs))
         assert wrong.returncode == 1 and "unauthorized" in wrong.stderr.strip().splitlines()[-1]
         right = run_acmebox("run", "--once", "--domain", "eab.test", "--eab-kid", kid, "--eab-hmac-key", hmac_key,
-                            *pebble_args(pebble, dirs))  # fmt: skip
+                            *pebble_args(pebble, dirs))
         assert right.returncode == 0, right.stderr
         verify_live(pebble, dirs, ["eab.test"])
     finally:

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, pebble_args, run_acmebox
+
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import run_acmebox
 
 pytestmark = pytest.mark.e2e
 NAME = "registry.test"
@@ -34,7 +36,7 @@ def open_dirs() -> Iterator[Dirs]:
 def reader_can_read(path: Path) -> bool:
     """uid 65534 (nobody) in group READER_GID only, as a non-root nginx or registry would be."""
     out = subprocess.run(["setpriv", "--reuid=65534", f"--regid={READER_GID}", "--clear-groups",
-                          "head", "-c", "27", str(path)], capture_output=True)  # fmt: skip
+                          "head", "-c", "27", str(path)], capture_output=True)
     return out.returncode == 0 and out.stdout.startswith(b"-----BEGIN")
 
 
@@ -67,7 +69,7 @@ def test_group_set_by_hand_is_kept(pebble: Pebble, open_dirs: Dirs) -> None:
 
 def test_key_group_flag(pebble: Pebble, open_dirs: Dirs) -> None:
     args = ["run", "--once", "--no-ari", "--domain", NAME, "--key-group", str(READER_GID),
-            *pebble_args(pebble, open_dirs)]  # fmt: skip
+            *pebble_args(pebble, open_dirs)]
     assert run_acmebox(*args).returncode == 0
     renew_three_times(args)
     for path in key_files(open_dirs):

@@ -8,8 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, pebble_args, run_acmebox
 from cryptography import x509
+
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import run_acmebox
 
 pytestmark = pytest.mark.e2e
 NAME = "registry.test"
@@ -19,7 +21,7 @@ def serial_of(live: Path) -> int:
     return x509.load_pem_x509_certificates((live / "fullchain.pem").read_bytes())[0].serial_number
 
 
-def issue(pebble: Pebble, dirs: Dirs) -> tuple[list[str], int]:
+def issue_once(pebble: Pebble, dirs: Dirs) -> tuple[list[str], int]:
     args = ["run", "--once", "--domain", NAME, *pebble_args(pebble, dirs)]
     result = run_acmebox(*args)
     assert result.returncode == 0, result.stderr
@@ -40,7 +42,7 @@ def assert_taken_over(pebble: Pebble, dirs: Dirs, args: list[str], serial: int, 
 
 
 def test_the_previous_layout_is_taken_over(pebble: Pebble, dirs: Dirs) -> None:
-    args, serial = issue(pebble, dirs)
+    args, serial = issue_once(pebble, dirs)
     live = dirs.certs / "live" / NAME
     shutil.rmtree(live)
     live.symlink_to(f"../archive/{NAME}/0001")  # exactly what 0.1.0 left
@@ -49,7 +51,7 @@ def test_the_previous_layout_is_taken_over(pebble: Pebble, dirs: Dirs) -> None:
 
 
 def test_a_certbot_volume_is_taken_over(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
-    args, serial = issue(pebble, dirs)
+    args, serial = issue_once(pebble, dirs)
     saved = tmp_path / "issued"
     shutil.copytree(dirs.certs / "archive" / NAME / "0001", saved)
     shutil.rmtree(dirs.certs)

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, free_port, pebble_args, run_acmebox, wait_sync
-from cryptography import x509
 
 from acmebox.reload import served_serial
 from acmebox.store import KEEP_VERSIONS
+from tests.helpers.certs import live_serial
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import free_port, run_acmebox, wait_sync
 
 pytestmark = pytest.mark.e2e
 NAME = "registry.test"
@@ -49,7 +50,7 @@ STYLES = [
           "files/fullchain.pem", "files/privkey.pem", False),
     Style("single file combined.pem", ((f"live/{NAME}/combined.pem", "combined.pem"),),
           "combined.pem", "combined.pem", False),
-]  # fmt: skip
+]
 
 NGINX_CONF = """
 pid {run}/nginx.pid;
@@ -75,11 +76,6 @@ SERVER = """    server {{
 """
 
 
-def live_serial(dirs: Dirs) -> int:
-    pem = (dirs.certs / "live" / NAME / "fullchain.pem").read_bytes()
-    return x509.load_pem_x509_certificates(pem)[0].serial_number
-
-
 def start_nginx_in_namespace(run: Path, certs: Path, mnt: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
     """nginx as the only process of a private mount namespace holding every style's binds."""
     binds = {bind for style in STYLES for bind in style.binds}
@@ -101,7 +97,7 @@ def start_nginx_in_namespace(run: Path, certs: Path, mnt: Path, ports: dict[str,
     )
     log = (run / "stderr.log").open("w")
     return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=log, stderr=subprocess.STDOUT)
 
 
 def reloaded(master: int) -> bool:
@@ -124,25 +120,25 @@ def test_every_mount_style_after_four_renewals(pebble: Pebble, dirs: Dirs, tmp_p
     args = ["run", "--once", "--no-ari", "--domain", NAME, *pebble_args(pebble, dirs)]
     first = run_acmebox(*args)
     assert first.returncode == 0, first.stderr
-    first_serial = live_serial(dirs)
+    first_serial = live_serial(dirs.certs, NAME)
     ports = {s.id: free_port() for s in STYLES}
     nginx = start_nginx_in_namespace(tmp_path / "nginx", dirs.certs, tmp_path / "mnt", ports)
     try:
         for style in STYLES:
             wait_sync(lambda p=ports[style.id]: serving(p) is not None or nginx.poll() is not None,
-                      what=f"nginx serving {style.id}")  # fmt: skip
+                      what=f"nginx serving {style.id}")
             assert serving(ports[style.id]) == first_serial, style.id
         serials = [first_serial]
         for renewal in range(1, 5):
             again = run_acmebox(*args, "--force-renew")
             assert again.returncode == 0, again.stderr
-            newest = live_serial(dirs)
+            newest = live_serial(dirs.certs, NAME)
             assert newest not in serials
             serials.append(newest)
             before = Path(f"/proc/{nginx.pid}/task/{nginx.pid}/children").read_text().split()
             os.kill(nginx.pid, signal.SIGHUP)  # what acmebox's reloader does
             wait_sync(lambda b=before: Path(f"/proc/{nginx.pid}/task/{nginx.pid}/children").read_text().split() != b,
-                      what="a new nginx worker")  # fmt: skip
+                      what="a new nginx worker")
             wait_sync(lambda: reloaded(nginx.pid), what=f"nginx reloaded after renewal {renewal}")
             seen = {style.id: serving(ports[style.id]) for style in STYLES}
             expected = {style.id: newest if style.follows_renewals else first_serial for style in STYLES}

@@ -9,18 +9,17 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Dirs, Pebble, free_port, pebble_args, run_acmebox
-from stack import NGINX_MAIN, compose, host_path_of, render_templates
 
 from acmebox import cli
 from acmebox.errors import ConfigError
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import free_port, run_acmebox, user_free_env
+from tests.helpers.stack import NGINX_MAIN, compose, host_path_of, render_templates
 
-ROOT = Path(__file__).resolve().parent.parent
 HUNDRED = [f"n{i}.example.com" for i in range(100)]
 
 # (what the user typed, the canonical names or the message of the exit-2 error)
@@ -83,7 +82,7 @@ def entry_points(names: list[str], tmp_path: Path) -> dict[str, tuple[list[str],
 def test_every_entry_point_gives_the_canonical_name_or_one_error(
     typed: list[str], expected: list[str] | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     for entry, (argv, env) in entry_points(typed, tmp_path).items():
         clean_env(monkeypatch, **env)
         if isinstance(expected, list):
@@ -103,21 +102,10 @@ def test_every_entry_point_gives_the_canonical_name_or_one_error(
         assert not (tmp_path / "c").exists()
 
 
-def script_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_REGISTRY_", "ACMEBOX_"))}
-    return {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
-
-
-@pytest.fixture
-def compose_copy(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "compose", tmp_path / "compose", ignore=shutil.ignore_patterns(".env", "data"))
-    return tmp_path / "compose"
-
-
 @pytest.mark.parametrize(("typed", "expected"), SINGLE, ids=[case_id(c) for c in SINGLE])
 def test_start_script_asks_acmebox(typed: list[str], expected: list[str] | str, compose_copy: Path) -> None:
     out = subprocess.run(["bash", str(compose_copy / "start-registry.sh"), "--prepare-only", typed[0],
-                          "ops@example.com"], capture_output=True, text=True, env=script_env())  # fmt: skip
+                          "ops@example.com"], capture_output=True, text=True, env=user_free_env())
     if isinstance(expected, list):
         assert out.returncode == 0, out.stderr
         assert f"DOCKER_REGISTRY_DOMAIN_NAME={expected[0]}\n" in (compose_copy / ".env").read_text()
@@ -127,7 +115,7 @@ def test_start_script_asks_acmebox(typed: list[str], expected: list[str] | str, 
 
 
 def test_a_differently_typed_compose_name_is_reported(monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+                                                      caplog: pytest.LogCaptureFixture) -> None:
     clean_env(monkeypatch, DOCKER_REGISTRY_DOMAIN_NAME="Registry.Example.COM")
     with caplog.at_level(logging.WARNING, logger="acmebox"):
         config = cli.config_from_args(cli.build_parser().parse_args(["run"]))
@@ -137,17 +125,17 @@ def test_a_differently_typed_compose_name_is_reported(monkeypatch: pytest.Monkey
 
 @pytest.mark.e2e
 def test_nginx_template_points_at_what_acmebox_wrote(pebble: Pebble, dirs: Dirs, compose_copy: Path,
-                                                     tmp_path: Path) -> None:  # fmt: skip
+                                                     tmp_path: Path) -> None:
     """The user types the name in mixed case with a trailing dot; start-registry.sh writes
     .env; the nginx template is rendered from what `docker-compose config` makes of the
     compose file's nginx environment (as the nginx image renders it); acmebox runs with the
     name as typed. nginx -t then loads the certificate the template names."""
     typed = "Registry.TEST."
     out = subprocess.run(["bash", str(compose_copy / "start-registry.sh"), "--prepare-only", typed,
-                          "ops@example.com"], capture_output=True, text=True, env=script_env())  # fmt: skip
+                          "ops@example.com"], capture_output=True, text=True, env=user_free_env())
     assert out.returncode == 0, out.stderr
     resolved = subprocess.run(["docker-compose", "config"], cwd=compose_copy, capture_output=True, text=True,
-                              env=script_env())  # fmt: skip
+                              env=user_free_env())
     assert resolved.returncode == 0, resolved.stderr
     nginx_env = {k: str(v) for k, v in yaml.safe_load(resolved.stdout)["services"]["nginx"]["environment"].items()}
     host_specific = {  # what only differs because this runs on loopback, not in containers
@@ -162,16 +150,16 @@ def test_nginx_template_points_at_what_acmebox_wrote(pebble: Pebble, dirs: Dirs,
     (run / "tmp").mkdir(parents=True)
     template_dir = host_path_of(compose()["services"]["nginx"], "/etc/nginx/templates")
     (conf,) = render_templates(template_dir, run / "conf.d", {"PATH": os.environ["PATH"], **nginx_env,
-                                                              **host_specific})  # fmt: skip
+                                                              **host_specific})
 
     result = run_acmebox("run", "--once", "--domain", typed, *pebble_args(pebble, dirs))
     assert result.returncode == 0, result.stderr
     paths = {line.split()[1].rstrip(";") for line in conf.read_text().splitlines()
-             if line.strip().startswith(("ssl_certificate ", "ssl_certificate_key "))}  # fmt: skip
+             if line.strip().startswith(("ssl_certificate ", "ssl_certificate_key "))}
     assert paths == {str(dirs.certs / "live" / "registry.test" / "combined.pem")}
     assert all(Path(p).is_file() for p in paths)
     (run / "nginx.conf").write_text(NGINX_MAIN.format(run=run))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     check = subprocess.run([nginx, "-t", "-c", str(run / "nginx.conf"), "-p", str(run)], capture_output=True,
-                           text=True)  # fmt: skip
+                           text=True)
     assert check.returncode == 0, check.stderr

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, Pebble, pebble_args, run_acmebox
-from test_bad_input import assert_usage_error
-from test_issue_e2e import verify_live
+
+from tests.helpers.certs import verify_live
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import assert_usage_error, run_acmebox
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +38,7 @@ def test_many_certificates_at_once_and_failures_each_reported(pebble: Pebble, di
     assert max(started) < min(stored)
 
     again = run_acmebox("run", "--once", *[a for names in good for a in ("--cert", ",".join(names))],
-                        *pebble_args(pebble, dirs))  # fmt: skip
+                        *pebble_args(pebble, dirs))
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("nothing ordered") == 6
 
@@ -45,5 +46,5 @@ def test_many_certificates_at_once_and_failures_each_reported(pebble: Pebble, di
 @pytest.mark.parametrize("value", ["0", "-1", "1001", "many"])
 def test_bad_max_concurrent_orders(tmp_path: Path, value: str) -> None:
     result = run_acmebox("run", "--once", "--domain", "x.test", "--max-concurrent-orders", value,
-                         "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"))  # fmt: skip
+                         "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"))
     assert_usage_error(result, "max-concurrent-orders")

@@ -7,8 +7,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import Dirs, Nginx, Pebble, ServiceProcess, free_port, pebble_args, run_acmebox, start_pebble, stop_pebble
+import pytest
 from cryptography import x509
+
+from tests.helpers.nginx import Nginx
+from tests.helpers.pebble import Dirs, Pebble, pebble_args, start_pebble, stop_pebble
+from tests.helpers.process import ServiceProcess, free_port, healthz, run_acmebox, wait_sync
+
+pytestmark = pytest.mark.e2e  # Pebble and nginx
 
 
 def live_chain(dirs: Dirs, name: str) -> list[x509.Certificate]:
@@ -54,11 +60,11 @@ def test_no_validation_before_the_front_door_answers(tmp_path: Path, dirs: Dirs)
     one order and no failed validation."""
     front, upstream = free_port(), free_port()
     pebble = start_pebble(tmp_path / "pebble", PEBBLE_HTTP_PORT=str(front))
-    nginx = Nginx(tmp_path / "nginx", FRONT.format(port=front, upstream=upstream))
+    nginx = Nginx.serving(tmp_path / "nginx", FRONT.format(port=front, upstream=upstream))
     args = pebble_args(pebble, dirs)
     args[args.index("--listen") + 1] = f"127.0.0.1:{upstream}"
     svc = ServiceProcess(["run", "--domain", "front.test", *args, "--no-ari",
-                          "--self-check-via", f"127.0.0.1:{front}"], tmp_path / "service.log")  # fmt: skip
+                          "--self-check-via", f"127.0.0.1:{front}"], tmp_path / "service.log")
     try:
         svc.wait_log("not yet answered")
         assert pebble.orders_in_log() == 1
@@ -85,30 +91,16 @@ TLS = """
 """
 
 
-def healthz(port: int) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return int(r.status), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def test_what_nginx_serves_is_reconciled_with_the_live_certificate(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
     """A reload target that is wrong at first (the PID file appears later), then a restart after
     a renewal nginx was never told about: each time acmebox sees the served serial differ from
     the live one, says so in /healthz, and reloads until nginx serves the live certificate."""
-    from conftest import wait_sync
-
     from acmebox.reload import served_serial
-
     port = free_port()
-    nginx = Nginx(tmp_path / "nginx", TLS.format(port=port, certs=dirs.certs))
+    nginx = Nginx.serving(tmp_path / "nginx", TLS.format(port=port, certs=dirs.certs))
     later = tmp_path / "nginx" / "later.pid"
     base = ["run", "--domain", "served.test", *pebble_args(pebble, dirs), "--no-ari", "--reload", "signal",
-            "--reload-verify", f"127.0.0.1:{port}"]  # fmt: skip
+            "--reload-verify", f"127.0.0.1:{port}"]
 
     def serial() -> int:
         return live_chain(dirs, "served.test")[0].serial_number
@@ -134,7 +126,7 @@ def test_what_nginx_serves_is_reconciled_with_the_live_certificate(pebble: Pebbl
     # A renewal nginx never hears of (as if acmebox stopped between the save and the reload) ...
     def renewal_nginx_never_hears_of() -> None:
         out = run_acmebox("run", "--once", "--force-renew", "--domain", "served.test", *pebble_args(pebble, dirs),
-                          "--no-ari")  # fmt: skip
+                          "--no-ari")
         assert out.returncode == 0, out.stderr
         assert served() != serial()
 

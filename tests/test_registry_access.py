@@ -10,9 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import busybox_image, with_hosts
-from oci import make_layout
-from stack import USERS, Stack, push_blob, push_image
+
+from tests.helpers.docker import busybox_image, docker, with_hosts
+from tests.helpers.oci import make_layout
+from tests.helpers.stack import USERS, Stack, push_blob, push_image
 
 pytestmark = pytest.mark.e2e
 ALICE = ("alice", USERS["alice"])
@@ -21,15 +22,10 @@ MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
-])  # fmt: skip
+])
 
 
 # -- docker ------------------------------------------------------------------------------------
-
-
-def docker(host: str, config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", "-H", host, *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, "DOCKER_CONFIG": str(config)}, timeout=300)  # fmt: skip
 
 
 def test_docker_login_push_and_anonymous_pull(stack: Stack, docker_engine: str, tmp_path: Path) -> None:
@@ -37,34 +33,36 @@ def test_docker_login_push_and_anonymous_pull(stack: Stack, docker_engine: str, 
     config.mkdir()
     image = busybox_image(docker_engine, tmp_path, "acmebox-test/pushme:1")
     ref = f"{stack.host}/test/busybox:1"
-    assert docker(docker_engine, config, "tag", image, ref).returncode == 0
+    assert docker(docker_engine, "tag", image, ref, config=config).returncode == 0
 
-    anonymous = docker(docker_engine, config, "push", ref)
+    anonymous = docker(docker_engine, "push", ref, config=config)
     assert anonymous.returncode != 0
     assert "denied" in anonymous.stderr or "unauthorized" in anonymous.stderr, anonymous.stderr
 
-    wrong = docker(docker_engine, config, "login", stack.host, "-u", "alice", "--password-stdin", stdin="wrong\n")
+    wrong = docker(
+        docker_engine, "login", stack.host, "-u", "alice", "--password-stdin", stdin="wrong\n", config=config
+    )
     assert wrong.returncode != 0, "docker login with a wrong password must fail"
     assert "unauthorized" in wrong.stderr.lower() or "401" in wrong.stderr, wrong.stderr
 
-    right = docker(docker_engine, config, "login", stack.host, "-u", "alice", "--password-stdin",
-                   stdin=USERS["alice"] + "\n")  # fmt: skip
+    password = USERS["alice"] + "\n"
+    right = docker(docker_engine, "login", stack.host, "-u", "alice", "--password-stdin", stdin=password, config=config)
     assert right.returncode == 0, right.stderr
     assert "Login Succeeded" in right.stdout
 
-    pushed = docker(docker_engine, config, "push", ref)
+    pushed = docker(docker_engine, "push", ref, config=config)
     assert pushed.returncode == 0, pushed.stderr
     assert "digest: sha256:" in pushed.stdout
 
-    assert docker(docker_engine, config, "logout", stack.host).returncode == 0
-    assert docker(docker_engine, config, "rmi", ref).returncode == 0
-    pulled = docker(docker_engine, config, "pull", ref)
+    assert docker(docker_engine, "logout", stack.host, config=config).returncode == 0
+    assert docker(docker_engine, "rmi", ref, config=config).returncode == 0
+    pulled = docker(docker_engine, "pull", ref, config=config)
     assert pulled.returncode == 0, pulled.stderr
-    assert docker(docker_engine, config, "image", "inspect", ref).returncode == 0
+    assert docker(docker_engine, "image", "inspect", ref, config=config).returncode == 0
 
     other = f"{stack.host}/test/busybox:anonymous"
-    assert docker(docker_engine, config, "tag", image, other).returncode == 0
-    assert docker(docker_engine, config, "push", other).returncode != 0, "after logout, pushing is denied again"
+    assert docker(docker_engine, "tag", image, other, config=config).returncode == 0
+    assert docker(docker_engine, "push", other, config=config).returncode != 0, "after logout, pushing is denied again"
 
 
 # -- skopeo ------------------------------------------------------------------------------------
@@ -80,7 +78,7 @@ def skopeo_env(tmp_path: Path, stack: Stack) -> dict[str, str]:
     (tmp_path / "certs" / "ca.crt").write_text(stack.root_pem())
     return {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(tmp_path / "xdg"),
             "DOCKER_CONFIG": str(home / ".docker"), "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json"),
-            "CERTS": str(tmp_path / "certs")}  # fmt: skip
+            "CERTS": str(tmp_path / "certs")}
 
 
 def skopeo(test_hosts: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -101,12 +99,12 @@ def test_skopeo_reads_anonymously_and_writes_with_credentials(
     assert "unauthorized" in anonymous.stderr.lower() or "denied" in anonymous.stderr.lower(), anonymous.stderr
 
     wrong = skopeo(test_hosts, skopeo_env, "copy", "--dest-cert-dir", certs, "--dest-creds", "alice:wrong",
-                   f"oci:{layout}:v1", dest)  # fmt: skip
+                   f"oci:{layout}:v1", dest)
     assert wrong.returncode != 0
     assert "401" in wrong.stderr or "unauthorized" in wrong.stderr.lower(), wrong.stderr
 
     pushed = skopeo(test_hosts, skopeo_env, "copy", "--dest-cert-dir", certs, "--dest-creds", ":".join(ALICE),
-                    f"oci:{layout}:v1", dest)  # fmt: skip
+                    f"oci:{layout}:v1", dest)
     assert pushed.returncode == 0, pushed.stderr
     assert not Path(skopeo_env["REGISTRY_AUTH_FILE"]).exists(), "nothing saved that later cases could use"
 
@@ -157,7 +155,7 @@ def test_http_reads_are_public_and_writes_need_a_login(stack: Stack) -> None:
             stack.https("POST", f"/v2/{repo}/blobs/uploads/", **auth),  # type: ignore[arg-type]
             stack.https("PATCH", f"/v2/{repo}/blobs/uploads/00000000-0000-0000-0000-000000000000", body=b"x",
                         **auth),  # type: ignore[arg-type]
-        ]  # fmt: skip
+        ]
         assert [a.status for a in attempts] == [401] * 4, (label, [(a.status, a.body[:80]) for a in attempts])
 
     deleted = stack.https("DELETE", f"/v2/{repo}/manifests/{digest}", token=writer)

@@ -25,6 +25,8 @@ from acmebox.errors import ConfigError
 from acmebox.registry.htpasswd import Htpasswd
 from acmebox.registry.signing import libtrust_kid
 from acmebox.registry.token import Scope, TokenService
+from tests.helpers.clock import FakeSeconds
+from tests.helpers.process import free_port, run_acmebox
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
@@ -44,7 +46,7 @@ def service(tmp_path: Path) -> TokenService:
 def decode(service: TokenService, token: str) -> dict:  # type: ignore[type-arg]
     lenient = {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
     return jwt.decode(token, service.key.public_key(), algorithms=["ES256"], audience="registry", issuer="acmebox",
-                      options=lenient)  # fmt: skip
+                      options=lenient)
 
 
 def test_claims_and_expiry(service: TokenService, tmp_path: Path) -> None:
@@ -83,7 +85,7 @@ def test_scopes_per_identity(service: TokenService) -> None:
     "line",
     ["bob:$apr1$abc$0123456789abcdefghij01", "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "bob:plaintext",
      "bob:abJnggxhB/yWI"],
-)  # fmt: skip
+)
 def test_refused_hash_formats(tmp_path: Path, line: str) -> None:
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(line + "\n")
@@ -92,13 +94,11 @@ def test_refused_hash_formats(tmp_path: Path, line: str) -> None:
 
 
 def test_refused_at_startup_with_one_line(tmp_path: Path) -> None:
-    from conftest import run_acmebox
-
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text("bob:$apr1$abc$0123456789abcdefghij01\n")
     result = run_acmebox("run", "--once", "--domain", "a.test", "--auth-htpasswd", str(htpasswd),
                          "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
-                         "--listen", "127.0.0.1:0")  # fmt: skip
+                         "--listen", "127.0.0.1:0")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("acmebox: error: htpasswd file")
     assert "Traceback" not in result.stderr
@@ -130,7 +130,7 @@ async def test_http_answers(service: TokenService, tmp_path: Path) -> None:
 
         # a user added while running is seen without a restart
         subprocess.run(["htpasswd", "-Bb", str(tmp_path / "htpasswd"), "dave", "pw-dave"], check=True,
-                       capture_output=True)  # fmt: skip
+                       capture_output=True)
         assert (await client.get(url, headers=basic("dave", "pw-dave"))).status == 200
     finally:
         await client.close()
@@ -139,21 +139,13 @@ async def test_http_answers(service: TokenService, tmp_path: Path) -> None:
 # -- hostile input ---------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def make_service(tmp_path: Path, acl: str | None = None, proxies: tuple[str, ...] = (),
-                 users: dict[str, str] | None = None, cost: str = "4") -> TokenService:  # fmt: skip
+                 users: dict[str, str] | None = None, cost: str = "4") -> TokenService:
     tmp_path.mkdir(exist_ok=True)
     htpasswd = tmp_path / "htpasswd"
     for i, (user, password) in enumerate((users or {"alice": "pw-alice", "bob": "pw-bob"}).items()):
         subprocess.run(["htpasswd", "-B", "-C", cost, "-b", *(["-c"] if i == 0 else []), str(htpasswd), user,
-                        password], check=True, capture_output=True)  # fmt: skip
+                        password], check=True, capture_output=True)
     acl_path = None
     if acl is not None:
         acl_path = tmp_path / "acl.toml"
@@ -161,14 +153,14 @@ def make_service(tmp_path: Path, acl: str | None = None, proxies: tuple[str, ...
     svc = TokenService.from_settings(
         TokenAuth(htpasswd, tmp_path / "k", tmp_path / "c", acl=acl_path, trusted_proxies=proxies)
     )
-    svc.now = FakeClock()
+    svc.now = FakeSeconds()
     svc.__post_init__()  # buckets on the fake clock
     return svc
 
 
 async def started(svc: TokenService) -> TestClient:  # type: ignore[type-arg]
     client = TestClient(TestServer(webapp.build_app(Http01Tokens(), lambda: (True, ""), routes=[svc.install]),
-                                   host="127.0.0.1"))  # fmt: skip
+                                   host="127.0.0.1"))
     await client.start_server()
     return client
 
@@ -194,7 +186,7 @@ def test_acl_fails_closed_and_names_follow_the_grammar(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", ['alice = ["Alice/*"]', 'alice = ["a b"]', 'alice = "x"', "alice = [",
-                                     "x = " + "[" * 5000 + "]" * 5000])  # fmt: skip
+                                     "x = " + "[" * 5000 + "]" * 5000])
 def test_bad_acl_files(tmp_path: Path, content: str) -> None:
     from acmebox.registry.acl import load_acl
 
@@ -233,7 +225,7 @@ def test_passwords_as_htpasswd_hashes_them(tmp_path: Path) -> None:
 def test_unknown_users_cost_what_known_ones_cost(tmp_path: Path) -> None:
     svc = make_service(tmp_path, users={"alice": "a", "bob": "b"}, cost="4")
     subprocess.run(["htpasswd", "-B", "-C", "6", "-b", str(tmp_path / "htpasswd"), "carol", "c"], check=True,
-                   capture_output=True)  # fmt: skip
+                   capture_output=True)
     svc.htpasswd.refresh()
     assert not svc.htpasswd.check("mallory", b"guess")
     dummy = svc.htpasswd._dummies
@@ -245,7 +237,7 @@ async def test_long_and_odd_credentials_never_5xx(tmp_path: Path) -> None:
     client = await started(svc)
     try:
         for user, pw in (("alice", "p" * 73), ("alice", "p" * 5000), ("nobody", "p" * 5000), ("alice", "a\x00b"),
-                         ("alice", ""), ("é", "x")):  # fmt: skip
+                         ("alice", ""), ("é", "x")):
             assert (await client.get(URL, headers=basic(user, pw))).status == 401
         for raw in ("Basic !!!", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "Basic " + "A" * 6000):
             assert (await client.get(URL, headers={"Authorization": raw})).status == 401
@@ -258,7 +250,7 @@ async def test_throttling_per_client_and_per_user(tmp_path: Path, caplog: pytest
 
     svc = make_service(tmp_path, proxies=("127.0.0.1",))
     clock = svc.now
-    assert isinstance(clock, FakeClock)
+    assert isinstance(clock, FakeSeconds)
     client = await started(svc)
     try:
         def xff(addr: str, user: str = "alice", pw: str = "wrong") -> dict[str, str]:
@@ -314,7 +306,7 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers(tmp_path: Path) -> 
     try:
         for i in range(rt.CLIENT_BURST):
             assert (await client.get(URL, headers={**basic("alice", "x"), "X-Forwarded-For": f"192.0.2.{i}"})).status \
-                == 401  # fmt: skip
+                == 401
         assert (await client.get(URL, headers={**basic("bob", "x"), "X-Forwarded-For": "192.0.2.99"})).status == 429
     finally:
         await client.close()
@@ -333,7 +325,7 @@ async def test_trusted_proxy_by_name_and_network() -> None:
 def test_throttle_memory_is_bounded() -> None:
     from acmebox.limits import KeyedBuckets
 
-    clock = FakeClock()
+    clock = FakeSeconds()
     buckets = KeyedBuckets(burst=2, rate=0.1, max_keys=100, now=clock)
     for i in range(10_000):
         buckets.take(f"client-{i}")
@@ -369,8 +361,6 @@ def real_registry(tmp_path: Path) -> Iterator[tuple[TokenService, int]]:
     import urllib.error
     import urllib.request
 
-    from conftest import free_port
-
     svc = make_service(tmp_path / "tok", acl='alice = ["alice/*"]\n')
     port = free_port()
     config = tmp_path / "registry.yml"
@@ -398,6 +388,7 @@ http: {{addr: "127.0.0.1:{port}"}}
         proc.wait(timeout=10)
 
 
+@pytest.mark.e2e  # Debian's docker-registry
 def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenService, int]) -> None:
     import hashlib
     import hmac
@@ -436,14 +427,14 @@ def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenSe
 
     def hs256(secret: bytes, p: dict) -> str:  # type: ignore[type-arg]
         msg = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": hdr["kid"]}).encode()) + "." + \
-            b64(json.dumps(p).encode())  # fmt: skip
+            b64(json.dumps(p).encode())
         return msg + "." + b64(hmac.new(secret, msg.encode(), hashlib.sha256).digest())
 
     attacker = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil")])
     evil_cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(attacker.public_key())
                  .serial_number(1).not_valid_before(NOW - dt.timedelta(days=1000))
-                 .not_valid_after(NOW + dt.timedelta(days=1000)).sign(attacker, hashes.SHA256()))  # fmt: skip
+                 .not_valid_after(NOW + dt.timedelta(days=1000)).sign(attacker, hashes.SHA256()))
     x5c = base64.b64encode(evil_cert.public_bytes(serialization.Encoding.DER)).decode()
     parts = good.split(".")
     now = int(time.time())
@@ -467,5 +458,5 @@ def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenSe
     }
     assert len(forged) == 13
     answers = {label: registry_upload(port, "bob/app" if "real key" not in label else "alice/app", tok)
-               for label, tok in forged.items()}  # fmt: skip
+               for label, tok in forged.items()}
     assert answers == dict.fromkeys(forged, 401)

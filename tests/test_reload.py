@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from cryptography import x509
 
 from acmebox import placeholder
 from acmebox.config import HostPort
 from acmebox.reload import Reloader, ReloadTarget
+from tests.helpers.process import free_port
 
 
 async def no_wait(seconds: float) -> None:
@@ -61,7 +61,7 @@ async def test_changes_together_make_one_reload(tmp_path: Path) -> None:
     log = tmp_path / "reloads"
     results: list[str] = []
     reloader = Reloader(ReloadTarget.parse("command", f"sh -c 'echo x >> {log}'"),
-                        on_result=results.append)  # fmt: skip
+                        on_result=results.append)
     task = asyncio.create_task(reloader.run())
     try:
         for name in ("a.test", "b.test", "c.test"):
@@ -99,7 +99,7 @@ async def test_verification_catches_the_old_certificate(
     port, serial = tls_server
     results: list[str] = []
     reloader = Reloader(ReloadTarget.parse("command", "true"), HostPort("127.0.0.1", port),
-                        on_result=results.append, attempts=3)  # fmt: skip
+                        on_result=results.append, attempts=3)
     task = asyncio.create_task(reloader.run(sleep=no_wait))
     try:
         reloader.request("srv.test", serial + 1)  # the server never presents it

@@ -3,20 +3,22 @@ label or by name (a busybox container that traps SIGHUP proves it)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import busybox_image, wait_sync
 
 from acmebox.reload import ReloadFailed, ReloadTarget
+from tests.helpers.docker import busybox_image, docker
+from tests.helpers.process import wait_sync
+
+pytestmark = pytest.mark.e2e  # a dockerd of the tests' own
 
 IMAGE = "acmebox-test/hup:1"
 TRAP = 'trap "echo got-SIGHUP" HUP; echo ready; while true; do sleep 0.1; done'
 
 
-def docker(host: str, *args: str) -> str:
-    return subprocess.run(["docker", "-H", host, *args], check=True, capture_output=True, text=True).stdout
+def logs(host: str, container: str) -> str:
+    return docker(host, "logs", container, check=True).stdout
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +32,11 @@ def containers(docker_engine: str, hup_image: str) -> Iterator[list[str]]:
     for name in names:
         label = "acmebox.reload=nginx" if name != "bystander" else "other=1"
         docker(docker_engine, "run", "-d", "--name", name, "--label", label, "--network", "none",
-               hup_image, "/bin/sh", "-c", TRAP)  # fmt: skip
+               hup_image, "/bin/sh", "-c", TRAP, check=True)
     for name in names:
-        wait_sync(lambda n=name: "ready" in docker(docker_engine, "logs", n), what=f"{name} to start")  # type: ignore[misc]
+        wait_sync(lambda n=name: "ready" in logs(docker_engine, n), what=f"{name} to start")  # type: ignore[misc]
     yield names
-    docker(docker_engine, "rm", "-f", *names)
+    docker(docker_engine, "rm", "-f", *names, check=True)
 
 
 async def test_docker_reloader_by_label_and_by_name(
@@ -43,7 +45,7 @@ async def test_docker_reloader_by_label_and_by_name(
     monkeypatch.setenv("DOCKER_HOST", docker_engine)
 
     def hups(name: str) -> int:
-        return docker(docker_engine, "logs", name).count("got-SIGHUP")
+        return logs(docker_engine, name).count("got-SIGHUP")
 
     what = await ReloadTarget.parse("docker", "label=acmebox.reload=nginx").run()
     assert "nginx-a" in what and "nginx-b" in what

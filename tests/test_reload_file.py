@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_sync
 from cryptography import x509
 
 from acmebox import placeholder
 from acmebox.config import HostPort
 from acmebox.errors import ConfigError
 from acmebox.reload import Reloader, ReloadFailed, ReloadTarget, served_serial
+from tests.helpers import ROOT
+from tests.helpers.process import free_port, wait_sync
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e  # Debian's nginx
+
 WATCHER = ROOT / "nginx" / "reload-on-change.sh"
 NAME = "srv.test"
 
@@ -81,7 +83,7 @@ def nginx_with_watcher(tmp_path: Path) -> Iterator[NginxWithWatcher]:
     subprocess.run([nginx, "-c", str(conf), "-p", str(run)], check=True, capture_output=True)
     env = {**os.environ, "ACMEBOX_RELOAD_FILE": str(n.generation), "ACMEBOX_RELOAD_POLL": "0.2",
            "ACMEBOX_RELOAD_COMMAND": f"{nginx} -c {conf} -p {run} -s reload",
-           "ACMEBOX_RELOAD_FOREGROUND": "1"}  # fmt: skip
+           "ACMEBOX_RELOAD_FOREGROUND": "1"}
     with n.watcher_log.open("w") as log:
         watcher = subprocess.Popen(["sh", str(WATCHER)], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -104,7 +106,7 @@ async def test_generation_file_reloads_nginx_and_the_check_sees_it(
 
     results: list[str] = []
     reloader = Reloader(ReloadTarget.parse("file", str(n.generation)), HostPort("127.0.0.1", n.port),
-                        on_result=results.append)  # fmt: skip
+                        on_result=results.append)
     task = asyncio.create_task(reloader.run())
     try:
         reloader.request(NAME, new)

@@ -33,5 +33,5 @@ def test_http_date_off_utc(tz: str) -> None:
         "print(parse_retry_after(email.utils.format_datetime(when, usegmt=True)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TZ": tz},
-                         capture_output=True, text=True, check=True)  # fmt: skip
+                         capture_output=True, text=True, check=True)
     assert 28.0 <= float(out.stdout) <= 30.0

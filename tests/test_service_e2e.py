@@ -11,20 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import (
-    Dirs,
-    FakeClock,
-    Nginx,
-    Pebble,
-    ServiceProcess,
-    free_port,
-    pebble_args,
-    run_acmebox,
-    start_pebble,
-    stop_pebble,
-    wait_for,
-    wait_sync,
-)
 from cryptography import x509
 
 from acmebox.client import ari_cert_id
@@ -32,6 +18,10 @@ from acmebox.config import CertSpec, Config, HostPort
 from acmebox.reload import served_serial
 from acmebox.service import Service
 from acmebox.store import CertStore
+from tests.helpers.clock import FakeClock
+from tests.helpers.nginx import Nginx
+from tests.helpers.pebble import Dirs, Pebble, pebble_args, start_pebble, stop_pebble
+from tests.helpers.process import ServiceProcess, free_port, run_acmebox, wait_for, wait_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +39,7 @@ def set_ari_window(pebble: Pebble, cert: x509.Certificate, start: dt.datetime, e
     from cryptography.hazmat.primitives.serialization import Encoding
 
     window = {"suggestedWindow": {"start": start.isoformat().replace("+00:00", "Z"),
-                                  "end": end.isoformat().replace("+00:00", "Z")}}  # fmt: skip
+                                  "end": end.isoformat().replace("+00:00", "Z")}}
     body = {"Certificate": cert.public_bytes(Encoding.PEM).decode(), "ARIResponse": json.dumps(window)}
     assert pebble.post("/set-renewal-info/", json.dumps(body).encode()) == 200
 
@@ -60,7 +50,7 @@ def test_ari_windows_drive_renewal(pebble: Pebble, dirs: Dirs, tmp_path: Path) -
         ["run", "--domain", "ari.test", "--profile", "default", *pebble_args(pebble, dirs),
          "--reload", "command", "--reload-target", f"sh -c 'echo reload >> {reloads}'"],
         tmp_path / "service.log",
-    )  # fmt: skip
+    )
     try:
         svc.wait_log("ari.test: renewal scheduled for")
         assert "wrote a self-signed placeholder" in svc.log()
@@ -104,7 +94,7 @@ def test_ari_windows_drive_renewal(pebble: Pebble, dirs: Dirs, tmp_path: Path) -
         first_version = dirs.certs / "archive" / "ari.test" / "0002"
         CertStore(dirs.certs).save("ari.test", (first_version / "privkey.pem").read_bytes(),
                                    (first_version / "fullchain.pem").read_bytes(),
-                                   json.loads((first_version / "meta.json").read_text()))  # fmt: skip
+                                   json.loads((first_version / "meta.json").read_text()))
         assert live_cert(dirs, "ari.test") == first
         result = run_acmebox("renew", "--force", "ari.test", "--state-dir", str(dirs.state))
         assert result.returncode == 0, result.stderr + svc.log()
@@ -138,7 +128,7 @@ def shortlived_without_ari(pebble: Pebble, dirs: Dirs, name: str) -> Config:
         certs=(CertSpec.build([name], profile="shortlived"),), email=None, directory=pebble.directory,
         ca_bundle=pebble.ca_bundle, certs_dir=dirs.certs, state_dir=dirs.state,
         listen=HostPort("127.0.0.1", pebble.http_port), ari=False,
-    )  # fmt: skip
+    )
 
 
 async def test_shortlived_renewed_by_lifetime_rule_without_ari(
@@ -158,7 +148,7 @@ async def test_shortlived_renewed_by_lifetime_rule_without_ari(
         await wait_for(lambda: "because of lifetime rule (half of the lifetime left)" in caplog.text)
         clock.advance(lifetime * 0.55)  # past the half-life
         await wait_for(lambda: live_cert(dirs, "short-life.test").serial_number != first.serial_number,
-                       what="the renewal")  # fmt: skip
+                       what="the renewal")
         assert "renewing now (lifetime rule (half of the lifetime left))" in caplog.text
         assert "without replaces" in caplog.text
         assert pebble.log().count("GET /draft-ietf-acme-ari-03/renewalInfo/") == ari_fetches
@@ -207,7 +197,7 @@ async def test_ca_outage_backs_off_survives_restart_and_recovers(
 
         clock.advance(dt.timedelta(minutes=2))  # the backoff is over
         await wait_for(lambda: live_cert(dirs, "outage.test").serial_number != first.serial_number,
-                       what="the renewal after the outage")  # fmt: skip
+                       what="the renewal after the outage")
         assert service.states.load("outage.test").failures == 0
         assert "registered ACME account" in caplog.text  # Pebble forgot every account at its restart
         task.cancel()
@@ -231,12 +221,12 @@ def test_nginx_starts_on_the_placeholder_and_is_reloaded_onto_the_real_certifica
     pebble = start_pebble(tmp_path / "pebble")  # makes the listener CA; stopped until nginx is up
     stop_pebble(pebble)
     port = free_port()
-    nginx = Nginx(tmp_path / "nginx", SERVER.format(port=port, certs=dirs.certs))
+    nginx = Nginx.serving(tmp_path / "nginx", SERVER.format(port=port, certs=dirs.certs))
     svc = ServiceProcess(
         ["run", "--domain", "nginx.test", *pebble_args(pebble, dirs), "--reload", "signal",
          "--reload-target", str(nginx.pid_file), "--reload-verify", f"127.0.0.1:{port}"],
         tmp_path / "service.log",
-    )  # fmt: skip
+    )
     try:
         svc.wait_log("wrote a self-signed placeholder")
         svc.wait_log("cannot reach the CA")

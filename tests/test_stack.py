@@ -15,12 +15,12 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import run_acmebox
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
-from stack import DOMAIN, Stack, running_stack
 
 from acmebox.reload import served_serial
+from tests.helpers.process import run_acmebox
+from tests.helpers.stack import DOMAIN, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 HSTS = "max-age=63072000; includeSubDomains"
@@ -150,7 +150,7 @@ def test_issuance_through_a_front_that_redirects_port_80_to_https(tmp_path: Path
     the challenge from acmebox too, so the certificate is issued."""
     with running_stack(tmp_path, front_redirect=True) as s:
         token_paths = re.findall(r'"GET (/\.well-known/acme-challenge/\S+) HTTP/1\.1" 301',
-                                 (s.run / "nginx" / "front.log").read_text())  # fmt: skip
+                                 (s.run / "nginx" / "front.log").read_text())
         assert token_paths, "the VA never came through the front"
         served = (s.run / "nginx" / "access.log").read_text()
         for path in token_paths:  # followed to the 443 server (the VA never dials port 80 here)

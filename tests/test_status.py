@@ -7,7 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Dirs, Nginx, Pebble, ServiceProcess, acmebox_env, free_port, pebble_args, run_acmebox, wait_sync
+import pytest
+
+from tests.helpers.nginx import Nginx
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import ServiceProcess, acmebox_env, free_port, run_acmebox, wait_sync
+
+pytestmark = pytest.mark.e2e  # Pebble and nginx
 
 
 def test_every_source_adds_certificates(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
@@ -15,7 +21,7 @@ def test_every_source_adds_certificates(pebble: Pebble, dirs: Dirs, tmp_path: Pa
     config.write_text('[[certificate]]\nnames = ["file.test"]\n')
     env = acmebox_env(DOCKER_REGISTRY_DOMAIN_NAME="registry.test", ACMEBOX_CERTS="b.test,www.b.test;c.test")
     out = run_acmebox("run", "--once", "--cert", "d.test", "--config", str(config), *pebble_args(pebble, dirs),
-                      env=env)  # fmt: skip
+                      env=env)
     assert out.returncode == 0, out.stderr
     live = sorted(p.name for p in (dirs.certs / "live").iterdir())
     assert live == ["b.test", "c.test", "d.test", "file.test", "registry.test"]
@@ -49,11 +55,11 @@ def test_status_and_renew_against_a_running_service(pebble: Pebble, dirs: Dirs, 
     """good.test is served by nginx; blocked.test is refused by the CA (Pebble's blocklist);
     unserved.test is issued but nginx presents good.test's certificate for it."""
     port = free_port()
-    nginx = Nginx(tmp_path / "nginx", SERVED.format(port=port, certs=dirs.certs))
+    nginx = Nginx.serving(tmp_path / "nginx", SERVED.format(port=port, certs=dirs.certs))
     svc = ServiceProcess(["run", "--cert", "good.test,www.good.test", "--cert", "blocked.test", "--cert",
                           "unserved.test", *pebble_args(pebble, dirs), "--no-ari", "--reload", "signal",
                           "--reload-target", str(nginx.pid_file), "--reload-verify", f"127.0.0.1:{port}"],
-                         tmp_path / "service.log")  # fmt: skip
+                         tmp_path / "service.log")
     status_args = ["--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state)]
 
     def status() -> dict[str, dict]:  # type: ignore[type-arg]
@@ -64,7 +70,7 @@ def test_status_and_renew_against_a_running_service(pebble: Pebble, dirs: Dirs, 
         svc.wait_log("wrote a self-signed placeholder", count=3)
         nginx.start()
         wait_sync(lambda: {r["condition"] for r in status().values()} == {"ok", "failing", "not served"},
-                  timeout=60, what="one good, one failing, one not served")  # fmt: skip
+                  timeout=60, what="one good, one failing, one not served")
         rows = status()
         assert rows["good.test"]["condition"] == "ok" and rows["good.test"]["served_matches"] is True
         assert rows["good.test"]["names"] == ["good.test", "www.good.test"]
@@ -110,11 +116,11 @@ FRONT = """
 
 def test_check_reports_before_going_live(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
     front, upstream = free_port(), free_port()
-    nginx = Nginx(tmp_path / "nginx", FRONT.format(port=front, upstream=upstream))
+    nginx = Nginx.serving(tmp_path / "nginx", FRONT.format(port=front, upstream=upstream))
     args = pebble_args(pebble, dirs)
     args[args.index("--listen") + 1] = f"127.0.0.1:{upstream}"
     args += ["--domain", "check.test", "--self-check-via", f"127.0.0.1:{front}", "--reload", "signal",
-             "--reload-target", str(nginx.pid_file)]  # fmt: skip
+             "--reload-target", str(nginx.pid_file)]
 
     def findings() -> tuple[int, dict[str, dict]]:  # type: ignore[type-arg]
         out = run_acmebox("check", "--json", *args)
@@ -142,7 +148,7 @@ def test_check_reports_before_going_live(pebble: Pebble, dirs: Dirs, tmp_path: P
 
 def test_once_fails_when_the_server_is_not_reloaded(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
     reload = ["--reload", "signal", "--reload-target", str(tmp_path / "missing.pid"),
-              "--reload-verify", f"127.0.0.1:{free_port()}"]  # fmt: skip
+              "--reload-verify", f"127.0.0.1:{free_port()}"]
     out = run_acmebox("run", "--once", "--domain", "noreload.test", *pebble_args(pebble, dirs), *reload)
     assert out.returncode == 1, out.stderr
     assert "not reloaded" in out.stderr.splitlines()[-1]

@@ -20,6 +20,7 @@ from cryptography import x509
 
 from acmebox import keys, placeholder
 from acmebox.store import KEEP_VERSIONS, LIVE_ORDER, CertStore
+from tests.helpers import ROOT
 
 
 def make_cert(names: list[str]) -> tuple[bytes, bytes]:
@@ -326,7 +327,7 @@ def test_killed_writer_never_leaves_a_mismatched_pair_in_any_mount_view(tmp_path
     store.save("a.test", *make_cert(["a.test"]), {})
     reader = subprocess.Popen(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", READER,
                                str(certs), str(mnt)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, cwd=Path(__file__).parent.parent)  # fmt: skip
+                              text=True, cwd=ROOT)
     try:
         assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
         rng = random.Random(1)
@@ -379,11 +380,11 @@ def test_a_group_acmebox_may_not_use_is_reported_not_fatal(tmp_path: Path) -> No
         subprocess.run(["chown", "-R", "65534:65534", str(top)], check=True)
         key = certs / "live" / "a.test" / "privkey.pem"
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", AS_NOBODY,
-                   str(certs)]  # fmt: skip
+                   str(certs)]
         for gid, mode, expected, logged in ((0, 0o600, "0o600 65534", False), (101, 0o640, "0o640 65534", True)):
             os.chown(key, 65534, gid)
             key.chmod(mode)
-            out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+            out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             assert out.returncode == 0, out.stderr
             assert out.stdout.strip() == expected
             assert ("cannot keep group 101 on privkey.pem" in out.stderr) == logged, out.stderr

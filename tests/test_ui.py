@@ -21,11 +21,13 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from registry_fill import clone_repositories, empty_repository, push_built_image, push_index
-from stack import DOMAIN, USERS, Stack, running_stack
+
+from tests.helpers import ROOT
+from tests.helpers.registry_fill import clone_repositories, empty_repository, push_built_image, push_index
+from tests.helpers.stack import DOMAIN, USERS, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 BULK = 1500
 # What the page may fetch before the first repositories are on screen: itself, the token for
 # the catalog, the first catalog page (and the icon, which Chromium asks for on its own time).
@@ -33,7 +35,7 @@ FIRST_PAINT_ALLOWED = re.compile(
     r"/(style\.css|app\.js|favicon\.svg|auth/token\?[^ ]*catalog[^ ]*|v2/_catalog\?n=1000)$"
 )
 MULTIARCH = [("linux", "amd64", None, 300_000, "2026-11-20T10:00:00Z"),
-             ("linux", "arm64", "v8", 280_000, "2026-11-20T10:05:00Z")]  # fmt: skip
+             ("linux", "arm64", "v8", 280_000, "2026-11-20T10:05:00Z")]
 
 
 def spki_pin(stack: Stack) -> str:
@@ -76,7 +78,7 @@ def browser(ui_stack: Stack) -> Iterator[Any]:
                 "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
             ],
-        )  # fmt: skip
+        )
         try:
             yield b
         finally:
@@ -272,7 +274,7 @@ def test_screenshots_and_a_phone(browser: Any, ui_stack: Stack, scheme: str) -> 
         wide.close()
 
     phone = Page(browser, ui_stack, width=390, height=844, is_mobile=True, has_touch=True,
-                 color_scheme=scheme, permissions=["clipboard-read", "clipboard-write"])  # fmt: skip
+                 color_scheme=scheme, permissions=["clipboard-read", "clipboard-write"])
     try:
         page = phone.open("#/repo/test/ui")
         card = page.locator(".tag", has=page.locator(".tag-name", has_text="v10"))
@@ -343,7 +345,7 @@ def test_a_401_challenge_is_followed(desktop: Page) -> None:
         challenged.append(route.request.url)
         realm = f"https://{desktop.stack.host}/auth/token"
         route.fulfill(status=401, body="{}", headers={
-            "WWW-Authenticate": f'Bearer realm="{realm}",service="registry",scope="registry:catalog:*"'})  # fmt: skip
+            "WWW-Authenticate": f'Bearer realm="{realm}",service="registry",scope="registry:catalog:*"'})
 
     desktop.page.route(re.compile(r"/v2/_catalog"), challenge_once)
     page = desktop.open()

@@ -51,6 +51,6 @@ def load_acl(path: Path | None) -> dict[str, list[re.Pattern[str]]] | None:
         for p in patterns:
             if not _PATTERN.match(p) or len(p) > MAX_REPOSITORY:
                 raise ConfigError(f"ACL file {path}: {user}: pattern {p[:80]!r} can match no repository name "
-                                  "(lower-case letters, digits, . _ - / and *)")  # fmt: skip
+                                  "(lower-case letters, digits, . _ - / and *)")
         acl[user] = [compile_pattern(p) for p in patterns]
     return acl

@@ -50,7 +50,7 @@ def ensure_signing_key(key_path: Path, cert_path: Path, issuer: str) -> ec.Ellip
             x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
             .not_valid_after(now + dt.timedelta(days=3650)).sign(key, hashes.SHA256())
-        )  # fmt: skip
+        )
         try:
             cert_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)

@@ -105,7 +105,7 @@ class TokenService:
             log.warning("htpasswd file %s has no users: nobody can push yet", auth.htpasswd)
         key = ensure_signing_key(auth.key, auth.cert, auth.issuer)
         return cls(users, key, auth.service, auth.issuer, auth.ttl, load_acl(auth.acl),
-                   TrustedProxies(auth.trusted_proxies))  # fmt: skip
+                   TrustedProxies(auth.trusted_proxies))
 
     def install(self, app: web.Application) -> None:
         """Route `/auth/token` to this service. The OAuth2 POST form gets 404: containerd then asks
@@ -149,7 +149,7 @@ class TokenService:
         }
         token = jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.kid, "typ": "JWT"})
         return {"token": token, "access_token": token, "expires_in": self.ttl,
-                "issued_at": now.isoformat().replace("+00:00", "Z")}  # fmt: skip
+                "issued_at": now.isoformat().replace("+00:00", "Z")}
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.query.get("service", self.service) != self.service:
@@ -175,7 +175,7 @@ class TokenService:
                     ok = await self._login(client, user, password)
             except TimeoutError:
                 return web.json_response({"errors": [{"code": "UNAVAILABLE", "message": "busy; try again"}]},
-                                         status=503, headers={"Retry-After": "10"})  # fmt: skip
+                                         status=503, headers={"Retry-After": "10"})
             if not ok:
                 return self._denied("invalid username or password")
         body = self.issue(user, scopes)
@@ -198,12 +198,12 @@ class TokenService:
             self.users.give_back(user)
         else:
             self.failures(logging.WARNING, "token request with wrong credentials for user %r from %s",
-                          user[:64], client)  # fmt: skip
+                          user[:64], client)
         return ok
 
     def _throttled(self, client: str, user: str, wait: float) -> web.Response:
         self.failures(logging.WARNING, "too many login attempts for user %r or from %s; answering 429 for %ds",
-                      user[:64], client, math.ceil(wait))  # fmt: skip
+                      user[:64], client, math.ceil(wait))
         return web.json_response(
             {"errors": [{"code": "TOOMANYREQUESTS", "message": "too many login attempts; try again later"}]},
             status=429,

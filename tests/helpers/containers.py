@@ -21,11 +21,13 @@ from pathlib import Path
 
 from cryptography import x509
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+from tests.helpers.docker import TEST_HOSTS
+from tests.helpers.process import stop_process
+
 CACHE = ROOT / "pebble-test" / ".container"
-STANDINS = Path(__file__).resolve().parent / "standins"
+STANDINS = ROOT / "tests" / "standins"
 DOMAIN = "registry.test"
-HOSTS = f"127.0.0.1 localhost\n::1 localhost\n127.0.0.1 {DOMAIN}\n"
 
 
 class NotPrepared(Exception):
@@ -63,10 +65,10 @@ class Engine:
 
     def run(self, *command: str, ns: bool = False, check: bool = True, timeout: float = 600,
             env: dict[str, str] | None = None, stdin: str | None = None
-            ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+            ) -> subprocess.CompletedProcess[str]:
         full = self.in_ns(*command) if ns else list(command)
         out = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=stdin,
-                             env={**os.environ, **self.env, **(env or {})})  # fmt: skip
+                             env={**os.environ, **self.env, **(env or {})})
         if check and out.returncode != 0:
             tail = f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
             raise AssertionError(f"{' '.join(command)} exited {out.returncode}:\n{tail}")
@@ -85,7 +87,7 @@ def engine(work: Path) -> Iterator[Engine]:
     d = work / "docker"
     for sub in ("etc-docker/certs.d", "data", "exec", "config"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    (d / "hosts").write_text(HOSTS)
+    (d / "hosts").write_text(TEST_HOSTS)
     script = (
         "set -e; ip link set lo up; "
         f'mount --bind "{d}/hosts" /etc/hosts; mount --bind "{d}/etc-docker" /etc/docker; '
@@ -95,7 +97,7 @@ def engine(work: Path) -> Iterator[Engine]:
     )
     log = (d / "dockerd.log").open("w")
     proc = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", script],
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=log, stderr=subprocess.STDOUT)
     e = Engine(d, proc.pid, {"DOCKER_HOST": f"unix://{d}/docker.sock", "DOCKER_CONFIG": str(d / "config")})
     try:
         deadline = time.monotonic() + 60
@@ -109,12 +111,7 @@ def engine(work: Path) -> Iterator[Engine]:
         ids = e.run("docker", "ps", "-aq", check=False, timeout=60).stdout.split()
         if ids:
             e.run("docker", "rm", "-f", *ids, check=False, timeout=120)
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=60)
         log.close()
 
 
@@ -178,12 +175,12 @@ def pebble_dir(work: Path) -> Path:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
     openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "7",
-            "-subj", "/CN=pebble listener CA", "-keyout", str(p / "ca.key"), "-out", str(p / "ca.pem"))  # fmt: skip
+            "-subj", "/CN=pebble listener CA", "-keyout", str(p / "ca.key"), "-out", str(p / "ca.pem"))
     openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=pebble",
-            "-keyout", str(p / "listener.key"), "-out", str(p / "listener.csr"))  # fmt: skip
+            "-keyout", str(p / "listener.key"), "-out", str(p / "listener.csr"))
     (p / "ext").write_text("subjectAltName=DNS:pebble\nextendedKeyUsage=serverAuth\n")
     openssl("x509", "-req", "-in", str(p / "listener.csr"), "-CA", str(p / "ca.pem"), "-CAkey", str(p / "ca.key"),
-            "-CAcreateserial", "-days", "7", "-out", str(p / "listener.pem"), "-extfile", str(p / "ext"))  # fmt: skip
+            "-CAcreateserial", "-days", "7", "-out", str(p / "listener.pem"), "-extfile", str(p / "ext"))
     (p / "listener.key").chmod(0o644)  # Pebble runs as root in its container; the dir is test-only
     (p / "pebble-config.json").write_text(json.dumps(PEBBLE_CONFIG))
     return p
@@ -194,7 +191,7 @@ def project_copy(work: Path) -> Path:
     repo = work / "repo"
     repo.mkdir()
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           check=True, capture_output=True).stdout.split(b"\0")  # fmt: skip
+                           check=True, capture_output=True).stdout.split(b"\0")
     for f in filter(None, files):
         src = ROOT / f.decode()
         if src.is_file():
@@ -246,11 +243,11 @@ class Project:
 
     def start_script(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.e.run("bash", str(self.dir / "start-registry.sh"), *args, DOMAIN, "ops@example.com",
-                          ns=True, env=self.env, timeout=900)  # fmt: skip
+                          ns=True, env=self.env, timeout=900)
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.e.run("sh", "-c", f'cd "{self.dir}" && exec "$@"', "compose", *self.compose_cmd, *args,
-                          ns=True, env=self.env, check=check, timeout=600)  # fmt: skip
+                          ns=True, env=self.env, check=check, timeout=600)
 
     def container(self, service: str) -> str:
         ids = self.e.docker("ps", "-aq", "--filter", f"label=com.docker.compose.service={service}").split()
@@ -283,13 +280,13 @@ class Project:
         """start-registry.sh --prepare-only, then a user who may push (the README's htpasswd step)."""
         self.start_script("--prepare-only")
         subprocess.run(["htpasswd", "-Bb", str(self.dir / "data" / "auth" / "htpasswd"), USER, PASSWORD],
-                       check=True, capture_output=True)  # fmt: skip
+                       check=True, capture_output=True)
 
     def trust_pebble_root(self) -> Path:
         """Pebble's root as the engine's certs.d/registry.test/ca.crt (an operator's daemon
         trusts Let's Encrypt's the same way, built in); returns its path."""
         code = ("import ssl, urllib.request; ctx = ssl.create_default_context(cafile='/pebble/ca.pem'); "
-                f"print(urllib.request.urlopen({ROOTS_URL!r}, context=ctx).read().decode(), end='')")  # fmt: skip
+                f"print(urllib.request.urlopen({ROOTS_URL!r}, context=ctx).read().decode(), end='')")
         ca = self.e.certs_d / DOMAIN / "ca.crt"
         ca.parent.mkdir(parents=True, exist_ok=True)
         ca.write_text(self.e.docker("exec", self.container("acmebox"), "python", "-c", code))

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from stack import Stack, push_blob, push_manifest_blobs
+from tests.helpers.stack import Stack, push_blob, push_manifest_blobs
 
 
 def repositories_root(stack: Stack) -> Path:
@@ -58,13 +58,13 @@ def empty_repository(stack: Stack, name: str) -> None:
 
 def _put_manifest(stack: Stack, repo: str, ref: str, body: bytes, media_type: str, token: str) -> str:
     r = stack.https("PUT", f"/v2/{repo}/manifests/{ref}", token=token, body=body,
-                    headers={"Content-Type": media_type})  # fmt: skip
+                    headers={"Content-Type": media_type})
     assert r.status == 201, (r.status, r.body)
     return r.headers["Docker-Content-Digest"]
 
 
 def push_index(stack: Stack, repo: str, tags: list[str], token: str,
-               platforms: list[tuple[str, str, str | None, int, str]]) -> str:  # fmt: skip
+               platforms: list[tuple[str, str, str | None, int, str]]) -> str:
     """An OCI image index, pushed as a client would: per platform (os, architecture, variant,
     layer size in bytes, created), a config, a layer and a manifest; then the index under each
     of `tags`, with a buildx-style attestation entry that a browser should not call a platform.
@@ -72,29 +72,29 @@ def push_index(stack: Stack, repo: str, tags: list[str], token: str,
     entries = []
     for os_, arch, variant, layer_size, created in platforms:
         config = json.dumps({"architecture": arch, "os": os_, **({"variant": variant} if variant else {}),
-                             "created": created, "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
+                             "created": created, "rootfs": {"type": "layers", "diff_ids": []}}).encode()
         layer = hashlib.sha256(f"{os_}/{arch}/{variant}".encode()).digest() * (layer_size // 32 + 1)
         layer = layer[:layer_size]
         manifest = push_manifest_blobs(stack, repo, token, config, layer)
         digest = _put_manifest(stack, repo, "sha256:" + hashlib.sha256(manifest).hexdigest(), manifest,
-                               "application/vnd.oci.image.manifest.v1+json", token)  # fmt: skip
+                               "application/vnd.oci.image.manifest.v1+json", token)
         platform = {"os": os_, "architecture": arch, **({"variant": variant} if variant else {})}
         entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
-                        "size": len(manifest), "platform": platform})  # fmt: skip
+                        "size": len(manifest), "platform": platform})
     attestation = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": push_blob(stack, repo, b"{}", token), "size": 2},
         "layers": [],
-    }).encode()  # fmt: skip
+    }).encode()
     att_digest = _put_manifest(stack, repo, "sha256:" + hashlib.sha256(attestation).hexdigest(), attestation,
-                               "application/vnd.oci.image.manifest.v1+json", token)  # fmt: skip
+                               "application/vnd.oci.image.manifest.v1+json", token)
     entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": att_digest,
                     "size": len(attestation), "platform": {"os": "unknown", "architecture": "unknown"},
                     "annotations": {"vnd.docker.reference.type": "attestation-manifest",
-                                    "vnd.docker.reference.digest": entries[0]["digest"]}})  # fmt: skip
+                                    "vnd.docker.reference.digest": entries[0]["digest"]}})
     index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                        "manifests": entries}).encode()  # fmt: skip
+                        "manifests": entries}).encode()
     digest = ""
     for tag in tags:
         digest = _put_manifest(stack, repo, tag, index, "application/vnd.oci.image.index.v1+json", token)
@@ -104,6 +104,6 @@ def push_index(stack: Stack, repo: str, tags: list[str], token: str,
 def push_built_image(stack: Stack, repo: str, tag: str, token: str, created: str, layer: bytes) -> str:
     """A one-layer image whose config says it was built at `created` (RFC 3339)."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "created": created,
-                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
     manifest = push_manifest_blobs(stack, repo, token, config, layer)
     return _put_manifest(stack, repo, tag, manifest, "application/vnd.oci.image.manifest.v1+json", token)

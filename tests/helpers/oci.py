@@ -29,18 +29,18 @@ def make_layout(layout: Path, tag: str, text: str) -> None:
     config = json.dumps({
         "created": "2026-11-01T12:00:00Z", "architecture": "amd64", "os": "linux",
         "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    }).encode()  # fmt: skip
+    }).encode()
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _blob(layout, config),
                    "size": len(config)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _blob(layout, layer),
                     "size": len(layer)}],
-    }).encode()  # fmt: skip
+    }).encode()
     index = {
         "schemaVersion": 2,
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": _blob(layout, manifest),
                        "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": tag}}],
-    }  # fmt: skip
+    }
     (layout / "index.json").write_text(json.dumps(index))
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')

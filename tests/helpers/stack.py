@@ -15,20 +15,22 @@ import http.client
 import json
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import Pebble, ServiceProcess, free_port, start_pebble, stop_pebble
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+from tests.helpers.nginx import Nginx
+from tests.helpers.pebble import Pebble, start_pebble, stop_pebble
+from tests.helpers.process import ServiceProcess, free_port
+
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 
 NGINX_MAIN = """
@@ -90,21 +92,6 @@ def render_templates(template_dir: Path, out_dir: Path, env: dict[str, str]) -> 
     return out
 
 
-@dataclass
-class Nginx:
-    run: Path
-    conf: Path
-    binary: str = field(default_factory=lambda: shutil.which("nginx") or "/usr/sbin/nginx")
-
-    def start(self) -> None:
-        subprocess.run([self.binary, "-c", str(self.conf), "-p", str(self.run)], check=True,
-                       capture_output=True)  # fmt: skip
-
-    def stop(self) -> None:
-        if (self.run / "nginx.pid").exists():
-            subprocess.run([self.binary, "-c", str(self.conf), "-p", str(self.run), "-s", "stop"], capture_output=True)
-
-
 def prepare_nginx(run: Path, env_overrides: dict[str, str]) -> tuple[Nginx, dict[str, str]]:
     """Render the repo's templates with the compose environment (values remapped) and write a
     main config like the image's. Returns nginx and the environment it was rendered with."""
@@ -131,7 +118,7 @@ def start_registry(run: Path, port: int, overrides: dict[str, str]) -> subproces
     config = host_path_of(service, "/etc/docker/registry/config.yml")
     assert set(service.get("environment", {})) <= set(overrides), "remap every compose value"
     env = {**os.environ, "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
-           "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(run / "registry-data"), **overrides}  # fmt: skip
+           "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(run / "registry-data"), **overrides}
     log = (run / "registry.log").open("w")
     return subprocess.Popen(["docker-registry", "serve", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -142,7 +129,7 @@ def start_reload_watcher(nginx: Nginx, nginx_env: dict[str, str]) -> subprocess.
     script = host_path_of(compose()["services"]["nginx"], "/docker-entrypoint.d/40-acmebox-reload-on-change.sh")
     env = {"PATH": os.environ["PATH"], "ACMEBOX_RELOAD_FILE": nginx_env["ACMEBOX_RELOAD_FILE"],
            "ACMEBOX_RELOAD_COMMAND": f"{nginx.binary} -c {nginx.conf} -p {nginx.run} -s reload",
-           "ACMEBOX_RELOAD_FOREGROUND": "1"}  # fmt: skip
+           "ACMEBOX_RELOAD_FOREGROUND": "1"}
     log_path = nginx.run / "watcher.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(["sh", str(script)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -207,7 +194,7 @@ class Stack:
         return ssl.create_default_context(cadata=self.root_pem())
 
     def https(self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None,
-              token: str | None = None, basic: tuple[str, str] | None = None) -> Response:  # fmt: skip
+              token: str | None = None, basic: tuple[str, str] | None = None) -> Response:
         """One request over a new verified TLS connection; absolute URLs of the registry's own
         host (upload Locations) are followed to 127.0.0.1."""
         if path.startswith("https://"):
@@ -248,7 +235,7 @@ def push_blob(stack: Stack, repo: str, data: bytes, token: str) -> str:
     location = start.headers["Location"]
     sep = "&" if "?" in location else "?"
     done = stack.https("PUT", f"{location}{sep}digest={digest}", token=token, body=data,
-                       headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+                       headers={"Content-Type": "application/octet-stream"})
     assert done.status == 201, (done.status, done.body)
     return digest
 
@@ -261,15 +248,15 @@ def push_manifest_blobs(stack: Stack, repo: str, token: str, config: bytes, laye
                    "digest": push_blob(stack, repo, config, token), "size": len(config)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                     "digest": push_blob(stack, repo, layer, token), "size": len(layer)}],
-    }).encode()  # fmt: skip
+    }).encode()
 
 
 def push_image(stack: Stack, repo: str, tag: str, token: str, layer: bytes = b"layer") -> str:
     config = json.dumps({"architecture": "amd64", "os": "linux", "created": "2026-11-02T08:00:00Z",
-                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
     manifest = push_manifest_blobs(stack, repo, token, config, layer)
     r = stack.https("PUT", f"/v2/{repo}/manifests/{tag}", token=token, body=manifest,
-                    headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})  # fmt: skip
+                    headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
     assert r.status == 201, (r.status, r.body)
     return r.headers["Docker-Content-Digest"]
 
@@ -313,7 +300,7 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "CERTS_DIR": str(certs),
         "UI_ROOT": str(ui_root or nginx_host_path("UI_ROOT")),
         "ACMEBOX_RELOAD_FILE": str(generation),
-    })  # fmt: skip
+    })
     if front_redirect:
         (nginx.run / "conf.d" / "front.conf").write_text(
             FRONT_REDIRECT.format(front=front_port, run=nginx.run, domain=DOMAIN, https=https_port)
@@ -332,7 +319,7 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "ACMEBOX_AUTH_KEY": str(state / "token-signing.key"),
         "ACMEBOX_AUTH_CERT": str(token_cert),
         "ACMEBOX_AUTH_TRUSTED_PROXY": "127.0.0.1",  # nginx, as the compose file's "nginx"
-    })  # fmt: skip
+    })
     acmebox = ServiceProcess(["run"], run / "acmebox.log", env={"PATH": os.environ["PATH"], **env})
     registry = watcher = None
     try:
@@ -341,7 +328,7 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
             "REGISTRY_AUTH_TOKEN_REALM": f"https://{DOMAIN}:{https_port}/auth/token",
             "REGISTRY_HTTP_SECRET": "stack-test-secret",
             "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(token_cert),
-        })  # fmt: skip
+        })
         nginx.start()
         watcher = start_reload_watcher(nginx, nginx_env)
         pebble = start_pebble(run / "pebble", **pebble.env)

@@ -165,6 +165,6 @@ class FaultProxy:
             headers["Retry-After"] = rule.retry_after
         if rule.html:
             return web.Response(status=rule.status, text="<html><body>Down for maintenance</body></html>",
-                                content_type="text/html", headers=headers)  # fmt: skip
+                                content_type="text/html", headers=headers)
         problem = {"type": f"urn:ietf:params:acme:error:{rule.problem}", "detail": f"injected {rule.status}"}
         return web.json_response(problem, status=rule.status, headers=headers, content_type="application/problem+json")
