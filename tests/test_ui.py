@@ -34,6 +34,8 @@ BULK = 1500
 FIRST_PAINT_ALLOWED = re.compile(
     r"/(style\.css|app\.js|favicon\.svg|auth/token\?[^ ]*catalog[^ ]*|v2/_catalog\?n=1000)$"
 )
+# The status line's note once bulk/r0003x (listed, no tags) has been read and hidden.
+HIDDEN = " · 1 repository without tags hidden"
 MULTIARCH = [("linux", "amd64", None, 300_000, "2026-11-20T10:00:00Z"),
              ("linux", "arm64", "v8", 280_000, "2026-11-20T10:05:00Z")]
 
@@ -143,16 +145,16 @@ def test_first_repositories_show_after_the_first_catalog_page_only(desktop: Page
     assert len(desktop.paths(r"/auth/token")) <= 1 + len(tags_lists) // 16 + 2
     assert desktop.paths(r"/manifests/|/blobs/|_catalog\?last=") == []
     assert page.locator(".repo").count() == 100
-    expect(page.locator("#status")).to_have_text("1,000 repositories so far; more load as you scroll")
+    expect(page.locator("#status")).to_have_text("1,000 repositories so far; more load as you scroll" + HIDDEN)
 
     # Scrolling down adds rows, then reads the second catalog page when the first runs out.
     status = page.locator("#status")
     for _ in range(30):
-        if status.inner_text() == f"{BULK + 4:,} repositories":
+        if status.inner_text() == f"{BULK + 4:,} repositories" + HIDDEN:
             break
         page.locator("#more").scroll_into_view_if_needed()
         page.wait_for_load_state("networkidle")
-    expect(status).to_have_text(f"{BULK + 4:,} repositories")
+    expect(status).to_have_text(f"{BULK + 4:,} repositories" + HIDDEN)
     assert len(desktop.paths(r"/v2/_catalog")) == 2
 
 
@@ -168,10 +170,11 @@ def test_search_reads_more_of_the_catalog_and_the_count_follows(desktop: Page) -
 
     page.get_by_label("Search").fill("zzz")
     expect(page.locator("#status")).to_have_text(f"1 of {BULK + 4:,} repositories match “zzz”")
+    # A name the catalog lists but that has no tag left is hidden once its row has read that.
     page.get_by_label("Search").fill("bulk/r000")
-    expect(page.locator("#status")).to_have_text(f"11 of {BULK + 4:,} repositories match “bulk/r000”")
-    empty = page.locator(".repo", has_text="bulk/r0003x")
-    expect(empty.locator(".summary")).to_have_text("no tags")
+    expect(page.locator("#status")).to_have_text(f"10 of {BULK + 4:,} repositories match “bulk/r000”" + HIDDEN)
+    expect(page.locator(".repo", has_text="bulk/r0003x")).to_have_count(0)
+    expect(page.locator(".repo")).to_have_count(10)
 
     # repository:tag filters the tags of the rows that are open.
     page.get_by_label("Search").fill("test/ui:v1")
@@ -188,6 +191,10 @@ def test_multi_platform_index_lists_its_platforms(desktop: Page) -> None:
     expect(rows).to_have_count(2)
     assert rows.locator(".platform-name").all_inner_texts() == ["linux/amd64", "linux/arm64/v8"]
     assert rows.locator(".size").all_inner_texts() == ["293.1 KiB", "273.6 KiB"]
+    # Each platform's digest whole, with its own copy button.
+    digests = rows.locator(".pdigest code").all_inner_texts()
+    assert len(digests) == 2 and all(re.fullmatch(r"sha256:[0-9a-f]{64}", d) for d in digests), digests
+    expect(card.get_by_role("button", name="Copy digest of zzz/multiarch:latest for linux/arm64/v8")).to_be_visible()
     assert all(t.strip() not in ("", "?") for t in rows.locator(".created").all_inner_texts())
     expect(card.locator("tr.attestation")).to_have_text("+ 1 attestation (build provenance)")
     digest = card.locator("code.digest").get_attribute("title")
@@ -201,9 +208,9 @@ def test_multi_platform_index_lists_its_platforms(desktop: Page) -> None:
 def test_tags_in_version_order_and_by_build_date(desktop: Page) -> None:
     page = desktop.open("#/repo/test/ui")
     names = page.locator(".tag .tag-name")
+    expect(names).to_have_text(["latest", "v10", "v2", "v1"])  # newest first, like the list's summary
+    page.get_by_label("Tag order").select_option("version")
     expect(names).to_have_text(["latest", "v1", "v2", "v10"])
-    page.get_by_label("Tag order").select_option("version-desc")
-    expect(names).to_have_text(["v10", "v2", "v1", "latest"])
     page.get_by_label("Tag order").select_option("built")  # built 11-01 (v1) .. 11-04 (latest)
     expect(names).to_have_text(["latest", "v10", "v2", "v1"])
     card = page.locator(".tag", has=page.locator(".tag-name", has_text="v10"))
@@ -218,7 +225,7 @@ def test_a_link_opens_one_repository_and_leads_back(desktop: Page) -> None:
     page = desktop.open("#/repo/bulk/r1499")
     expect(page.locator(".repo-page-title")).to_have_text("bulk/r1499")
     expect(page.locator(".repo-page-title")).to_be_focused()
-    expect(page.locator(".tag .tag-name")).to_have_text(["1.0", "1.1", "latest"])
+    expect(page.locator(".tag .tag-name")).to_have_text(["latest", "1.1", "1.0"])
     assert desktop.paths(r"/v2/_catalog") == []
     page.get_by_role("link", name="← All repositories").click()
     expect(page.locator(".repo").first).to_contain_text("bulk/r0000")
@@ -241,7 +248,7 @@ def test_keyboard_and_labels(desktop: Page) -> None:
     expect(page.get_by_label("Search")).to_be_focused()
     page.keyboard.type("test/ui")
     expect(page.locator(".repo")).to_have_count(1)
-    for _ in range(4):  # tag order, theme, the row's link, its toggle
+    for _ in range(3):  # theme, the row's link, its toggle
         page.keyboard.press("Tab")
     toggle = page.get_by_role("button", name="Show tags of test/ui")
     expect(toggle).to_be_focused()
@@ -306,7 +313,17 @@ def test_long_tag_lists_come_fifty_at_a_time(desktop: Page) -> None:
     page = desktop.open("#/repo/many/tags")
     names = page.locator(".tag .tag-name")
     expect(names).to_have_count(50)
-    assert names.all_inner_texts()[:3] == ["t1", "t2", "t3"] and names.nth(49).inner_text() == "t50"
+    assert names.all_inner_texts()[:3] == ["t60", "t59", "t58"] and names.nth(49).inner_text() == "t11"
+    # Sixty tags open as the compact table: one line each, not a card each.
+    expect(page.locator("table.tag-table tr.tag")).to_have_count(50)
+    expect(page.locator("table.tag-table tr.tag:not(.pending)").first).to_be_visible()
+    table_height = page.evaluate("document.documentElement.scrollHeight")
+    page.get_by_label("Show tags as").select_option("cards")
+    expect(page.locator("ul.tags li.tag")).to_have_count(50)
+    cards_height = page.evaluate("document.documentElement.scrollHeight")
+    assert table_height * 2.5 < cards_height, (table_height, cards_height)
+    page.get_by_label("Show tags as").select_option("auto")
+    expect(page.locator("table.tag-table tr.tag")).to_have_count(50)
     expect(page.locator(".count")).to_have_text("60 tags")
     page.get_by_role("button", name="Show 10 more tags of 10").click()
     expect(names).to_have_count(60)
@@ -352,3 +369,18 @@ def test_a_401_challenge_is_followed(desktop: Page) -> None:
     expect(page.locator(".repo").first).to_contain_text("bulk/r0000")
     assert len(challenged) == 1
     assert len(desktop.paths(r"/auth/token\?.*catalog")) == 2
+
+
+def test_the_list_and_the_repository_page_agree_and_settings_sit_with_the_tags(desktop: Page) -> None:
+    page = desktop.open("#/?q=test/ui")
+    summary = page.locator(".repo", has_text="test/ui").locator(".summary")
+    expect(summary).to_have_text("4 tags: latest, v10, v2, …")
+    assert page.locator("header select").count() == 0, "no tag setting on the repository list"
+    page.get_by_role("link", name="test/ui").click()
+    names = page.locator(".tag .tag-name")
+    expect(names).to_have_text(["latest", "v10", "v2", "v1"])
+    view = page.locator("#repo-view")
+    expect(view.get_by_label("Tag order")).to_be_visible()
+    filter_box = page.get_by_label("Filter tags")
+    placeholder = filter_box.get_attribute("placeholder") or ""
+    assert " " in placeholder and not re.search(r"\d", placeholder), "the placeholder reads as a hint, not a tag"

@@ -26,10 +26,13 @@ const MANIFEST_TYPES = [
 const CATALOG_PAGE = 1000;  // distribution 2.8 refuses n above its catalog.maxentries (1000)
 const TAGS_PAGE = 1000;     // 2.8 ignores n on tags/list and sends all; v3 pages with Link
 const ROWS_CHUNK = 100;     // repository rows added to the page at a time
-const TAGS_CHUNK = 50;      // tag cards added at a time
+const TAGS_CHUNK = 50;      // tag cards (or table rows) added at a time
+const TABLE_FROM = 20;      // a repository with more tags opens as a compact table, unless chosen otherwise
 const CONCURRENCY = 6;      // registry requests in flight
 const TOKEN_BATCH = 16;     // repository scopes asked for in one token request
-const SORTS = ["version", "version-desc", "built"];
+// Newest first by default: the order the list's row summary uses, so both views agree.
+const SORTS = ["version-desc", "version", "built"];
+const VIEWS = ["auto", "cards", "table"];
 const THEMES = ["auto", "light", "dark"];
 
 // ---------------------------------------------------------------------------------- network
@@ -335,10 +338,15 @@ function ago(date) {
 const shortDigest = (d) => (d ? d.replace(/^(sha256:[0-9a-f]{12})[0-9a-f]+$/, "$1…") : "?");
 const plural = (n, one, many) => `${counted.format(n)} ${n === 1 ? one : many}`;
 
+// `latest` comes first in both version orders: it is what a plain `docker pull` gets.
 function sortTags(tags, order, repo) {
   const byVersion = [...tags].sort(collator.compare);
-  if (order === "version-desc") return byVersion.reverse();
-  if (order !== "built") return byVersion;
+  if (order === "version-desc") byVersion.reverse();
+  if (order !== "built") {
+    const latest = byVersion.indexOf("latest");
+    if (latest > 0) byVersion.unshift(...byVersion.splice(latest, 1));
+    return byVersion;
+  }
   const dates = builtDates(repo);
   // Newest build first; tags whose date is not known (yet) after them, in version order.
   return byVersion.sort((a, b) => (dates.get(b) || "").localeCompare(dates.get(a) || ""));
@@ -487,9 +495,8 @@ function platformTable(repo, tag, info) {
     const created = el("td", "created");
     created.append(timeNode(p.created));
     const digest = el("td", "pdigest");
-    const code = el("code", null, shortDigest(p.digest));
-    code.title = p.digest;
-    digest.append(code);
+    digest.append(el("code", null, p.digest || "?"));
+    if (p.digest) digest.append(" ", copyButton(p.digest, `digest of ${repo}:${tag} for ${p.platform || "?"}`));
     row.append(name, el("td", "size", humanSize(p.size)), created, digest);
     body.append(row);
   }
@@ -500,6 +507,51 @@ function platformTable(repo, tag, info) {
     row.append(cell);
     body.append(row);
   }
+  return table;
+}
+
+// One tag as a row of the compact table: the same facts as a card, on one line.
+function tagRow(repo, tag) {
+  const tr = el("tr", "tag pending");
+  tr.dataset.tag = tag;
+  tr.dataset.view = "row";
+  const name = el("th", "tag-name", tag);
+  name.scope = "row";
+  name.tabIndex = -1;  // "Show more tags" moves the focus to the first new row
+  const pull = el("td", "pull-cell");
+  pull.append(copyButton(`docker pull ${location.host}/${repo}:${tag}`, `docker pull ${repo}:${tag}`, "Copy pull"));
+  tr.append(name, el("td", "kind", ""), el("td", "size", ""), el("td", "created", ""), el("td", "digest-cell", ""), pull);
+  tr.setAttribute("aria-busy", "true");
+  return tr;
+}
+
+function fillRow(tr, repo, tag, info) {
+  tr.classList.remove("pending");
+  tr.removeAttribute("aria-busy");
+  tr.querySelector(".kind").textContent = info.kind === "index"
+    ? `multi-platform · ${plural(info.platforms.length, "platform", "platforms")}`
+    : info.artifact ? `artifact · ${info.artifact}` : info.platform;
+  const size = info.kind === "index" ? null : info.size;
+  tr.querySelector(".size").textContent = info.kind === "index" ? "" : humanSize(size);
+  tr.querySelector(".created").replaceChildren(timeNode(info.created));
+  const cell = tr.querySelector(".digest-cell");
+  const code = el("code", "digest", shortDigest(info.digest));
+  code.title = info.digest || "";
+  cell.replaceChildren(code);
+  if (info.digest) cell.append(" ", copyButton(info.digest, `digest of ${repo}:${tag}`, "Copy digest"));
+}
+
+function tagTable(repo, rowsShown) {
+  const table = el("table", "tag-table");
+  table.append(el("caption", "sr-only", `Tags of ${repo}`));
+  const head = el("tr");
+  for (const h of ["Tag", "Platform", "Size", "Built", "Digest", "Pull"]) {
+    const th = el("th", null, h);
+    th.scope = "col";
+    head.append(th);
+  }
+  table.createTHead().append(head);
+  table.createTBody().append(...rowsShown);
   return table;
 }
 
@@ -517,7 +569,7 @@ function loadCard(card) {
   const { repo, tag } = card.dataset;
   card.dataset.asked = "1";
   describe(repo, tag, () => visible.has(card) && card.isConnected).then((info) => {
-    fillCard(card, repo, tag, info);
+    (card.dataset.view === "row" ? fillRow : fillCard)(card, repo, tag, info);
     noteDate(repo, tag, info.created);
   }, (e) => {
     delete card.dataset.asked;
@@ -549,12 +601,21 @@ class TagList {
     this.render();
   }
 
+  // Cards show everything at once; a long list reads better as a table of one line per tag.
+  view() {
+    const chosen = currentView();
+    if (chosen !== "auto") return chosen;
+    return this.tags && this.tags.length > TABLE_FROM ? "table" : "cards";
+  }
+
   card(tag) {
-    let card = this.cards.get(tag);
+    const view = this.view();
+    const key = `${view}:${tag}`;
+    let card = this.cards.get(key);
     if (!card) {
-      card = tagCard(this.repo, tag, this.headingLevel);
+      card = view === "table" ? tagRow(this.repo, tag) : tagCard(this.repo, tag, this.headingLevel);
       card.dataset.repo = this.repo;
-      this.cards.set(tag, card);
+      this.cards.set(key, card);
       cardObserver.observe(card);
     }
     return card;
@@ -565,8 +626,10 @@ class TagList {
     const order = currentSort();
     const f = this.filter.toLowerCase();
     const tags = sortTags(this.tags.filter((t) => !f || t.toLowerCase().includes(f)), order, this.repo);
-    const list = el("ul", "tags");
-    list.append(...tags.slice(0, this.shown).map((t) => this.card(t)));
+    const shown = tags.slice(0, this.shown).map((t) => this.card(t));
+    let list;
+    if (this.view() === "table") list = tagTable(this.repo, shown);
+    else { list = el("ul", "tags"); list.append(...shown); }
     const parts = [list];
     if (!this.tags.length) parts.push(el("p", "empty", "No tags: every image here has been deleted."));
     else if (!tags.length) parts.push(el("p", "empty", `No tag matches “${this.filter}”.`));
@@ -582,6 +645,7 @@ class TagList {
       parts.push(more);
     }
     if (order === "built") parts.unshift(this.builtNote(tags));
+    if (this.controls) parts.unshift(this.controls);
     this.container.replaceChildren(...parts);
   }
 
@@ -618,6 +682,9 @@ function scheduleResort() {
 
 const state = { query: "", shown: ROWS_CHUNK, matches: [], firstPaint: false };
 const rows = new Map();     // repo -> row element
+// Names the catalog still lists but that have no tag left (what deleting every tag leaves):
+// hidden from the list once their row has read that, and counted in the status line.
+const emptyRepos = new Set();
 const openLists = new Map(); // repo -> TagList of expanded rows
 let repoPage = null;         // { repo, list } while a repository page is open
 
@@ -665,6 +732,7 @@ function setExpanded(li, open) {
   li.classList.toggle("open", open);
   if (!open) { openLists.delete(repo); return; }
   const list = new TagList(repo, body, 3);
+  list.controls = tagControls();
   list.filter = splitQuery(state.query)[1];
   openLists.set(repo, list);
   body.replaceChildren(el("p", "note", "Reading tags…"));
@@ -675,10 +743,15 @@ function setExpanded(li, open) {
 function summarize(li, tags) {
   const summary = li.querySelector(".summary");
   li.classList.toggle("empty-repo", !tags.length);
-  if (!tags.length) { summary.textContent = "no tags"; return; }
+  if (!tags.length) {
+    summary.textContent = "no tags";
+    if (!emptyRepos.has(li.dataset.repo) && !openLists.has(li.dataset.repo)) {
+      emptyRepos.add(li.dataset.repo);
+      scheduleRefresh();
+    }
+    return;
+  }
   const top = sortTags(tags, "version-desc");
-  const latest = top.indexOf("latest");
-  if (latest > 0) top.unshift(...top.splice(latest, 1));
   const shown = top.slice(0, 3).join(", ");
   summary.textContent = `${plural(tags.length, "tag", "tags")}: ${shown}${tags.length > 3 ? ", …" : ""}`;
 }
@@ -698,9 +771,16 @@ const rowObserver = new IntersectionObserver((entries) => {
   }
 }, { rootMargin: "200px 0px" });
 
+let refreshTimer = null;
+function scheduleRefresh() {
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(() => { refreshTimer = null; if (!repoPage) { refreshList(); fill(); } }, 100);
+}
+
 function refreshList() {
   const [repoPart, tagPart] = splitQuery(state.query);
-  state.matches = repoPart ? catalog.names.filter((n) => n.toLowerCase().includes(repoPart)) : catalog.names;
+  const listed = emptyRepos.size ? catalog.names.filter((n) => !emptyRepos.has(n)) : catalog.names;
+  state.matches = repoPart ? listed.filter((n) => n.toLowerCase().includes(repoPart)) : listed;
   const list = document.getElementById("repos");
   const wanted = state.matches.slice(0, state.shown).map(row);
   // Rows are kept (with what they loaded) and only re-ordered; appending is the common case.
@@ -736,6 +816,8 @@ function updateStatus() {
       ? `${counted.format(m)} of ${plural(total, "repository", "repositories")} match “${repoPart}”`
       : `${counted.format(m)} of the first ${plural(total, "repository", "repositories")} match “${repoPart}”; reading more…`;
   }
+  const hidden = repoPart ? [...emptyRepos].filter((n) => n.toLowerCase().includes(repoPart)).length : emptyRepos.size;
+  if (hidden) text += ` · ${plural(hidden, "repository", "repositories")} without tags hidden`;
   if (catalog.error && total) text += ` (stopped: ${catalog.error.message})`;
   status.textContent = text;
   const rest = state.matches.length - Math.min(state.shown, state.matches.length);
@@ -800,12 +882,14 @@ function showRepo(repo) {
   filter.id = "tag-filter";
   filter.autocomplete = "off";
   filter.spellcheck = false;
-  filter.placeholder = "v1.2";
+  filter.placeholder = "type part of a tag name";
   filterLabel.append(el("span", "label", "Filter tags"), filter);
+  const toolbar = el("div", "repo-toolbar");
+  toolbar.append(filterLabel, tagControls());
   const body = el("div", "repo-body");
   body.append(el("p", "note", "Reading tags…"));
   const count = el("p", "count", "");
-  view.replaceChildren(back, title, count, pull, filterLabel, body);
+  view.replaceChildren(back, title, count, pull, toolbar, body);
   const list = new TagList(repo, body, 3);
   repoPage = { repo, list };
   filter.addEventListener("input", () => list.setFilter(filter.value.trim()));
@@ -873,9 +957,44 @@ function route() {
 
 // ---------------------------------------------------------------------------------- settings
 
-function currentSort() {
-  const value = document.getElementById("sort").value;
-  return SORTS.includes(value) ? value : "version";
+// How tags are shown, chosen beside the tags (not on the repository list, where "order" would
+// read as sorting the repositories) and kept for the next visit.
+const settings = { order: SORTS[0], view: VIEWS[0] };
+
+function currentSort() { return settings.order; }
+function currentView() { return settings.view; }
+
+function choose(key, value) {
+  settings[key] = value;
+  try { localStorage.setItem(`acmebox-${key === "order" ? "sort" : "view"}`, value); } catch (e) { /* private mode */ }
+  for (const select of document.querySelectorAll(`select[data-setting="${key}"]`)) select.value = value;
+  for (const l of liveTagLists()) l.render();
+}
+
+function settingSelect(key, label, options) {
+  const wrap = el("label", `tag-setting ${key}`);
+  const select = el("select");
+  select.dataset.setting = key;
+  for (const [value, text] of options) {
+    const option = el("option", null, text);
+    option.value = value;
+    select.append(option);
+  }
+  select.value = settings[key];
+  select.addEventListener("change", () => choose(key, select.value));
+  wrap.append(el("span", "label", label), select);
+  return wrap;
+}
+
+function tagControls() {
+  const box = el("div", "tag-controls");
+  box.append(
+    settingSelect("order", "Tag order", [["version-desc", "Version, highest first"], ["version", "Version, lowest first"],
+      ["built", "Built, newest first"]]),
+    settingSelect("view", "Show tags as", [["auto", `Cards, a table above ${TABLE_FROM}`], ["cards", "Cards"],
+      ["table", "Compact table"]]),
+  );
+  return box;
 }
 
 function setTheme(theme) {
@@ -897,12 +1016,8 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("theme").addEventListener("click", () => {
     setTheme(THEMES[(THEMES.indexOf(document.documentElement.dataset.theme) + 1) % THEMES.length]);
   });
-  const sort = document.getElementById("sort");
-  if (SORTS.includes(stored("acmebox-sort"))) sort.value = stored("acmebox-sort");
-  sort.addEventListener("change", () => {
-    try { localStorage.setItem("acmebox-sort", sort.value); } catch (e) { /* private mode */ }
-    for (const l of liveTagLists()) l.render();
-  });
+  if (SORTS.includes(stored("acmebox-sort"))) settings.order = stored("acmebox-sort");
+  if (VIEWS.includes(stored("acmebox-view"))) settings.view = stored("acmebox-view");
   const search = document.getElementById("search");
   search.addEventListener("input", () => {
     state.query = search.value;
