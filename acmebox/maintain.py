@@ -19,10 +19,9 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from acmebox import renewal
+from acmebox import policies, renewal
 from acmebox.client import AcmeClient, ari_cert_id
 from acmebox.clock import Clock
 from acmebox.config import CertSpec
@@ -40,13 +39,13 @@ from acmebox.fsutil import space_problem
 from acmebox.ledger import Ledger, LedgerRefusal
 from acmebox.metrics import Metrics
 from acmebox.pending import PendingStore, Received
+from acmebox.policies import Observed, Plan, Wanted
 from acmebox.state import AriCache, CertState, StateStore
 from acmebox.store import CertStore, StoredCert, split_chain
 
 log = logging.getLogger(__name__)
 
 ARI_RETRY_ON_ERROR = dt.timedelta(hours=1)
-MIN_SPACING = dt.timedelta(minutes=5)  # between two scheduled renewals of one certificate
 MIN_FREE = 64 * 1024  # bytes free in the certs and state dirs before ordering: a renewal writes ~12 files
 DISK_RECHECK = dt.timedelta(minutes=5)
 MAX_CLOCK_SKEW = dt.timedelta(hours=1)  # certificates are backdated by about that much
@@ -54,8 +53,7 @@ CLOCK_RECHECK = dt.timedelta(hours=1)
 NOT_BEFORE_TOLERANCE = dt.timedelta(minutes=5)
 
 
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_iso = policies.iso
 
 
 # The dirs are shared by every certificate: one probe (a file written and fsynced) serves all
@@ -75,40 +73,6 @@ def _space_problem(path: Path) -> str | None:
 def _span(seconds: float) -> str:
     seconds = abs(seconds)
     return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
-
-
-def why_not_reusable(
-    spec: CertSpec, stored: StoredCert | None, now: dt.datetime, directory: str, revoked: set[str] | None = None
-) -> str | None:
-    """None when `stored` serves `spec` as it is; otherwise why a new certificate is needed.
-    A certificate from another CA directory (staging, before switching to production) is not
-    reusable: it is replaced at once, not at its next renewal. One without a recorded directory
-    (taken over from certbot) is kept until then."""
-    if stored is None:
-        return "no certificate yet"
-    if stored.placeholder:
-        return "only a placeholder is in place"
-    if revoked and f"{stored.serial:x}" in revoked:
-        return "revoked (acmebox revoke)"
-    issued_by = stored.meta.get("directory")
-    if issued_by is not None and issued_by != directory:
-        return f"issued by another CA directory ({issued_by})"
-    if sorted(stored.names) != sorted(spec.names):
-        return f"names changed (on disk: {', '.join(stored.names)})"
-    if stored.key_type != spec.key_type:
-        return f"key type changed (on disk: {stored.key_type})"
-    if spec.profile and stored.meta.get("profile") != spec.profile:
-        return f"profile changed (on disk: {stored.meta.get('profile') or 'none'})"
-    if stored.not_after <= now:
-        return f"expired at {_iso(stored.not_after)}"
-    return None
-
-
-@dataclass(frozen=True)
-class Plan:
-    at: dt.datetime  # when to renew
-    reason: str
-    wake: dt.datetime  # when to plan again at the latest (e.g. the next ARI fetch)
 
 
 # (client, spec, replaces) -> what the CA issued, not yet stored
@@ -171,37 +135,44 @@ class CertMaintainer:
 
     # -- planning ------------------------------------------------------------------------------
 
-    async def plan(self, state: CertState, stored: StoredCert | None) -> Plan:
-        now = self.clock.now()
+    def observe(self, stored: StoredCert | None, state: CertState | None = None) -> Observed:
+        """The facts the policies decide on, as this maintainer sees them now."""
+        return Observed(self.clock.now(), policies.Live.of(stored), Wanted(self.spec, self.directory),
+                        revoked=frozenset(self.states.revoked()), state=state)  # fmt: skip
+
+    def _asked(self, eager: bool = False) -> policies.Request:
+        r = self._request
+        return policies.Request(pending=r is not None, forced=r is not None and r[1], eager=eager)
+
+    async def plan(self, state: CertState, stored: StoredCert | None, kept: bool = False, eager: bool = False) -> Plan:
+        """Evaluate: the gates, then the trigger (with the ARI window fetched when it decides), then spacing."""
+        seen = self.observe(stored, state)
         self._publish_cert(stored)
-        forced = self._request is not None and self._request[1]
-        if forced:
-            return Plan(now, "renewal requested (--force)", now)
-        if state.next_attempt is not None and now < state.next_attempt:
-            why = f"backoff after {state.failures} failure(s): {state.last_error}"
-            return Plan(state.next_attempt, why, state.next_attempt)
-        reason = why_not_reusable(self.spec, stored, now, self.directory, self.states.revoked())
-        if reason is not None or stored is None:
-            decision, wake = renewal.Decision(now, reason or "no certificate yet"), now
-        else:
-            ari = await self._ari(stored, state, now)
-            if ari is not None:
-                decision = renewal.decide(stored.not_before, stored.not_after, ari.chosen, (ari.start, ari.end))
-                wake = min(decision.at, ari.next_fetch)
-            else:
-                decision = renewal.decide(stored.not_before, stored.not_after)
-                wake = min(decision.at, self._ari_retry_at) if self._ari_retry_at else decision.at
-        recent = state.last_success
-        # A configuration change (names, key type, profile, CA directory) is acted on at once:
-        # the new certificate ends the difference, so it cannot loop.
-        may_loop = stored is None or stored.placeholder or reason is None or stored.not_after <= now
-        if self._request is None and may_loop and recent is not None and decision.at < recent + MIN_SPACING:
-            # A CA (or clock) that makes each fresh certificate due at once, or expired on
-            # arrival, must not cause a loop of orders; an operator's `acmebox renew` is not a
-            # loop and goes through. The ledger bounds what gets past this.
-            spaced = recent + MIN_SPACING
-            return Plan(spaced, f"{decision.reason}, spaced from the last renewal", spaced)
-        return Plan(decision.at, decision.reason, wake)
+        asked = self._asked(eager)
+        gated = policies.gate(seen, state, asked, kept)
+        if gated is not None:
+            return gated
+        ari = None
+        if stored is not None and policies.replace(seen) is None:
+            ari = await self._ari(stored, state, seen.now)
+        return policies.spaced(policies.trigger(seen, ari, self._ari_retry_at), state, asked)
+
+    def record_verdict(self, stored: StoredCert | None = None, save: bool = True) -> policies.Verdict:
+        """Evaluate READY for the live certificate and keep it in the state file, for `status`
+        in another process (it cannot see the configuration). Served-or-not is not part of it:
+        that is recorded apart (control.write_served)."""
+        if self._state is None:
+            self._state = self.states.load(self.name, self.clock.now())
+        if stored is None:
+            stored = self.store.current(self.name)
+        seen = self.observe(stored, self._state)
+        verdict = policies.ready(seen)
+        serial = seen.live.serial if seen.live is not None else None
+        before = self._state.verdict
+        self._state.verdict = verdict.record(serial, seen.now, before)
+        if save and self._state.verdict != before:
+            self._save(self._state)
+        return verdict
 
     async def _ari(self, stored: StoredCert, state: CertState, now: dt.datetime) -> AriCache | None:
         """The cached ARI window for this certificate, fetched again when due."""
@@ -248,30 +219,29 @@ class CertMaintainer:
     # -- acting --------------------------------------------------------------------------------
 
     async def step(self, eager: bool = False) -> Plan | None:
-        """Plan; if due now, attempt once. Returns the plan when nothing was due, None after an
-        attempt. Raises the attempt's error after recording it (the loop goes on, --once reports it).
-        `eager` (`run --once`): a certificate already received is installed now, whatever the
-        wait after the last failure to store it (that costs no order)."""
+        """One pass: observe (state, live and kept certificates), evaluate (policies.py), act
+        (install or order) when due, report (state file, log, metrics). Returns the plan when
+        nothing was due, None after an attempt. Raises the attempt's error after recording it
+        (the loop goes on, --once reports it). `eager` (`run --once`): a certificate already
+        received is installed now, whatever the wait after the last failure to store it (that
+        costs no order)."""
+        # observe
         if self._state is None:
             self._state = self.states.load(self.name, self.clock.now())
         state = self._state
         stored = self.store.current(self.name)
         kept = self._unsaved or self.pending.load(self.name)
-        if kept is not None:
-            now = self.clock.now()
-            retry = state.next_attempt
-            if retry is not None and now < retry and self._request is None and not eager:
-                plan = Plan(retry, f"a received certificate waits to be stored ({state.last_error})", retry)
-            else:
-                plan = Plan(now, "a certificate already received waits to be stored", now)
-        else:
-            plan = await self.plan(state, stored)
+        # evaluate
+        plan = await self.plan(state, stored, kept=kept is not None, eager=eager)
+        # report
         self._log_plan(plan, state)
+        self.record_verdict(stored, save=False)
         now = self.clock.now()
         if plan.at > now:
             self._finish_request(state, f"not due: next renewal {_iso(plan.at)} because of {plan.reason}")
             self._save(state)
             return plan
+        # act
         log.info("%s: %s now (%s)", self.name, "installing" if kept else "renewing", plan.reason)
         try:
             new = self._install(kept) if kept is not None else await self._attempt(stored)
@@ -294,12 +264,15 @@ class CertMaintainer:
     async def _record_next_plan(self, state: CertState) -> None:
         """After an attempt, what comes next, so that `status` shows the plan held now (also
         after `run --once`), not the one that led to the attempt."""
+        stored = self.store.current(self.name)
         try:
-            plan = await self.plan(state, self.store.current(self.name))
+            plan = await self.plan(state, stored)
         except AcmeboxError as e:  # the plan is recorded at the next step instead
             log.debug("%s: no plan recorded after the attempt: %s", self.name, e)
+            self.record_verdict(stored)
             return
         self._log_plan(plan, state)
+        self.record_verdict(stored, save=False)
         self._save(state)
 
     async def _attempt(self, stored: StoredCert | None) -> StoredCert:

@@ -12,10 +12,11 @@ import asyncio
 import logging
 import os
 import signal
+from dataclasses import replace
 
 from acme import crypto_util
 
-from acmebox import control, keys, placeholder, renewal, webapp
+from acmebox import control, keys, placeholder, policies, webapp
 from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.client import AcmeClient
@@ -23,7 +24,7 @@ from acmebox.clock import Clock
 from acmebox.config import CertSpec, Config
 from acmebox.errors import AccountRefused, AcmeboxError, CAProblem, CAUnreachable, ConfigError
 from acmebox.fsutil import atomic_write
-from acmebox.maintain import CertMaintainer, why_not_reusable
+from acmebox.maintain import CertMaintainer
 from acmebox.metrics import Metrics
 from acmebox.pending import Received
 from acmebox.reload import ONCE_ATTEMPTS, Reloader, ReloadTarget
@@ -85,39 +86,27 @@ class Service:
     # -- health -------------------------------------------------------------------------------
 
     def health(self) -> tuple[bool, str]:
-        """(healthy, one line per certificate). Unhealthy while a certificate is missing, in
-        its last 1/20 of life, or failing (its last attempt failed or was held back), or while
-        the CA cannot be reached at all."""
-        now = self.clock.now()
+        """(healthy, one line per certificate). Unhealthy while the CA cannot be reached at all,
+        or while any certificate is not Ready (policies.READY: missing, revoked, failing, not
+        what is configured, in its last 1/20 of life, not served)."""
         lines, ok = [], True
         if self.ca_error is not None:
             ok = False
             lines.append(f"CA {self.config.directory}: {self.ca_error}")
         for spec in self.config.certs:
-            stored = self.store.current(spec.name)
-            state = self.maintainers[spec.name].state
-            if stored is None or stored.placeholder:
-                ok = False
-                line = f"{spec.name}: no certificate yet"
-            elif f"{stored.serial:x}" in self.states.revoked():
-                ok = False
-                line = f"{spec.name}: serial {stored.serial:x} is revoked; being replaced"
-            elif now >= renewal.last_call(stored.not_before, stored.not_after):
-                ok = False
-                line = f"{spec.name}: expiring {stored.not_after.isoformat()}"
-            else:
-                line = f"{spec.name}: valid until {stored.not_after.isoformat()}"
-            served = self.reloader.served.get(spec.name)
-            if stored is not None and served is not None and self.reloader.matches(spec.name) is False:
-                ok = False
-                door = self.reloader.verify
-                line += (f"; but {door} serves serial {served.serial:x}, not {stored.serial:x}"
-                         if served.serial is not None else f"; but {door} does not answer ({served.error})")
-            if state is not None and state.last_error is not None and state.next_attempt is not None:
-                ok = False
-                line += f"; failing: {state.last_error[:200]} (next attempt {state.next_attempt.isoformat()})"
-            lines.append(line)
+            m = self.maintainers[spec.name]
+            seen = replace(m.observe(self.store.current(spec.name), m.state), presented=self._presented(spec.name))
+            verdict = policies.ready(seen)
+            ok &= verdict.ready
+            lines.append(f"{spec.name}: {verdict.message}")
         return ok, "\n".join(lines)
+
+    def _presented(self, name: str) -> policies.Presented | None:
+        served = self.reloader.served.get(name)
+        if served is None or self.reloader.matches(name) is None:
+            return None
+        serial = f"{served.serial:x}" if served.serial is not None else None
+        return policies.Presented(serial, served.error, str(self.reloader.verify))
 
     # -- the CA -------------------------------------------------------------------------------
 
@@ -343,13 +332,13 @@ class Service:
         except AcmeboxError as e:  # step() logged and recorded it
             return m.name, e
         stored = self.store.current(m.name)
-        missing = why_not_reusable(m.spec, stored, self.clock.now(), self.config.directory, self.states.revoked())
+        missing = policies.replace(m.observe(stored))
         if plan is not None and stored is not None and missing is None:
             log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
                      m.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
         if missing is not None and plan is not None:
             error = AcmeboxError(
-                f"{m.name}: {missing}; next attempt {plan.at:%Y-%m-%dT%H:%M:%SZ} because of {plan.reason} "
+                f"{m.name}: {missing.message}; next attempt {plan.at:%Y-%m-%dT%H:%M:%SZ} because of {plan.reason} "
                 f"(--force-renew tries now)"
             )
             log.error("%s", error)
@@ -393,6 +382,8 @@ class Service:
                 control.write_configured(self.config.state_dir, [spec.name for spec in self.config.certs])
             except OSError as e:
                 log.warning("cannot record the configured certificates for `status` (%s)", e.strerror or e)
+            for m in self.maintainers.values():  # `status` judges by the configuration from now on
+                m.record_verdict()
             return await self._run(once, force)
 
     async def _run(self, once: bool, force: bool) -> int:

@@ -1,6 +1,7 @@
 """What acmebox remembers about each certificate between runs, in <state>/certs/<name>.json:
 the failure count and the next allowed attempt (so restarts and crash loops cannot reset the
-backoff and hammer the CA), the cached ARI window, and the outcome of the last attempt.
+backoff and hammer the CA), the cached ARI window, the outcome of the last attempt, and the
+service's last READY verdict on the live certificate (policies.py), which `status` reads.
 
 A state file that cannot be read as such (hand-edited, damaged) is moved aside as
 `<name>.json.unreadable-<time>` and replaced by the safe assumption: the last attempt failed
@@ -48,6 +49,29 @@ class AriCache:
 
 
 @dataclass
+class VerdictRecord:
+    """A verdict as kept: its reason token and message (policies.py), the live serial it is
+    about, and since when that reason holds (cert-manager's lastTransitionTime)."""
+
+    reason: str
+    message: str
+    serial: str | None  # hex; None: nothing live
+    since: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "message": self.message, "serial": self.serial, "since": self.since.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> VerdictRecord:
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("reason", "message")):
+            raise BadState("verdict is not a verdict")
+        serial = data.get("serial")
+        if serial is not None and not isinstance(serial, str):
+            raise BadState("verdict.serial is not a string")
+        return cls(data["reason"], data["message"], serial, _time(data.get("since"), "verdict.since"))
+
+
+@dataclass
 class CertState:
     failures: int = 0
     next_attempt: dt.datetime | None = None
@@ -59,13 +83,15 @@ class CertState:
     ari: AriCache | None = None
     handled_request: str | None = None  # id of the last `acmebox renew` request handled
     request_result: str | None = None
+    verdict: VerdictRecord | None = None  # written by the service only
 
     def to_json(self) -> dict[str, Any]:
         def enc(v: Any) -> Any:
             return v.isoformat() if isinstance(v, dt.datetime) else v
 
-        data = {k: enc(v) for k, v in asdict(self).items() if k != "ari"}
+        data = {k: enc(v) for k, v in asdict(self).items() if k not in ("ari", "verdict")}
         data["ari"] = {k: enc(v) for k, v in asdict(self.ari).items()} if self.ari else None
+        data["verdict"] = self.verdict.to_json() if self.verdict else None
         return data
 
     @classmethod
@@ -100,6 +126,8 @@ class CertState:
                 next_fetch=_time(ari.get("next_fetch"), "ari.next_fetch"),
                 explanation_url=explanation if isinstance(explanation, str) else None,
             )
+        verdict = data.get("verdict")
+        kwargs["verdict"] = VerdictRecord.from_json(verdict) if verdict is not None else None
         return cls(**kwargs)
 
 
