@@ -63,7 +63,7 @@ def _status_of(name: str, store: CertStore, states: StateStore, served: dict[str
         "verdict": {"reason": str(verdict.reason), "message": verdict.message, "since": since},
         "names": stored.names if stored is not None else [],
         "issuer": _issuer(stored) if stored is not None else None,
-        "directory": stored.meta.get("directory") if stored is not None else None,
+        "directory": stored.meta.directory if stored is not None else None,
         "serial": serial,
         "not_after": stored.not_after.isoformat() if stored is not None else None,
         "served_serial": seen.get("serial"),
@@ -136,7 +136,7 @@ def owner(store: CertStore, states: StateStore, name: str) -> str | None:
         return name
     for cert in managed:
         stored = store.current(cert)
-        if stored is not None and name in (stored.meta.get("names") or stored.names):
+        if stored is not None and name in (stored.meta.names or stored.names):
             return cert
     return None
 
@@ -182,8 +182,8 @@ async def revoke(certs_dir: Path, state_dir: Path, name: str, reason: int, ca_bu
     stored = store.current(name)
     if stored is None or stored.placeholder:
         raise ConfigError(f"no issued certificate named {name} in {certs_dir}")
-    directory = stored.meta.get("directory")
-    if not isinstance(directory, str):
+    directory = stored.meta.directory
+    if directory is None:
         raise ConfigError(f"{name}: its metadata does not say which CA issued it")
     account = AccountFiles.for_directory(state_dir, directory)
     if not account.key_path.exists():

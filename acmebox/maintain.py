@@ -36,6 +36,7 @@ from acmebox.errors import (
     DiskError,
 )
 from acmebox.fsutil import space_problem
+from acmebox.issuance import Issuer
 from acmebox.ledger import Ledger, LedgerRefusal
 from acmebox.metrics import Metrics
 from acmebox.pending import PendingStore, Received
@@ -75,19 +76,20 @@ def _span(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
 
 
-# (client, spec, replaces) -> what the CA issued, not yet stored
-Issuer = Callable[[AcmeClient, CertSpec, str | None], Awaitable[Received]]
-
-
 class CertMaintainer:
+    """One certificate's loop. Its collaborators are given: the `issuer` (and through it the
+    CA connection), its `ledger` and `pending` store, the shared `store` and `states`, and
+    `on_renewed`, which tells the reloader about a new certificate and says what came of it."""
+
     def __init__(
         self,
         spec: CertSpec,
         *,
         store: CertStore,
         states: StateStore,
-        client: Callable[[], Awaitable[AcmeClient]],
-        issue: Issuer,
+        issuer: Issuer,
+        ledger: Ledger,
+        pending: PendingStore,
         on_renewed: Callable[[StoredCert, bool], Awaitable[str]],
         metrics: Metrics,
         clock: Clock,
@@ -99,16 +101,15 @@ class CertMaintainer:
         self.name = spec.name
         self.store = store
         self.states = states
-        self._client = client
-        self._issue = issue
+        self.issuer = issuer
         self._on_renewed = on_renewed
         self.metrics = metrics
         self.clock = clock
         self.directory = directory
         self.use_ari = use_ari
         self.rng = rng or random.Random()
-        self.pending = PendingStore(states.dir.parent)
-        self.ledger = Ledger(states.dir.parent, spec.name, directory)
+        self.pending = pending
+        self.ledger = ledger
         self.wake = asyncio.Event()
         self._state: CertState | None = None  # loaded once; the file is its persisted copy
         self._unsaved: Received | None = None  # received, and not even the pending copy could be written
@@ -186,7 +187,7 @@ class CertMaintainer:
             return cache
         self._refresh_ari = False
         try:
-            client = await self._client()
+            client = await self.issuer.ca.client()
             info = await client.renewal_info(stored.cert)
         except AcmeboxError as e:
             self._ari_retry_at = now + ARI_RETRY_ON_ERROR
@@ -276,11 +277,11 @@ class CertMaintainer:
         self._save(state)
 
     async def _attempt(self, stored: StoredCert | None) -> StoredCert:
-        client = await self._client()
+        client = await self.issuer.ca.client()
         await self._preflight(client)
         replaces = None
         if (self.use_ari and client.has_ari and stored is not None and not stored.placeholder
-                and stored.meta.get("directory") == self.directory):  # fmt: skip
+                and stored.meta.directory == self.directory):  # fmt: skip
             replaces = ari_cert_id(stored.cert)
         try:
             received = await self._order(client, replaces)
@@ -329,7 +330,7 @@ class CertMaintainer:
             raise DiskError(why, now + DISK_RECHECK) from e
         self.metrics.orders.labels(self.name).inc()
         try:
-            received = await self._issue(client, self.spec, replaces)
+            received = await self.issuer.issue(client, self.spec, replaces)
         except AcmeboxError as e:
             self._ledger_end(order_id, "failed", e.invalid if isinstance(e, CAProblem) else ())
             raise
@@ -359,7 +360,7 @@ class CertMaintainer:
         except ValueError as e:
             self._discard(f"unreadable ({e})")
             raise AcmeboxError(f"the CA's certificate for {self.name} is unreadable: {e}") from None
-        if sorted(received.meta.get("names") or ()) != sorted(self.spec.names):
+        if sorted(received.meta.names or ()) != sorted(self.spec.names):
             self._discard("for other names than configured")
             raise AcmeboxError(f"{self.name}: the certificate received earlier is for other names; ordering anew")
         valid_from, valid_to = cert.not_valid_before_utc, cert.not_valid_after_utc

@@ -138,7 +138,7 @@ class Live:
         if stored is None:
             return None
         return cls(f"{stored.serial:x}", tuple(stored.names), stored.key_type, stored.not_before, stored.not_after,
-                   stored.placeholder, stored.meta.get("directory"), stored.meta.get("profile"))  # fmt: skip
+                   stored.placeholder, stored.meta.directory, stored.meta.profile)  # fmt: skip
 
 
 @dataclass(frozen=True)

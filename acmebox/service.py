@@ -14,33 +14,25 @@ import os
 import signal
 from dataclasses import replace
 
-from acme import crypto_util
-
-from acmebox import control, keys, placeholder, policies, webapp
+from acmebox import control, placeholder, policies, webapp
 from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens, SelfCheck
-from acmebox.client import AcmeClient
 from acmebox.clock import Clock
-from acmebox.config import CertSpec, Config
-from acmebox.errors import AccountRefused, AcmeboxError, CAProblem, CAUnreachable, ConfigError
+from acmebox.config import Config
+from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.fsutil import atomic_write
+from acmebox.issuance import CA, Issuer
+from acmebox.ledger import Ledger
 from acmebox.maintain import CertMaintainer
 from acmebox.metrics import Metrics
-from acmebox.pending import Received
+from acmebox.pending import PendingStore
 from acmebox.reload import ONCE_ATTEMPTS, Reloader, ReloadTarget
 from acmebox.state import StateStore
-from acmebox.store import CertStore, StoredCert
+from acmebox.store import CertMeta, CertStore, StoredCert
 
 log = logging.getLogger(__name__)
 
-CONNECT_RETRY = (5, 30, 120, 600)  # seconds between attempts to reach an unreachable CA
 CONFIRM_WAIT = 60.0  # seconds `acmebox renew` is kept waiting for the reload's outcome
-TRANSIENT = {"badNonce", "serverInternal", "rateLimited"}  # problems at connect that waiting may fix
-
-
-def account_deactivated(e: CAProblem) -> bool:
-    """RFC 8555 section 7.3.6: requests signed by a deactivated account's key are refused."""
-    return e.short_type == "unauthorized" and "deactivated" in e.detail.lower()
 
 
 class Service:
@@ -53,27 +45,22 @@ class Service:
         via = config.self_check_via
         self.self_check = SelfCheck((via.host, via.port) if via else None) if config.self_check else None
         self.metrics = Metrics()
-        self.account = AccountFiles.for_directory(config.state_dir, config.directory)
+        self.ca = CA(config, AccountFiles.for_directory(config.state_dir, config.directory), self.clock, self.metrics)
+        self.issuer = Issuer(self.ca, self.tokens, self.self_check, self.clock, config.max_concurrent_orders)
         self.reloader = Reloader(
             config.reload or ReloadTarget("none"), config.reload_verify,
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
             on_observed=self._observed,
         )  # fmt: skip
-        self._client: AcmeClient | None = None
         self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
-        self._connected = asyncio.Event()
-        self._once = False
-        self._connect_lock = asyncio.Lock()
-        self._connect_error: AcmeboxError | None = None
-        self._order_slots = asyncio.Semaphore(config.max_concurrent_orders)
-        self.ca_error: str | None = "not connected to the CA yet"
         self.maintainers = {
             spec.name: CertMaintainer(
                 spec,
                 store=self.store,
                 states=self.states,
-                client=self.client,
-                issue=self.issue,
+                issuer=self.issuer,
+                ledger=Ledger(config.state_dir, spec.name, config.directory),
+                pending=PendingStore(config.state_dir),
                 on_renewed=self._renewed,
                 metrics=self.metrics,
                 clock=self.clock,
@@ -90,9 +77,9 @@ class Service:
         or while any certificate is not Ready (policies.READY: missing, revoked, failing, not
         what is configured, in its last 1/20 of life, not served)."""
         lines, ok = [], True
-        if self.ca_error is not None:
+        if self.ca.error is not None:
             ok = False
-            lines.append(f"CA {self.config.directory}: {self.ca_error}")
+            lines.append(f"CA {self.config.directory}: {self.ca.error}")
         for spec in self.config.certs:
             m = self.maintainers[spec.name]
             seen = replace(m.observe(self.store.current(spec.name), m.state), presented=self._presented(spec.name))
@@ -107,127 +94,6 @@ class Service:
             return None
         serial = f"{served.serial:x}" if served.serial is not None else None
         return policies.Presented(serial, served.error, str(self.reloader.verify))
-
-    # -- the CA -------------------------------------------------------------------------------
-
-    async def client(self) -> AcmeClient:
-        """The connected client. The service connects at start and maintainers wait for it;
-        `--once` connects on first need, so a run with nothing due sends no request, and a
-        connect failure becomes the asking certificate's failure, with its persisted backoff."""
-        if self._once:
-            async with self._connect_lock:
-                if self._client is None and self._connect_error is None:
-                    try:
-                        await self.connect()
-                    except CAUnreachable as e:  # exit 2 in --once: most likely a wrong --directory
-                        self._connect_error = ConfigError(f"{self.config.directory}: {e}")
-                    except CAProblem as e:
-                        transient = e.retry_after is not None or e.short_type in TRANSIENT
-                        self._connect_error = e if transient else AccountRefused(e.typ, e.detail)
-                    except AcmeboxError as e:
-                        self._connect_error = e
-                if self._connect_error is not None:
-                    raise self._connect_error
-        await self._connected.wait()
-        assert self._client is not None
-        return self._client
-
-    async def connect(self) -> None:
-        client = AcmeClient(self.config.directory, self.config.ca_bundle)
-        try:
-            await client.connect()
-            self._check_profiles(client)
-            await self._login(client)
-        except BaseException:
-            await client.close()
-            raise
-        self._client = client
-        self._connected.set()
-
-    async def _login(self, client: AcmeClient) -> None:
-        """Find or register the account. An account the CA reports as deactivated (after a key
-        leak, by the CA or an operator) cannot be used again, nor can its key register anew:
-        the key is retired and a new account registered, with a warning that says so."""
-        eab = (self.config.eab_kid, self.config.eab_hmac_key) if self.config.eab_kid else None
-        key = self.account.load_or_create_key()
-        try:
-            url = await client.login(key, self.config.email, eab)  # type: ignore[arg-type]
-        except CAProblem as e:
-            if not account_deactivated(e):
-                raise
-            try:
-                retired = self.account.retire_key(self.clock.now())
-            except OSError as err:
-                raise AcmeboxError(f"the CA deactivated account {client.account_url or ''} ({e.detail}), "
-                                   f"and its key cannot be moved aside: {err.strerror or err}") from None  # fmt: skip
-            log.warning("the CA reports the ACME account as deactivated (%s); its key is kept as %s and a new "
-                        "account is registered", e.detail, retired)  # fmt: skip
-            key = self.account.load_or_create_key()
-            url = await client.login(key, self.config.email, eab)  # type: ignore[arg-type]
-        try:
-            self.account.save_url(url, self.config.directory)
-        except OSError as e:  # the URL is found again from the key at the next start
-            log.warning("cannot record the account URL in %s (%s)", self.account.dir, e.strerror or e)
-
-    async def connect_until_reachable(self) -> None:
-        """Connect, retrying whatever goes wrong (the CA down, in maintenance, rate limiting,
-        answering nonsense; the state dir full) with growing waits and the CA's Retry-After.
-        Meanwhile the challenge server and /healthz run and the certificates on disk are served."""
-        for attempt in range(10**9):
-            try:
-                await self.connect()
-                self.ca_error = None
-                return
-            except (AcmeboxError, OSError) as e:
-                wait = float(CONNECT_RETRY[min(attempt, len(CONNECT_RETRY) - 1)])
-                if isinstance(e, CAProblem) and e.retry_after is not None:
-                    wait = max(wait, min(e.retry_after, 86400.0))
-                self.ca_error = str(e)
-                self.metrics.failures.labels("-", "connect").inc()
-                log.error("%s: %s; trying again in %.0fs (certificates on disk stay served)",
-                          self.config.directory, e, wait)  # fmt: skip
-                await asyncio.sleep(wait)
-
-    def _check_profiles(self, client: AcmeClient) -> None:
-        offered = client.profiles
-        for spec in self.config.certs:
-            if spec.profile and offered is not None and spec.profile not in offered:
-                raise ConfigError(
-                    f"profile {spec.profile!r} is not offered by {self.config.directory} "
-                    f"(it offers: {', '.join(sorted(offered)) or 'none'})"
-                )
-            if spec.profile and offered is None:
-                log.warning("%s: the CA announces no profiles; asking for %r anyway", spec.name, spec.profile)
-
-    # -- issuing ------------------------------------------------------------------------------
-
-    async def issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None = None) -> Received:
-        async with self._order_slots:
-            return await self._issue(client, spec, replaces)
-
-    async def _issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None) -> Received:
-        key_pem = keys.to_pem(keys.generate(spec.key_type))
-        csr_pem = crypto_util.make_csr(key_pem, list(spec.names))
-        try:
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check)
-        except CAProblem as e:
-            if e.short_type != "accountDoesNotExist" and not account_deactivated(e):
-                raise
-            log.warning("the CA no longer knows account %s (%s); logging in again", client.account_url, e.detail)
-            await self._login(client)
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check)
-        meta = {
-            "names": list(spec.names),
-            "key_type": spec.key_type,
-            "profile": spec.profile,
-            "directory": self.config.directory,
-            "account": client.account_url,
-            "issued_at": self.clock.now().isoformat(),
-            "replaced": replaces,
-            "placeholder": False,
-        }
-        log.info("%s: certificate issued by the CA", spec.name)
-        return Received(key_pem, fullchain.encode(), meta)
 
     def _observed(self, name: str, matches: bool) -> None:
         self.metrics.served_matches.labels(name).set(int(matches))
@@ -268,7 +134,7 @@ class Service:
             if self.store.current(spec.name) is None:
                 key_pem, cert_pem = placeholder.make(spec.names, spec.key_type, self.clock.now())
                 try:
-                    self.store.save(spec.name, key_pem, cert_pem, {"placeholder": True, "names": list(spec.names)})
+                    self.store.save(spec.name, key_pem, cert_pem, CertMeta(names=spec.names, placeholder=True))
                 except OSError as e:
                     log.error("%s: cannot write a placeholder to %s (%s); nginx may not start until it can",
                               spec.name, self.store.root, e.strerror or e)  # fmt: skip
@@ -301,7 +167,7 @@ class Service:
         """One step of every maintainer, concurrently (orders bounded by --max-concurrent-orders),
         so the polling waits of one order overlap with the others'. Each certificate's failure is
         logged on its own; the first failing certificate in configuration order sets the exit code."""
-        self._once = True
+        self.ca.once = True
         if self.reloader.verify is not None:  # look at what is served even when nothing is due
             for spec in self.config.certs:
                 stored = self.store.current(spec.name)
@@ -360,7 +226,7 @@ class Service:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.handle_requests)
         try:
-            await self.connect_until_reachable()
+            await self.ca.connect_until_reachable()
             log.info("managing %d certificate(s)", len(self.maintainers))
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.reloader.run())
@@ -404,6 +270,5 @@ class Service:
         finally:
             if reloader is not None:
                 reloader.cancel()
-            if self._client is not None:
-                await self._client.close()
+            await self.ca.close()
             await runner.cleanup()
