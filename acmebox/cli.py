@@ -41,6 +41,7 @@ from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name
 from acmebox.reload import KINDS, ReloadTarget
+from acmebox.statedir import StateDir
 
 log = logging.getLogger("acmebox")
 TRUE = {"1", "true", "yes", "on"}
@@ -358,8 +359,8 @@ def _token_auth(args: argparse.Namespace) -> TokenAuth | None:
         registry_token.check_proxy_entry(entry)
     return TokenAuth(
         htpasswd=args.auth_htpasswd,
-        key=args.auth_key or args.state_dir / "token-signing.key",
-        cert=args.auth_cert or args.state_dir / "token.crt",
+        key=args.auth_key or StateDir(args.state_dir).token_key,
+        cert=args.auth_cert or StateDir(args.state_dir).token_cert,
         service=args.auth_service,
         issuer=args.auth_issuer,
         ttl=args.auth_ttl,

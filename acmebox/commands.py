@@ -84,7 +84,7 @@ def _certificates(store: CertStore, states: StateStore) -> tuple[list[str], list
     Everything on disk counts as managed when no service has recorded its configuration."""
     on_disk = {p.name for p in store.live.iterdir() if not p.name.startswith(".")} if store.live.is_dir() else set()
     on_disk |= {p.stem for p in states.dir.glob("*.json")} if states.dir.is_dir() else set()
-    configured = control.read_configured(states.dir.parent)
+    configured = control.read_configured(states.statedir)
     if configured is None:
         return sorted(on_disk), []
     return configured, sorted(on_disk - set(configured))

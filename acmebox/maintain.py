@@ -303,7 +303,7 @@ class CertMaintainer:
     async def _preflight(self, client: AcmeClient) -> None:
         """Refuse to order what could not be kept, or with a clock that would make it look wrong."""
         now = self.clock.now()
-        for what, path in (("certs dir", self.store.root), ("state dir", self.states.dir.parent)):
+        for what, path in (("certs dir", self.store.root), ("state dir", self.states.statedir.root)):
             problem = _space_problem(path)
             if problem is not None:
                 raise DiskError(f"{what} {path} is {problem}; not ordering until it can take a certificate",

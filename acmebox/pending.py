@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acmebox.fsutil import atomic_write_json
+from acmebox.statedir import StateDir
 from acmebox.store import CertMeta
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ class Received:
 class PendingStore:
     """One file per certificate. Used by that certificate's maintainer only."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.dir = state_dir / "pending"
+    def __init__(self, state_dir: StateDir | Path) -> None:
+        self.dir = StateDir.of(state_dir).pending
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.json"

@@ -19,15 +19,17 @@ from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.clock import Clock
 from acmebox.config import Config
-from acmebox.errors import AcmeboxError, ConfigError
+from acmebox.errors import AcmeboxError
 from acmebox.fsutil import atomic_write
 from acmebox.issuance import CA, Issuer
 from acmebox.ledger import Ledger
+from acmebox.lock import InstanceLock
 from acmebox.maintain import CertMaintainer
 from acmebox.metrics import Metrics
 from acmebox.pending import PendingStore
 from acmebox.reload import ONCE_ATTEMPTS, Reloader, ReloadTarget
 from acmebox.state import StateStore
+from acmebox.statedir import StateDir
 from acmebox.store import CertMeta, CertStore, StoredCert
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,13 @@ class Service:
         self.config = config
         self.clock = clock or Clock()
         self.store = CertStore(config.certs_dir, key_mode=config.key_mode, key_group=config.key_group)
-        self.states = StateStore(config.state_dir)
+        self.statedir = StateDir(config.state_dir)
+        self.states = StateStore(self.statedir)
         self.tokens = Http01Tokens()
         via = config.self_check_via
         self.self_check = SelfCheck((via.host, via.port) if via else None) if config.self_check else None
         self.metrics = Metrics()
-        self.ca = CA(config, AccountFiles.for_directory(config.state_dir, config.directory), self.clock, self.metrics)
+        self.ca = CA(config, AccountFiles.for_directory(self.statedir, config.directory), self.clock, self.metrics)
         self.issuer = Issuer(self.ca, self.tokens, self.self_check, self.clock, config.max_concurrent_orders)
         self.reloader = Reloader(
             config.reload or ReloadTarget("none"), config.reload_verify,
@@ -59,8 +62,8 @@ class Service:
                 store=self.store,
                 states=self.states,
                 issuer=self.issuer,
-                ledger=Ledger(config.state_dir, spec.name, config.directory),
-                pending=PendingStore(config.state_dir),
+                ledger=Ledger(self.statedir, spec.name, config.directory),
+                pending=PendingStore(self.statedir),
                 on_renewed=self._renewed,
                 metrics=self.metrics,
                 clock=self.clock,
@@ -103,7 +106,7 @@ class Service:
         served = {n: {"serial": f"{s.serial:x}" if s.serial is not None else None, "error": s.error, "at": now}
                   for n, s in self.reloader.served.items()}  # fmt: skip
         try:
-            control.write_served(self.config.state_dir, served)
+            control.write_served(self.statedir, served)
         except OSError as e:
             log.debug("cannot record what is served: %s", e)
 
@@ -144,7 +147,7 @@ class Service:
     # -- requests from `acmebox renew` ---------------------------------------------------------
 
     def handle_requests(self) -> None:
-        requests = control.take_all(self.config.state_dir)
+        requests = control.take_all(self.statedir)
         if not requests:
             log.info("SIGHUP: checking every certificate now")
             for m in self.maintainers.values():
@@ -218,7 +221,7 @@ class Service:
             if stored is not None:
                 self.reloader.request(spec.name, stored.serial)
         self.ready = True
-        pid_file = control.pid_file(self.config.state_dir)
+        pid_file = self.statedir.pid
         try:
             atomic_write(pid_file, f"{os.getpid()}\n".encode())
         except OSError as e:
@@ -238,14 +241,11 @@ class Service:
         return 0
 
     async def run(self, once: bool = False, force: bool = False) -> int:
-        try:
-            self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"state dir {self.config.state_dir} is not usable: {e.strerror or e}") from None
-        with control.hold_lock(self.config.state_dir):
+        self.statedir.create()
+        with InstanceLock(self.statedir):
             self.store.prepare()  # after the lock: it removes what an interrupted save left
             try:
-                control.write_configured(self.config.state_dir, [spec.name for spec in self.config.certs])
+                control.write_configured(self.statedir, [spec.name for spec in self.config.certs])
             except OSError as e:
                 log.warning("cannot record the configured certificates for `status` (%s)", e.strerror or e)
             for m in self.maintainers.values():  # `status` judges by the configuration from now on

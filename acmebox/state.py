@@ -19,6 +19,7 @@ from typing import Any
 
 from acmebox import renewal
 from acmebox.fsutil import atomic_write_json
+from acmebox.statedir import StateDir
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,9 @@ class StateStore:
     """One JSON file per certificate. Not locked: one process owns the state dir (service.py
     holds its lock), and within it each certificate's state is touched by its own maintainer."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.dir = state_dir / "certs"
+    def __init__(self, state_dir: StateDir | Path) -> None:
+        self.statedir = StateDir.of(state_dir)
+        self.dir = self.statedir.certs
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
@@ -170,14 +172,14 @@ class StateStore:
 
     @property
     def revoked_path(self) -> Path:
-        return self.dir.parent / "revoked.json"
+        return self.statedir.revoked
 
     def record_revoked(self, serial: int) -> None:
         """Remember a serial `acmebox revoke` revoked: the service replaces such a certificate
         at once (also when it was stopped at the time), `status` and /healthz say so. The last
         100 are kept."""
         serials = [s for s in self.revoked() if s != f"{serial:x}"] + [f"{serial:x}"]
-        self.dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.statedir.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         atomic_write_json(self.revoked_path, serials[-100:], 0o600)
 
     def revoked(self) -> set[str]:
