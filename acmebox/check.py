@@ -31,7 +31,7 @@ from acmebox.client import AcmeClient
 from acmebox.config import Config
 from acmebox.errors import AcmeboxError
 from acmebox.fsutil import space_problem
-from acmebox.maintain import MIN_FREE
+from acmebox.issuance import MIN_FREE
 from acmebox.reload import ReloadFailed, served_serial
 from acmebox.state import StateStore
 from acmebox.store import CertStore

@@ -6,15 +6,19 @@ keeps it and stores it (maintain.py).
   or registers the account (a deactivated account's key is retired and a new one registered),
   and records the account URL. The service connects at start, retrying while the CA cannot be
   reached; `run --once` connects on first need, so a run with nothing due sends no request.
-- Issuer: one order at a time per slot (--max-concurrent-orders); a fresh key of the configured
-  type and a CSR for the names; a new login when the CA no longer knows the account; the
-  CertMeta record (store.py) of what was ordered.
+- Issuer: the preflight (the certs and state dirs can take a certificate, the local clock
+  agrees with the CA's); one order at a time per slot (--max-concurrent-orders); a fresh key
+  of the configured type and a CSR for the names; a new login when the CA no longer knows the
+  account; the CertMeta record (store.py) of what was ordered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import time
+from pathlib import Path
 
 from acme import crypto_util
 
@@ -22,17 +26,41 @@ from acmebox import keys
 from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.client import AcmeClient
-from acmebox.clock import Clock
+from acmebox.clock import Clock, iso
 from acmebox.config import CertSpec, Config
-from acmebox.errors import AccountRefused, AcmeboxError, CAProblem, CAUnreachable, ConfigError
+from acmebox.errors import AccountRefused, AcmeboxError, CAProblem, CAUnreachable, ClockError, ConfigError, DiskError
+from acmebox.fsutil import space_problem
 from acmebox.metrics import Metrics
 from acmebox.pending import Received
 from acmebox.store import CertMeta
 
 log = logging.getLogger(__name__)
 
+MIN_FREE = 64 * 1024  # bytes free in the certs and state dirs before ordering: a renewal writes ~12 files
+DISK_RECHECK = dt.timedelta(minutes=5)
+MAX_CLOCK_SKEW = dt.timedelta(hours=1)  # certificates are backdated by about that much
+CLOCK_RECHECK = dt.timedelta(hours=1)
 CONNECT_RETRY = (5, 30, 120, 600)  # seconds between attempts to reach an unreachable CA
 TRANSIENT = {"badNonce", "serverInternal", "rateLimited"}  # problems at connect that waiting may fix
+
+
+# The dirs are shared by every certificate: one probe (a file written and fsynced) serves all
+# the orders of a burst, e.g. `run --once` with 50 certificates.
+_PROBES: dict[Path, tuple[float, str | None]] = {}
+PROBE_MAX_AGE = 5.0  # seconds
+
+
+def _space_problem(path: Path) -> str | None:
+    seen = _PROBES.get(path)
+    if seen is None or time.monotonic() - seen[0] > PROBE_MAX_AGE:
+        seen = (time.monotonic(), space_problem(path, MIN_FREE))
+        _PROBES[path] = seen
+    return seen[1]
+
+
+def _span(seconds: float) -> str:
+    seconds = abs(seconds)
+    return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
 
 
 def account_deactivated(e: CAProblem) -> bool:
@@ -152,13 +180,31 @@ class CA:
 class Issuer:
     """Orders certificates through a CA, at most `slots` at once."""
 
-    def __init__(self, ca: CA, tokens: Http01Tokens, self_check: SelfCheck | None, clock: Clock,
-                 slots: int) -> None:  # fmt: skip
+    def __init__(self, ca: CA, tokens: Http01Tokens, self_check: SelfCheck | None, clock: Clock, slots: int,
+                 dirs: tuple[tuple[str, Path], ...] = ()) -> None:  # fmt: skip
         self.ca = ca
+        self.dirs = dirs  # (what, path) that must take a certificate: the certs and state dirs
         self.tokens = tokens
         self.self_check = self_check
         self.clock = clock
         self._slots = asyncio.Semaphore(slots)
+
+    async def preflight(self, client: AcmeClient) -> None:
+        """Refuse to order what could not be kept, or with a clock that would make it look wrong."""
+        now = self.clock.now()
+        for what, path in self.dirs:
+            problem = _space_problem(path)
+            if problem is not None:
+                raise DiskError(f"{what} {path} is {problem}; not ordering until it can take a certificate",
+                                now + DISK_RECHECK)  # fmt: skip
+        offset = await client.check_clock()
+        if offset is not None and abs(offset) > MAX_CLOCK_SKEW.total_seconds():
+            ca_now = now + dt.timedelta(seconds=offset)
+            raise ClockError(
+                f"the local clock says {iso(now)} but the CA's says {iso(ca_now)} ({_span(offset)} "
+                f"{'behind' if offset > 0 else 'ahead'}); not ordering until the local clock is right",
+                now + CLOCK_RECHECK,
+            )
 
     async def issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None = None) -> Received:
         """Order a certificate for `spec` (as the ARI successor of `replaces`, a certificate

@@ -2,6 +2,10 @@
 failure back off (persisted, so a restart cannot reset it). One CertMaintainer per
 certificate; they run concurrently and one's failure never delays another.
 
+Each step: observe (the state file, the live certificate, a received one, the ARI window),
+evaluate (policies.py: the gates, the trigger, spacing, and the READY verdict), act (install,
+or order through issuance.py and store), report (state file with the verdict, log, metrics).
+
 An attempt goes: a certificate already received but not yet stored is installed first, and
 nothing is ordered while one is (pending.py). Otherwise the preflight checks that the certs
 and state dirs can take a certificate and that the local clock agrees with the CA's; the
@@ -17,13 +21,11 @@ import asyncio
 import datetime as dt
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-from acmebox import policies, renewal
+from acmebox import placeholder, policies, renewal
 from acmebox.client import AcmeClient, ari_cert_id
-from acmebox.clock import Clock
+from acmebox.clock import Clock, iso
 from acmebox.config import CertSpec
 from acmebox.errors import (
     AccountRefused,
@@ -35,45 +37,21 @@ from acmebox.errors import (
     Deferred,
     DiskError,
 )
-from acmebox.fsutil import space_problem
-from acmebox.issuance import Issuer
+from acmebox.issuance import CLOCK_RECHECK, DISK_RECHECK, Issuer
 from acmebox.ledger import Ledger, LedgerRefusal
 from acmebox.metrics import Metrics
 from acmebox.pending import PendingStore, Received
 from acmebox.policies import Observed, Plan, Wanted
 from acmebox.state import AriCache, CertState, StateStore
-from acmebox.store import CertStore, StoredCert, split_chain
+from acmebox.store import CertMeta, CertStore, StoredCert, split_chain
 
 log = logging.getLogger(__name__)
 
 ARI_RETRY_ON_ERROR = dt.timedelta(hours=1)
-MIN_FREE = 64 * 1024  # bytes free in the certs and state dirs before ordering: a renewal writes ~12 files
-DISK_RECHECK = dt.timedelta(minutes=5)
-MAX_CLOCK_SKEW = dt.timedelta(hours=1)  # certificates are backdated by about that much
-CLOCK_RECHECK = dt.timedelta(hours=1)
 NOT_BEFORE_TOLERANCE = dt.timedelta(minutes=5)
 
 
-_iso = policies.iso
-
-
-# The dirs are shared by every certificate: one probe (a file written and fsynced) serves all
-# the orders of a burst, e.g. `run --once` with 50 certificates.
-_PROBES: dict[Path, tuple[float, str | None]] = {}
-PROBE_MAX_AGE = 5.0  # seconds
-
-
-def _space_problem(path: Path) -> str | None:
-    seen = _PROBES.get(path)
-    if seen is None or time.monotonic() - seen[0] > PROBE_MAX_AGE:
-        seen = (time.monotonic(), space_problem(path, MIN_FREE))
-        _PROBES[path] = seen
-    return seen[1]
-
-
-def _span(seconds: float) -> str:
-    seconds = abs(seconds)
-    return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
+_iso = iso
 
 
 class CertMaintainer:
@@ -136,10 +114,12 @@ class CertMaintainer:
 
     # -- planning ------------------------------------------------------------------------------
 
-    def observe(self, stored: StoredCert | None, state: CertState | None = None) -> Observed:
-        """The facts the policies decide on, as this maintainer sees them now."""
+    def observe(self, stored: StoredCert | None, state: CertState | None = None,
+                presented: policies.Presented | None = None) -> Observed:  # fmt: skip
+        """The facts the policies decide on, as this maintainer sees them now (what the front
+        door presents comes from the reloader's side: serving.py)."""
         return Observed(self.clock.now(), policies.Live.of(stored), Wanted(self.spec, self.directory),
-                        revoked=frozenset(self.states.revoked()), state=state)  # fmt: skip
+                        revoked=frozenset(self.states.revoked()), state=state, presented=presented)  # fmt: skip
 
     def _asked(self, eager: bool = False) -> policies.Request:
         r = self._request
@@ -278,7 +258,7 @@ class CertMaintainer:
 
     async def _attempt(self, stored: StoredCert | None) -> StoredCert:
         client = await self.issuer.ca.client()
-        await self._preflight(client)
+        await self.issuer.preflight(client)
         replaces = None
         if (self.use_ari and client.has_ari and stored is not None and not stored.placeholder
                 and stored.meta.directory == self.directory):  # fmt: skip
@@ -299,23 +279,6 @@ class CertMaintainer:
             received = await self._order(client, None)
         self._keep(received)
         return self._install(received)
-
-    async def _preflight(self, client: AcmeClient) -> None:
-        """Refuse to order what could not be kept, or with a clock that would make it look wrong."""
-        now = self.clock.now()
-        for what, path in (("certs dir", self.store.root), ("state dir", self.states.statedir.root)):
-            problem = _space_problem(path)
-            if problem is not None:
-                raise DiskError(f"{what} {path} is {problem}; not ordering until it can take a certificate",
-                                now + DISK_RECHECK)  # fmt: skip
-        offset = await client.check_clock()
-        if offset is not None and abs(offset) > MAX_CLOCK_SKEW.total_seconds():
-            ca_now = now + dt.timedelta(seconds=offset)
-            raise ClockError(
-                f"the local clock says {_iso(now)} but the CA's says {_iso(ca_now)} ({_span(offset)} "
-                f"{'behind' if offset > 0 else 'ahead'}); not ordering until the local clock is right",
-                now + CLOCK_RECHECK,
-            )
 
     async def _order(self, client: AcmeClient, replaces: str | None) -> Received:
         """One order, through the ledger: only a forced request (`acmebox renew --force`) passes
@@ -442,6 +405,41 @@ class CertMaintainer:
         if self._request is not None:
             state.handled_request, state.request_result = self._request[0], result
             self._request = None
+
+    async def step_once(self, force: bool) -> AcmeboxError | None:
+        """`run --once`: one eager step; the error when this certificate is not in place after it."""
+        if force:
+            self.request("run --force-renew", force=True)
+        try:
+            plan = await self.step(eager=True)
+        except AcmeboxError as e:  # step() logged and recorded it
+            return e
+        stored = self.store.current(self.name)
+        missing = policies.replace(self.observe(stored))
+        if plan is not None and stored is not None and missing is None:
+            log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
+                     self.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
+        if missing is not None and plan is not None:
+            error = AcmeboxError(
+                f"{self.name}: {missing.message}; next attempt {plan.at:%Y-%m-%dT%H:%M:%SZ} because of {plan.reason} "
+                f"(--force-renew tries now)"
+            )
+            log.error("%s", error)
+            return error
+        return None
+
+    def write_placeholder(self) -> None:
+        """A self-signed placeholder where nginx would find no certificate (placeholder.py)."""
+        if self.store.current(self.name) is not None:
+            return
+        key_pem, cert_pem = placeholder.make(self.spec.names, self.spec.key_type, self.clock.now())
+        try:
+            self.store.save(self.name, key_pem, cert_pem, CertMeta(names=self.spec.names, placeholder=True))
+        except OSError as e:
+            log.error("%s: cannot write a placeholder to %s (%s); nginx may not start until it can",
+                      self.name, self.store.root, e.strerror or e)  # fmt: skip
+            return
+        log.info("%s: wrote a self-signed placeholder so nginx can start", self.name)
 
     async def run_forever(self) -> None:
         while True:

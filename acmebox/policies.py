@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from acmebox import renewal
+from acmebox.clock import iso
 from acmebox.config import CertSpec
 from acmebox.state import AriCache, CertState, VerdictRecord
 from acmebox.store import StoredCert
@@ -84,10 +85,6 @@ SPEC_REASONS = frozenset({Reason.OTHER_DIRECTORY, Reason.NAMES_CHANGED, Reason.K
 # certificate, so they cannot loop.
 LOOP_PRONE = frozenset({Reason.MISSING, Reason.PLACEHOLDER, Reason.EXPIRED, Reason.RENEWAL_DUE,
                         Reason.ARI_WINDOW, Reason.LAST_CALL})  # fmt: skip
-
-
-def iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
-"""The `run` command: the long-running sidecar (or one pass with --once).
+"""The `run` command's wiring: builds the parts, connects them, runs their tasks (or one
+pass with --once) and routes SIGHUP. Decisions are made in policies.py, orders in issuance.py,
+the loop in maintain.py, what is served in serving.py and reload.py.
 
-Startup: prepare the certs volume, write placeholders where nginx would find no certificate,
-start the challenge/health/metrics server, connect to the CA (in service mode, retrying while
-it is unreachable), then run one CertMaintainer per certificate and the Reloader. SIGHUP (sent
-by `acmebox renew`) hands pending renew requests to the maintainers.
+Startup: take the state dir's lock, prepare the certs volume, record the configuration and
+each certificate's verdict for `status`, write placeholders where nginx would find no
+certificate, start the challenge/health/metrics server, connect to the CA (in service mode,
+retrying while it is unreachable), then run one CertMaintainer per certificate and the
+Reloader. SIGHUP (sent by `acmebox renew`) hands pending renew requests to the maintainers.
 """
 
 from __future__ import annotations
@@ -12,9 +15,8 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import replace
 
-from acmebox import control, placeholder, policies, webapp
+from acmebox import control, policies, webapp
 from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.clock import Clock
@@ -28,13 +30,12 @@ from acmebox.maintain import CertMaintainer
 from acmebox.metrics import Metrics
 from acmebox.pending import PendingStore
 from acmebox.reload import ONCE_ATTEMPTS, Reloader, ReloadTarget
+from acmebox.serving import Serving
 from acmebox.state import StateStore
 from acmebox.statedir import StateDir
-from acmebox.store import CertMeta, CertStore, StoredCert
+from acmebox.store import CertStore
 
 log = logging.getLogger(__name__)
-
-CONFIRM_WAIT = 60.0  # seconds `acmebox renew` is kept waiting for the reload's outcome
 
 
 class Service:
@@ -49,12 +50,14 @@ class Service:
         self.self_check = SelfCheck((via.host, via.port) if via else None) if config.self_check else None
         self.metrics = Metrics()
         self.ca = CA(config, AccountFiles.for_directory(self.statedir, config.directory), self.clock, self.metrics)
-        self.issuer = Issuer(self.ca, self.tokens, self.self_check, self.clock, config.max_concurrent_orders)
+        dirs = (("certs dir", self.store.root), ("state dir", self.statedir.root))
+        self.issuer = Issuer(self.ca, self.tokens, self.self_check, self.clock, config.max_concurrent_orders, dirs)
         self.reloader = Reloader(
             config.reload or ReloadTarget("none"), config.reload_verify,
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
-            on_observed=self._observed,
+            on_observed=lambda name, matches: self.serving.observed(name, matches),
         )  # fmt: skip
+        self.serving = Serving(self.reloader, self.metrics, self.statedir, self.clock)
         self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -64,7 +67,7 @@ class Service:
                 issuer=self.issuer,
                 ledger=Ledger(self.statedir, spec.name, config.directory),
                 pending=PendingStore(self.statedir),
-                on_renewed=self._renewed,
+                on_renewed=self.serving.renewed,
                 metrics=self.metrics,
                 clock=self.clock,
                 directory=config.directory,
@@ -84,65 +87,11 @@ class Service:
             ok = False
             lines.append(f"CA {self.config.directory}: {self.ca.error}")
         for spec in self.config.certs:
-            m = self.maintainers[spec.name]
-            seen = replace(m.observe(self.store.current(spec.name), m.state), presented=self._presented(spec.name))
-            verdict = policies.ready(seen)
+            m, presented = self.maintainers[spec.name], self.serving.presented(spec.name)
+            verdict = policies.ready(m.observe(self.store.current(spec.name), m.state, presented))
             ok &= verdict.ready
             lines.append(f"{spec.name}: {verdict.message}")
         return ok, "\n".join(lines)
-
-    def _presented(self, name: str) -> policies.Presented | None:
-        served = self.reloader.served.get(name)
-        if served is None or self.reloader.matches(name) is None:
-            return None
-        serial = f"{served.serial:x}" if served.serial is not None else None
-        return policies.Presented(serial, served.error, str(self.reloader.verify))
-
-    def _observed(self, name: str, matches: bool) -> None:
-        self.metrics.served_matches.labels(name).set(int(matches))
-        seen = self.reloader.served.get(name)
-        self.metrics.set_time(self.metrics.served_expiry, name, seen.not_after if seen is not None else None)
-        now = self.clock.now().isoformat()
-        served = {n: {"serial": f"{s.serial:x}" if s.serial is not None else None, "error": s.error, "at": now}
-                  for n, s in self.reloader.served.items()}  # fmt: skip
-        try:
-            control.write_served(self.statedir, served)
-        except OSError as e:
-            log.debug("cannot record what is served: %s", e)
-
-    async def _renewed(self, stored: StoredCert, confirm: bool) -> str:
-        """Tell the reloader; with `confirm` (someone waits in `acmebox renew`), wait a while for
-        its outcome and say it. Returns what is known about nginx, in a few words."""
-        self.reloader.request(stored.name, stored.serial)
-        if self.reloader.target.kind == "none" and self.reloader.verify is None:
-            return "no reload configured"
-        if not confirm:
-            return "reload requested"
-        if self.reloader.verify is None:
-            try:
-                await asyncio.wait_for(self.reloader.wait_idle(), CONFIRM_WAIT)
-            except TimeoutError:
-                return f"but not served: the reload has not succeeded after {CONFIRM_WAIT:.0f}s (see the log)"
-            return "the server was reloaded (not verified: no --reload-verify)"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONFIRM_WAIT
-        while not self.reloader.matches(stored.name):  # another name's trouble does not hold this answer
-            if loop.time() > deadline:
-                return f"but not served: the server does not present it after {CONFIRM_WAIT:.0f}s (see the log)"
-            await asyncio.sleep(0.2)
-        return "the server serves it (verified)"
-
-    def write_placeholders(self) -> None:
-        for spec in self.config.certs:
-            if self.store.current(spec.name) is None:
-                key_pem, cert_pem = placeholder.make(spec.names, spec.key_type, self.clock.now())
-                try:
-                    self.store.save(spec.name, key_pem, cert_pem, CertMeta(names=spec.names, placeholder=True))
-                except OSError as e:
-                    log.error("%s: cannot write a placeholder to %s (%s); nginx may not start until it can",
-                              spec.name, self.store.root, e.strerror or e)  # fmt: skip
-                    continue
-                log.info("%s: wrote a self-signed placeholder so nginx can start", spec.name)
 
     # -- requests from `acmebox renew` ---------------------------------------------------------
 
@@ -178,10 +127,11 @@ class Service:
                     self.reloader.request(spec.name, stored.serial)
         try:
             async with asyncio.TaskGroup() as tasks:
-                steps = [tasks.create_task(self._step_once(m, force)) for m in self.maintainers.values()]
+                steps = [tasks.create_task(m.step_once(force)) for m in self.maintainers.values()]
         except ExceptionGroup as group:  # not a certificate's failure (those are returned): the CLI reports it
             raise group.exceptions[0] from None
-        failures = [f for f in (t.result() for t in steps) if f is not None]
+        failures = [(m.name, e) for m, e in zip(self.maintainers.values(), (t.result() for t in steps), strict=True)
+                    if e is not None]  # fmt: skip
         await self.reloader.wait_idle()
         if len(failures) > 1:
             log.error("%d of %d certificates failed: %s", len(failures), len(steps),
@@ -192,30 +142,9 @@ class Service:
             raise AcmeboxError("the certificate(s) are stored, but the server was not reloaded onto them (see above)")
         return 0
 
-    async def _step_once(self, m: CertMaintainer, force: bool) -> tuple[str, AcmeboxError] | None:
-        """(name, error) when this certificate is not in place after its step, else None."""
-        if force:
-            m.request("run --force-renew", force=True)
-        try:
-            plan = await m.step(eager=True)
-        except AcmeboxError as e:  # step() logged and recorded it
-            return m.name, e
-        stored = self.store.current(m.name)
-        missing = policies.replace(m.observe(stored))
-        if plan is not None and stored is not None and missing is None:
-            log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
-                     m.name, stored.not_after.isoformat(), stored.serial)  # fmt: skip
-        if missing is not None and plan is not None:
-            error = AcmeboxError(
-                f"{m.name}: {missing.message}; next attempt {plan.at:%Y-%m-%dT%H:%M:%SZ} because of {plan.reason} "
-                f"(--force-renew tries now)"
-            )
-            log.error("%s", error)
-            return m.name, error
-        return None
-
     async def run_forever(self) -> int:
-        self.write_placeholders()
+        for m in self.maintainers.values():
+            m.write_placeholder()
         for spec in self.config.certs:  # what the server should present from the start
             stored = self.store.current(spec.name)
             if stored is not None:
