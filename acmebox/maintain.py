@@ -51,9 +51,6 @@ ARI_RETRY_ON_ERROR = dt.timedelta(hours=1)
 NOT_BEFORE_TOLERANCE = dt.timedelta(minutes=5)
 
 
-_iso = iso
-
-
 class CertMaintainer:
     """One certificate's loop. Its collaborators are given: the `issuer` (and through it the
     CA connection), its `ledger` and `pending` store, the shared `store` and `states`, and
@@ -171,7 +168,7 @@ class CertMaintainer:
             info = await client.renewal_info(stored.cert)
         except AcmeboxError as e:
             self._ari_retry_at = now + ARI_RETRY_ON_ERROR
-            log.warning("%s: renewal info unavailable (%s); asking again at %s", self.name, e, _iso(self._ari_retry_at))
+            log.warning("%s: renewal info unavailable (%s); asking again at %s", self.name, e, iso(self._ari_retry_at))
             return cache
         self._ari_retry_at = None
         if info is None:
@@ -195,7 +192,7 @@ class CertMaintainer:
         self.metrics.set_time(self.metrics.next_renewal, self.name, plan.at)
         if self._last_logged != (plan.at, plan.reason):
             self._last_logged = (plan.at, plan.reason)
-            log.info("%s: renewal scheduled for %s because of %s", self.name, _iso(plan.at), plan.reason)
+            log.info("%s: renewal scheduled for %s because of %s", self.name, iso(plan.at), plan.reason)
 
     # -- acting --------------------------------------------------------------------------------
 
@@ -219,7 +216,7 @@ class CertMaintainer:
         self.record_verdict(stored, save=False)
         now = self.clock.now()
         if plan.at > now:
-            self._finish_request(state, f"not due: next renewal {_iso(plan.at)} because of {plan.reason}")
+            self._finish_request(state, f"not due: next renewal {iso(plan.at)} because of {plan.reason}")
             self._save(state)
             return plan
         # act
@@ -330,9 +327,9 @@ class CertMaintainer:
         if not valid_from - NOT_BEFORE_TOLERANCE <= now < valid_to:
             self._discard("not valid by the local clock")
             raise ClockError(
-                f"the certificate received is valid from {_iso(valid_from)} to {_iso(valid_to)}, but the local clock "
-                f"says {_iso(now)}: the local clock or the CA is wrong; "
-                f"not ordering again before {_iso(now + CLOCK_RECHECK)}",
+                f"the certificate received is valid from {iso(valid_from)} to {iso(valid_to)}, but the local clock "
+                f"says {iso(now)}: the local clock or the CA is wrong; "
+                f"not ordering again before {iso(now + CLOCK_RECHECK)}",
                 now + CLOCK_RECHECK,
             )
         try:
@@ -353,7 +350,7 @@ class CertMaintainer:
         except OSError as e:
             log.warning("%s: cannot remove the kept copy (%s); it is installed again at the next step", self.name, e)
         log.info("%s: certificate stored: serial %x, valid until %s, version %s",
-                 self.name, stored.serial, _iso(stored.not_after), stored.version)  # fmt: skip
+                 self.name, stored.serial, iso(stored.not_after), stored.version)  # fmt: skip
         return stored
 
     def _discard(self, why: str) -> None:
@@ -386,7 +383,7 @@ class CertMaintainer:
         self.metrics.set_time(self.metrics.last_failure, self.name, now)
         log.error("%s: %s (%s); next attempt %s (problem %s, %d failure(s) in a row)",
                   self.name, "held back" if isinstance(e, Deferred) else "renewal failed", e,
-                  _iso(state.next_attempt), problem, state.failures)  # fmt: skip
+                  iso(state.next_attempt), problem, state.failures)  # fmt: skip
 
     async def _succeeded(self, state: CertState, new: StoredCert) -> None:
         now = self.clock.now()
@@ -398,7 +395,7 @@ class CertMaintainer:
         self._publish_cert(new)
         # An operator waiting in `acmebox renew` hears what nginx made of it, not just the order.
         served = await self._on_renewed(new, self._request is not None)
-        self._finish_request(state, f"renewed: serial {new.serial:x}, valid until {_iso(new.not_after)}; {served}")
+        self._finish_request(state, f"renewed: serial {new.serial:x}, valid until {iso(new.not_after)}; {served}")
         self._save(state)
 
     def _finish_request(self, state: CertState, result: str) -> None:
