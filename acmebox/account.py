@@ -13,24 +13,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from josepy.jwk import JWKEC
 
 from acmebox import keys
 from acmebox.errors import ConfigError
 from acmebox.fsutil import atomic_write_json, write_new
+from acmebox.statedir import StateDir
 
 log = logging.getLogger(__name__)
-
-
-def _slug(directory_url: str) -> Path:
-    parts = urlsplit(directory_url)
-    clean = [re.sub(r"[^A-Za-z0-9._-]", "_", p) for p in [parts.netloc, *parts.path.split("/")] if p]
-    return Path(*clean) if clean else Path("default")
 
 
 @dataclass
@@ -38,8 +31,8 @@ class AccountFiles:
     dir: Path
 
     @classmethod
-    def for_directory(cls, state_dir: Path, directory_url: str) -> AccountFiles:
-        return cls(state_dir / "accounts" / _slug(directory_url))
+    def for_directory(cls, state_dir: StateDir | Path, directory_url: str) -> AccountFiles:
+        return cls(StateDir.of(state_dir).account(directory_url))
 
     @property
     def key_path(self) -> Path:

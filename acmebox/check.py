@@ -7,12 +7,14 @@ directory and what it offers (ARI, profiles, the configured profiles among them)
 account key has an account there; that each name resolves; that the front door routes the
 HTTP-01 path to acmebox (a fetch of a token acmebox presents on a server of its own when the
 service is not running, or of an unknown token whose 404 only acmebox writes when it is); the
-reloader's target; and what the front door presents now (with --reload-verify).
+reloader's target; what the front door presents now (with --reload-verify); and whether each
+certificate on disk is kept or replaced at start (policies.REPLACE).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import secrets
 import socket
@@ -21,15 +23,16 @@ from pathlib import Path
 
 import aiohttp
 
-from acmebox import webapp
+from acmebox import policies, webapp
 from acmebox.account import AccountFiles
 from acmebox.challenges import PREFIX, Http01Tokens
 from acmebox.client import AcmeClient
 from acmebox.config import Config, ReloadSpec
 from acmebox.errors import AcmeboxError
 from acmebox.fsutil import space_problem
-from acmebox.maintain import MIN_FREE
+from acmebox.issuance import MIN_FREE
 from acmebox.reload import ReloadFailed, ReloadTarget, served_serial
+from acmebox.state import StateStore
 from acmebox.store import CertStore
 
 NOT_FOUND_BODY = "no such challenge"  # challenges.py's 404: proves the path reached acmebox
@@ -56,6 +59,27 @@ async def run(config: Config) -> list[Finding]:
     out += await _front_door(config, names)
     out.append(_reloader(config))
     out += await asyncio.to_thread(_served, config)
+    out += _live(config)
+    return out
+
+
+def _live(config: Config) -> list[Finding]:
+    """What the service will do with each certificate on disk (policies.REPLACE): keep it, or
+    replace it at start. Information, never a failure: the service handles both."""
+    store, revoked = CertStore(config.certs_dir), frozenset(StateStore(config.state_dir).revoked())
+    now = dt.datetime.now(dt.UTC)
+    out = []
+    for spec in config.certs:
+        stored = store.current(spec.name)
+        seen = policies.Observed(now, policies.Live.of(stored), policies.Wanted(spec, config.directory),
+                                 revoked=revoked)
+        verdict = policies.replace(seen)
+        if verdict is not None:
+            detail = f"{verdict.reason}: {verdict.message}; ordered at start"
+        else:
+            assert stored is not None  # Missing otherwise
+            detail = f"kept: valid until {stored.not_after.isoformat()}"
+        out.append(Finding(f"certificate {spec.name}", True, detail))
     return out
 
 

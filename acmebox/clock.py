@@ -8,6 +8,11 @@ import contextlib
 import datetime as dt
 
 
+def iso(t: dt.datetime) -> str:
+    """`t` in UTC to the second, as the log and the messages write times."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class Clock:
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC)

@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography.x509.oid import NameOID
 
-from acmebox import control
+from acmebox import control, policies
 from acmebox.account import AccountFiles
 from acmebox.client import AcmeClient
 from acmebox.errors import AcmeboxError, ConfigError
@@ -40,36 +40,34 @@ def _short(text: str | None, width: int = 80) -> str:
 
 
 def _status_of(name: str, store: CertStore, states: StateStore, served: dict[str, Any]) -> dict[str, Any]:
-    """Everything `status` knows about one certificate, as JSON-ready values."""
+    """Everything `status` knows about one certificate, as JSON-ready values. The condition is
+    policies.READY's verdict on what this process sees (the live files, the state, what the
+    service saw served, revocations), with the service's recorded verdict standing in for the
+    configuration, which only the service knows."""
     stored = store.current(name)
     state = states.load(name, owner=False)
     seen = served.get(name) or {}
-    serial = f"{stored.serial:x}" if stored is not None else None
-    matches = None if not seen or serial is None else seen.get("serial") == serial
-    if stored is not None and f"{stored.serial:x}" in states.revoked():
-        condition = "revoked"
-    elif state.last_error and state.next_attempt:
-        condition = "failing"
-    elif stored is None:
-        condition = "missing"
-    elif stored.placeholder:
-        condition = "placeholder"
-    elif stored.not_after <= dt.datetime.now(dt.UTC):
-        condition = "expired"
-    elif matches is False:
-        condition = "not served"
-    else:
-        condition = "ok"
+    live = policies.Live.of(stored)
+    record = state.verdict
+    recorded = (policies.Verdict.from_record(record)
+                if record is not None and live is not None and record.serial == live.serial else None)
+    presented = policies.Presented(seen.get("serial"), seen.get("error")) if seen else None
+    verdict = policies.ready(policies.Observed(dt.datetime.now(dt.UTC), live, recorded=recorded,
+                                               revoked=frozenset(states.revoked()), state=state,
+                                               presented=presented))
+    serial = live.serial if live is not None else None
+    since = record.since.isoformat() if record is not None and recorded == verdict else None
     return {
         "name": name,
-        "condition": condition,
+        "condition": verdict.condition,
+        "verdict": {"reason": str(verdict.reason), "message": verdict.message, "since": since},
         "names": stored.names if stored is not None else [],
         "issuer": _issuer(stored) if stored is not None else None,
-        "directory": stored.meta.get("directory") if stored is not None else None,
+        "directory": stored.meta.directory if stored is not None else None,
         "serial": serial,
         "not_after": stored.not_after.isoformat() if stored is not None else None,
         "served_serial": seen.get("serial"),
-        "served_matches": matches,
+        "served_matches": None if not seen or serial is None else seen.get("serial") == serial,
         "served_checked": seen.get("at"),
         "next_renewal": state.next_renewal.isoformat() if state.next_renewal else None,
         "reason": state.renewal_reason,
@@ -86,7 +84,7 @@ def _certificates(store: CertStore, states: StateStore) -> tuple[list[str], list
     Everything on disk counts as managed when no service has recorded its configuration."""
     on_disk = {p.name for p in store.live.iterdir() if not p.name.startswith(".")} if store.live.is_dir() else set()
     on_disk |= {p.stem for p in states.dir.glob("*.json")} if states.dir.is_dir() else set()
-    configured = control.read_configured(states.dir.parent)
+    configured = control.read_configured(states.statedir)
     if configured is None:
         return sorted(on_disk), []
     return configured, sorted(on_disk - set(configured))
@@ -94,8 +92,10 @@ def _certificates(store: CertStore, states: StateStore) -> tuple[list[str], list
 
 def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
     """One line per certificate (or `--json`), every configured one included (also one that
-    never got a certificate). Exit 1 when any is not `ok`: missing, a placeholder, expired,
-    revoked, failing, or served differently from the live one. Leftovers of certificates no
+    never got a certificate). Exit 1 when any is not `ok` (policies.READY): missing, a
+    placeholder, revoked, failing, not what the service is configured for (another CA directory,
+    other names, key type or profile), expired or in its last 1/20 of life, or served
+    differently from the live one. Leftovers of certificates no
     longer configured are listed as `not managed` and do not count."""
     if not state_dir.is_dir() and not certs_dir.is_dir():
         raise ConfigError(f"neither {certs_dir} nor {state_dir} exists: point --certs-dir and --state-dir at acmebox's")
@@ -113,7 +113,8 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
         table = [("NAME", "CONDITION", "ISSUER", "NOT AFTER", "SERVED", "NEXT", "WHY / LAST ERROR")]
         for r in rows:
             served_text = {True: "yes", False: f"no ({r['served_serial'] or 'no answer'})", None: "-"}
-            why = r["last_error"] if r["condition"] == "failing" else r["reason"]
+            why = r["reason"] if r["condition"] in ("ok", "not managed") else r["verdict"]["message"]
+            why = r["last_error"] if r["condition"] == "failing" else why
             table.append((r["name"], r["condition"], _short(r["issuer"], 24), _when_iso(r["not_after"]),
                           served_text[r["served_matches"]],
                           _when_iso(r["next_attempt"] if r["condition"] == "failing" else r["next_renewal"]),
@@ -135,7 +136,7 @@ def owner(store: CertStore, states: StateStore, name: str) -> str | None:
         return name
     for cert in managed:
         stored = store.current(cert)
-        if stored is not None and name in (stored.meta.get("names") or stored.names):
+        if stored is not None and name in (stored.meta.names or stored.names):
             return cert
     return None
 
@@ -181,8 +182,8 @@ async def revoke(certs_dir: Path, state_dir: Path, name: str, reason: int, ca_bu
     stored = store.current(name)
     if stored is None or stored.placeholder:
         raise ConfigError(f"no issued certificate named {name} in {certs_dir}")
-    directory = stored.meta.get("directory")
-    if not isinstance(directory, str):
+    directory = stored.meta.directory
+    if directory is None:
         raise ConfigError(f"{name}: its metadata does not say which CA issued it")
     account = AccountFiles.for_directory(state_dir, directory)
     if not account.key_path.exists():

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from acmebox.errors import ConfigError
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name, canonical_names
+from acmebox.statedir import StateDir
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class TokenAuth:
             signing.check_signing_key(key)
         for entry in trusted_proxies or ():
             proxies.check_proxy_entry(entry)
-        return cls(htpasswd, key or state_dir / "token-signing.key", cert or state_dir / "token.crt", service,
+        return cls(htpasswd, key or StateDir(state_dir).token_key, cert or StateDir(state_dir).token_cert, service,
                    issuer, ttl, acl, tuple(trusted_proxies or ()))
 
 

@@ -1,6 +1,8 @@
-"""How `acmebox renew` talks to the running service: a request file in <state>/requests/,
-then SIGHUP to the PID in <state>/acmebox.pid. The service answers in the certificate's
-state file (`handled_request`, `request_result`), which the command waits for.
+"""How `acmebox renew` and `status` talk to the running service: a request file in
+<state>/requests/, then SIGHUP to the PID in <state>/acmebox.pid. The service answers in the
+certificate's state file (`handled_request`, `request_result`), which the command waits for.
+The service also leaves what it saw served (served.json) and the certificates it was started
+with (configured.json) for `status`. Paths: statedir.py.
 
 A file plus a signal works inside one container (`docker compose exec acmebox acmebox renew`)
 without opening another port.
@@ -8,17 +10,16 @@ without opening another port.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from acmebox.errors import ConfigError
 from acmebox.fsutil import atomic_write_json
+from acmebox.statedir import StateDir
 
 
 @dataclass(frozen=True)
@@ -28,35 +29,11 @@ class Request:
     force: bool
 
 
-def hold_lock(state_dir: Path) -> IO[str]:
-    """Take <state>/acmebox.lock for this process's life (release: close the returned file).
-    Two instances on one state dir would order the same certificate at once and fail each
-    other's challenges; the second gets a ConfigError naming the PID of the first."""
-    path = state_dir / "acmebox.lock"
-    try:
-        f = open(path, "a+")  # noqa: SIM115 - held open on purpose, closed by the caller
-    except OSError as e:
-        raise ConfigError(f"state dir {state_dir} is not usable: {e.strerror or e}") from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown"
-        f.close()
-        raise ConfigError(
-            f"state dir {state_dir} is in use by another acmebox (PID {holder}); run one instance per state dir"
-        ) from None
-    f.truncate(0)
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
+def pid_file(state_dir: StateDir | Path) -> Path:
+    return StateDir.of(state_dir).pid
 
 
-def pid_file(state_dir: Path) -> Path:
-    return state_dir / "acmebox.pid"
-
-
-def running_pid(state_dir: Path) -> int | None:
+def running_pid(state_dir: StateDir | Path) -> int | None:
     try:
         pid = int(pid_file(state_dir).read_text().strip())
         os.kill(pid, 0)
@@ -65,17 +42,17 @@ def running_pid(state_dir: Path) -> int | None:
     return pid
 
 
-def submit(state_dir: Path, name: str | None, force: bool) -> Request:
+def submit(state_dir: StateDir | Path, name: str | None, force: bool) -> Request:
     req = Request(uuid.uuid4().hex, name, force)
-    d = state_dir / "requests"
+    d = StateDir.of(state_dir).requests
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     atomic_write_json(d / f"{req.id}.json", {"name": name, "force": force}, 0o600)
     return req
 
 
-def take_all(state_dir: Path) -> list[Request]:
+def take_all(state_dir: StateDir | Path) -> list[Request]:
     """The pending requests, removed from disk as they are read."""
-    d = state_dir / "requests"
+    d = StateDir.of(state_dir).requests
     out = []
     for f in sorted(d.glob("*.json")) if d.exists() else []:
         try:
@@ -87,7 +64,7 @@ def take_all(state_dir: Path) -> list[Request]:
     return out
 
 
-def wake_service(state_dir: Path) -> bool:
+def wake_service(state_dir: StateDir | Path) -> bool:
     pid = running_pid(state_dir)
     if pid is None:
         return False
@@ -95,35 +72,30 @@ def wake_service(state_dir: Path) -> bool:
     return True
 
 
-def served_file(state_dir: Path) -> Path:
-    return state_dir / "served.json"
-
-
-def write_served(state_dir: Path, served: dict[str, dict[str, str | None]]) -> None:
+def write_served(state_dir: StateDir | Path, served: dict[str, dict[str, str | None]]) -> None:
     """What the service last saw served, per name ({"serial": hex or None, "at": ISO time}),
     for `acmebox status` in another process."""
-    atomic_write_json(served_file(state_dir), served, 0o600)
+    atomic_write_json(StateDir.of(state_dir).served, served, 0o600)
 
 
-def read_served(state_dir: Path) -> dict[str, Any]:
+def read_served(state_dir: StateDir | Path) -> dict[str, Any]:
     try:
-        data = json.loads(served_file(state_dir).read_text())
+        data = json.loads(StateDir.of(state_dir).served.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-
-def write_configured(state_dir: Path, names: list[str]) -> None:
+def write_configured(state_dir: StateDir | Path, names: list[str]) -> None:
     """The certificates the service (or `run --once`) was started with, for `status` and
     `renew` in another process: a certificate dropped from the configuration is no longer
     managed, whatever its leftovers on disk."""
-    atomic_write_json(state_dir / "configured.json", names, 0o600)
+    atomic_write_json(StateDir.of(state_dir).configured, names, 0o600)
 
 
-def read_configured(state_dir: Path) -> list[str] | None:
+def read_configured(state_dir: StateDir | Path) -> list[str] | None:
     try:
-        data = json.loads((state_dir / "configured.json").read_text())
+        data = json.loads(StateDir.of(state_dir).configured.read_text())
     except (OSError, ValueError):
         return None
     return [str(n) for n in data] if isinstance(data, list) else None

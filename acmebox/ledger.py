@@ -37,6 +37,7 @@ from typing import Any
 
 from acmebox.errors import Deferred
 from acmebox.fsutil import atomic_write
+from acmebox.statedir import StateDir
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ class Ledger:
     """The ledger of one certificate. Used by that certificate's maintainer only (one task),
     so it needs no lock of its own; the state dir's lock keeps other processes out."""
 
-    def __init__(self, state_dir: Path, name: str, directory: str) -> None:
-        self.path = state_dir / "ledger" / f"{name}.jsonl"
+    def __init__(self, state_dir: StateDir | Path, name: str, directory: str) -> None:
+        self.path = StateDir.of(state_dir).ledger / f"{name}.jsonl"
         self.directory = directory
 
     # -- reading -------------------------------------------------------------------------------

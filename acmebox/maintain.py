@@ -2,6 +2,10 @@
 failure back off (persisted, so a restart cannot reset it). One CertMaintainer per
 certificate; they run concurrently and one's failure never delays another.
 
+Each step: observe (the state file, the live certificate, a received one, the ARI window),
+evaluate (policies.py: the gates, the trigger, spacing, and the READY verdict), act (install,
+or order through issuance.py and store), report (state file with the verdict, log, metrics).
+
 An attempt goes: a certificate already received but not yet stored is installed first, and
 nothing is ordered while one is (pending.py). Otherwise the preflight checks that the certs
 and state dirs can take a certificate and that the local clock agrees with the CA's; the
@@ -17,14 +21,11 @@ import asyncio
 import datetime as dt
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-from acmebox import renewal
+from acmebox import placeholder, policies, renewal
 from acmebox.client import AcmeClient, ari_cert_id
-from acmebox.clock import Clock
+from acmebox.clock import Clock, iso
 from acmebox.config import CertSpec
 from acmebox.errors import (
     AccountRefused,
@@ -36,94 +37,34 @@ from acmebox.errors import (
     Deferred,
     DiskError,
 )
-from acmebox.fsutil import space_problem
+from acmebox.issuance import CLOCK_RECHECK, DISK_RECHECK, Issuer
 from acmebox.ledger import Ledger, LedgerRefusal
 from acmebox.metrics import Metrics
 from acmebox.pending import PendingStore, Received
+from acmebox.policies import Observed, Plan, Wanted
 from acmebox.state import AriCache, CertState, StateStore
-from acmebox.store import CertStore, StoredCert, split_chain
+from acmebox.store import CertMeta, CertStore, StoredCert, split_chain
 
 log = logging.getLogger(__name__)
 
 ARI_RETRY_ON_ERROR = dt.timedelta(hours=1)
-MIN_SPACING = dt.timedelta(minutes=5)  # between two scheduled renewals of one certificate
-MIN_FREE = 64 * 1024  # bytes free in the certs and state dirs before ordering: a renewal writes ~12 files
-DISK_RECHECK = dt.timedelta(minutes=5)
-MAX_CLOCK_SKEW = dt.timedelta(hours=1)  # certificates are backdated by about that much
-CLOCK_RECHECK = dt.timedelta(hours=1)
 NOT_BEFORE_TOLERANCE = dt.timedelta(minutes=5)
 
 
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# The dirs are shared by every certificate: one probe (a file written and fsynced) serves all
-# the orders of a burst, e.g. `run --once` with 50 certificates.
-_PROBES: dict[Path, tuple[float, str | None]] = {}
-PROBE_MAX_AGE = 5.0  # seconds
-
-
-def _space_problem(path: Path) -> str | None:
-    seen = _PROBES.get(path)
-    if seen is None or time.monotonic() - seen[0] > PROBE_MAX_AGE:
-        seen = (time.monotonic(), space_problem(path, MIN_FREE))
-        _PROBES[path] = seen
-    return seen[1]
-
-
-def _span(seconds: float) -> str:
-    seconds = abs(seconds)
-    return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
-
-
-def why_not_reusable(
-    spec: CertSpec, stored: StoredCert | None, now: dt.datetime, directory: str, revoked: set[str] | None = None
-) -> str | None:
-    """None when `stored` serves `spec` as it is; otherwise why a new certificate is needed.
-    A certificate from another CA directory (staging, before switching to production) is not
-    reusable: it is replaced at once, not at its next renewal. One without a recorded directory
-    (taken over from certbot) is kept until then."""
-    if stored is None:
-        return "no certificate yet"
-    if stored.placeholder:
-        return "only a placeholder is in place"
-    if revoked and f"{stored.serial:x}" in revoked:
-        return "revoked (acmebox revoke)"
-    issued_by = stored.meta.get("directory")
-    if issued_by is not None and issued_by != directory:
-        return f"issued by another CA directory ({issued_by})"
-    if sorted(stored.names) != sorted(spec.names):
-        return f"names changed (on disk: {', '.join(stored.names)})"
-    if stored.key_type != spec.key_type:
-        return f"key type changed (on disk: {stored.key_type})"
-    if spec.profile and stored.meta.get("profile") != spec.profile:
-        return f"profile changed (on disk: {stored.meta.get('profile') or 'none'})"
-    if stored.not_after <= now:
-        return f"expired at {_iso(stored.not_after)}"
-    return None
-
-
-@dataclass(frozen=True)
-class Plan:
-    at: dt.datetime  # when to renew
-    reason: str
-    wake: dt.datetime  # when to plan again at the latest (e.g. the next ARI fetch)
-
-
-# (client, spec, replaces) -> what the CA issued, not yet stored
-Issuer = Callable[[AcmeClient, CertSpec, str | None], Awaitable[Received]]
-
-
 class CertMaintainer:
+    """One certificate's loop. Its collaborators are given: the `issuer` (and through it the
+    CA connection), its `ledger` and `pending` store, the shared `store` and `states`, and
+    `on_renewed`, which tells the reloader about a new certificate and says what came of it."""
+
     def __init__(
         self,
         spec: CertSpec,
         *,
         store: CertStore,
         states: StateStore,
-        client: Callable[[], Awaitable[AcmeClient]],
-        issue: Issuer,
+        issuer: Issuer,
+        ledger: Ledger,
+        pending: PendingStore,
         on_renewed: Callable[[StoredCert, bool], Awaitable[str]],
         metrics: Metrics,
         clock: Clock,
@@ -135,16 +76,15 @@ class CertMaintainer:
         self.name = spec.name
         self.store = store
         self.states = states
-        self._client = client
-        self._issue = issue
+        self.issuer = issuer
         self._on_renewed = on_renewed
         self.metrics = metrics
         self.clock = clock
         self.directory = directory
         self.use_ari = use_ari
         self.rng = rng or random.Random()
-        self.pending = PendingStore(states.dir.parent)
-        self.ledger = Ledger(states.dir.parent, spec.name, directory)
+        self.pending = pending
+        self.ledger = ledger
         self.wake = asyncio.Event()
         self._state: CertState | None = None  # loaded once; the file is its persisted copy
         self._unsaved: Received | None = None  # received, and not even the pending copy could be written
@@ -171,37 +111,46 @@ class CertMaintainer:
 
     # -- planning ------------------------------------------------------------------------------
 
-    async def plan(self, state: CertState, stored: StoredCert | None) -> Plan:
-        now = self.clock.now()
+    def observe(self, stored: StoredCert | None, state: CertState | None = None,
+                presented: policies.Presented | None = None) -> Observed:
+        """The facts the policies decide on, as this maintainer sees them now (what the front
+        door presents comes from the reloader's side: serving.py)."""
+        return Observed(self.clock.now(), policies.Live.of(stored), Wanted(self.spec, self.directory),
+                        revoked=frozenset(self.states.revoked()), state=state, presented=presented)
+
+    def _asked(self, eager: bool = False) -> policies.Request:
+        r = self._request
+        return policies.Request(pending=r is not None, forced=r is not None and r[1], eager=eager)
+
+    async def plan(self, state: CertState, stored: StoredCert | None, kept: bool = False, eager: bool = False) -> Plan:
+        """Evaluate: the gates, then the trigger (with the ARI window fetched when it decides), then spacing."""
+        seen = self.observe(stored, state)
         self._publish_cert(stored)
-        forced = self._request is not None and self._request[1]
-        if forced:
-            return Plan(now, "renewal requested (--force)", now)
-        if state.next_attempt is not None and now < state.next_attempt:
-            why = f"backoff after {state.failures} failure(s): {state.last_error}"
-            return Plan(state.next_attempt, why, state.next_attempt)
-        reason = why_not_reusable(self.spec, stored, now, self.directory, self.states.revoked())
-        if reason is not None or stored is None:
-            decision, wake = renewal.Decision(now, reason or "no certificate yet"), now
-        else:
-            ari = await self._ari(stored, state, now)
-            if ari is not None:
-                decision = renewal.decide(stored.not_before, stored.not_after, ari.chosen, (ari.start, ari.end))
-                wake = min(decision.at, ari.next_fetch)
-            else:
-                decision = renewal.decide(stored.not_before, stored.not_after)
-                wake = min(decision.at, self._ari_retry_at) if self._ari_retry_at else decision.at
-        recent = state.last_success
-        # A configuration change (names, key type, profile, CA directory) is acted on at once:
-        # the new certificate ends the difference, so it cannot loop.
-        may_loop = stored is None or stored.placeholder or reason is None or stored.not_after <= now
-        if self._request is None and may_loop and recent is not None and decision.at < recent + MIN_SPACING:
-            # A CA (or clock) that makes each fresh certificate due at once, or expired on
-            # arrival, must not cause a loop of orders; an operator's `acmebox renew` is not a
-            # loop and goes through. The ledger bounds what gets past this.
-            spaced = recent + MIN_SPACING
-            return Plan(spaced, f"{decision.reason}, spaced from the last renewal", spaced)
-        return Plan(decision.at, decision.reason, wake)
+        asked = self._asked(eager)
+        gated = policies.gate(seen, state, asked, kept)
+        if gated is not None:
+            return gated
+        ari = None
+        if stored is not None and policies.replace(seen) is None:
+            ari = await self._ari(stored, state, seen.now)
+        return policies.spaced(policies.trigger(seen, ari, self._ari_retry_at), state, asked)
+
+    def record_verdict(self, stored: StoredCert | None = None, save: bool = True) -> policies.Verdict:
+        """Evaluate READY for the live certificate and keep it in the state file, for `status`
+        in another process (it cannot see the configuration). Served-or-not is not part of it:
+        that is recorded apart (control.write_served)."""
+        if self._state is None:
+            self._state = self.states.load(self.name, self.clock.now())
+        if stored is None:
+            stored = self.store.current(self.name)
+        seen = self.observe(stored, self._state)
+        verdict = policies.ready(seen)
+        serial = seen.live.serial if seen.live is not None else None
+        before = self._state.verdict
+        self._state.verdict = verdict.record(serial, seen.now, before)
+        if save and self._state.verdict != before:
+            self._save(self._state)
+        return verdict
 
     async def _ari(self, stored: StoredCert, state: CertState, now: dt.datetime) -> AriCache | None:
         """The cached ARI window for this certificate, fetched again when due."""
@@ -215,11 +164,11 @@ class CertMaintainer:
             return cache
         self._refresh_ari = False
         try:
-            client = await self._client()
+            client = await self.issuer.ca.client()
             info = await client.renewal_info(stored.cert)
         except AcmeboxError as e:
             self._ari_retry_at = now + ARI_RETRY_ON_ERROR
-            log.warning("%s: renewal info unavailable (%s); asking again at %s", self.name, e, _iso(self._ari_retry_at))
+            log.warning("%s: renewal info unavailable (%s); asking again at %s", self.name, e, iso(self._ari_retry_at))
             return cache
         self._ari_retry_at = None
         if info is None:
@@ -243,35 +192,34 @@ class CertMaintainer:
         self.metrics.set_time(self.metrics.next_renewal, self.name, plan.at)
         if self._last_logged != (plan.at, plan.reason):
             self._last_logged = (plan.at, plan.reason)
-            log.info("%s: renewal scheduled for %s because of %s", self.name, _iso(plan.at), plan.reason)
+            log.info("%s: renewal scheduled for %s because of %s", self.name, iso(plan.at), plan.reason)
 
     # -- acting --------------------------------------------------------------------------------
 
     async def step(self, eager: bool = False) -> Plan | None:
-        """Plan; if due now, attempt once. Returns the plan when nothing was due, None after an
-        attempt. Raises the attempt's error after recording it (the loop goes on, --once reports it).
-        `eager` (`run --once`): a certificate already received is installed now, whatever the
-        wait after the last failure to store it (that costs no order)."""
+        """One pass: observe (state, live and kept certificates), evaluate (policies.py), act
+        (install or order) when due, report (state file, log, metrics). Returns the plan when
+        nothing was due, None after an attempt. Raises the attempt's error after recording it
+        (the loop goes on, --once reports it). `eager` (`run --once`): a certificate already
+        received is installed now, whatever the wait after the last failure to store it (that
+        costs no order)."""
+        # observe
         if self._state is None:
             self._state = self.states.load(self.name, self.clock.now())
         state = self._state
         stored = self.store.current(self.name)
         kept = self._unsaved or self.pending.load(self.name)
-        if kept is not None:
-            now = self.clock.now()
-            retry = state.next_attempt
-            if retry is not None and now < retry and self._request is None and not eager:
-                plan = Plan(retry, f"a received certificate waits to be stored ({state.last_error})", retry)
-            else:
-                plan = Plan(now, "a certificate already received waits to be stored", now)
-        else:
-            plan = await self.plan(state, stored)
+        # evaluate
+        plan = await self.plan(state, stored, kept=kept is not None, eager=eager)
+        # report
         self._log_plan(plan, state)
+        self.record_verdict(stored, save=False)
         now = self.clock.now()
         if plan.at > now:
-            self._finish_request(state, f"not due: next renewal {_iso(plan.at)} because of {plan.reason}")
+            self._finish_request(state, f"not due: next renewal {iso(plan.at)} because of {plan.reason}")
             self._save(state)
             return plan
+        # act
         log.info("%s: %s now (%s)", self.name, "installing" if kept else "renewing", plan.reason)
         try:
             new = self._install(kept) if kept is not None else await self._attempt(stored)
@@ -294,20 +242,23 @@ class CertMaintainer:
     async def _record_next_plan(self, state: CertState) -> None:
         """After an attempt, what comes next, so that `status` shows the plan held now (also
         after `run --once`), not the one that led to the attempt."""
+        stored = self.store.current(self.name)
         try:
-            plan = await self.plan(state, self.store.current(self.name))
+            plan = await self.plan(state, stored)
         except AcmeboxError as e:  # the plan is recorded at the next step instead
             log.debug("%s: no plan recorded after the attempt: %s", self.name, e)
+            self.record_verdict(stored)
             return
         self._log_plan(plan, state)
+        self.record_verdict(stored, save=False)
         self._save(state)
 
     async def _attempt(self, stored: StoredCert | None) -> StoredCert:
-        client = await self._client()
-        await self._preflight(client)
+        client = await self.issuer.ca.client()
+        await self.issuer.preflight(client)
         replaces = None
         if (self.use_ari and client.has_ari and stored is not None and not stored.placeholder
-                and stored.meta.get("directory") == self.directory):
+                and stored.meta.directory == self.directory):
             replaces = ari_cert_id(stored.cert)
         try:
             received = await self._order(client, replaces)
@@ -326,23 +277,6 @@ class CertMaintainer:
         self._keep(received)
         return self._install(received)
 
-    async def _preflight(self, client: AcmeClient) -> None:
-        """Refuse to order what could not be kept, or with a clock that would make it look wrong."""
-        now = self.clock.now()
-        for what, path in (("certs dir", self.store.root), ("state dir", self.states.dir.parent)):
-            problem = _space_problem(path)
-            if problem is not None:
-                raise DiskError(f"{what} {path} is {problem}; not ordering until it can take a certificate",
-                                now + DISK_RECHECK)
-        offset = await client.check_clock()
-        if offset is not None and abs(offset) > MAX_CLOCK_SKEW.total_seconds():
-            ca_now = now + dt.timedelta(seconds=offset)
-            raise ClockError(
-                f"the local clock says {_iso(now)} but the CA's says {_iso(ca_now)} ({_span(offset)} "
-                f"{'behind' if offset > 0 else 'ahead'}); not ordering until the local clock is right",
-                now + CLOCK_RECHECK,
-            )
-
     async def _order(self, client: AcmeClient, replaces: str | None) -> Received:
         """One order, through the ledger: only a forced request (`acmebox renew --force`) passes
         a refusal, and an order that cannot be recorded is not placed."""
@@ -356,7 +290,7 @@ class CertMaintainer:
             raise DiskError(why, now + DISK_RECHECK) from e
         self.metrics.orders.labels(self.name).inc()
         try:
-            received = await self._issue(client, self.spec, replaces)
+            received = await self.issuer.issue(client, self.spec, replaces)
         except AcmeboxError as e:
             self._ledger_end(order_id, "failed", e.invalid if isinstance(e, CAProblem) else ())
             raise
@@ -386,16 +320,16 @@ class CertMaintainer:
         except ValueError as e:
             self._discard(f"unreadable ({e})")
             raise AcmeboxError(f"the CA's certificate for {self.name} is unreadable: {e}") from None
-        if sorted(received.meta.get("names") or ()) != sorted(self.spec.names):
+        if sorted(received.meta.names or ()) != sorted(self.spec.names):
             self._discard("for other names than configured")
             raise AcmeboxError(f"{self.name}: the certificate received earlier is for other names; ordering anew")
         valid_from, valid_to = cert.not_valid_before_utc, cert.not_valid_after_utc
         if not valid_from - NOT_BEFORE_TOLERANCE <= now < valid_to:
             self._discard("not valid by the local clock")
             raise ClockError(
-                f"the certificate received is valid from {_iso(valid_from)} to {_iso(valid_to)}, but the local clock "
-                f"says {_iso(now)}: the local clock or the CA is wrong; "
-                f"not ordering again before {_iso(now + CLOCK_RECHECK)}",
+                f"the certificate received is valid from {iso(valid_from)} to {iso(valid_to)}, but the local clock "
+                f"says {iso(now)}: the local clock or the CA is wrong; "
+                f"not ordering again before {iso(now + CLOCK_RECHECK)}",
                 now + CLOCK_RECHECK,
             )
         try:
@@ -416,7 +350,7 @@ class CertMaintainer:
         except OSError as e:
             log.warning("%s: cannot remove the kept copy (%s); it is installed again at the next step", self.name, e)
         log.info("%s: certificate stored: serial %x, valid until %s, version %s",
-                 self.name, stored.serial, _iso(stored.not_after), stored.version)
+                 self.name, stored.serial, iso(stored.not_after), stored.version)
         return stored
 
     def _discard(self, why: str) -> None:
@@ -449,7 +383,7 @@ class CertMaintainer:
         self.metrics.set_time(self.metrics.last_failure, self.name, now)
         log.error("%s: %s (%s); next attempt %s (problem %s, %d failure(s) in a row)",
                   self.name, "held back" if isinstance(e, Deferred) else "renewal failed", e,
-                  _iso(state.next_attempt), problem, state.failures)
+                  iso(state.next_attempt), problem, state.failures)
 
     async def _succeeded(self, state: CertState, new: StoredCert) -> None:
         now = self.clock.now()
@@ -461,13 +395,48 @@ class CertMaintainer:
         self._publish_cert(new)
         # An operator waiting in `acmebox renew` hears what nginx made of it, not just the order.
         served = await self._on_renewed(new, self._request is not None)
-        self._finish_request(state, f"renewed: serial {new.serial:x}, valid until {_iso(new.not_after)}; {served}")
+        self._finish_request(state, f"renewed: serial {new.serial:x}, valid until {iso(new.not_after)}; {served}")
         self._save(state)
 
     def _finish_request(self, state: CertState, result: str) -> None:
         if self._request is not None:
             state.handled_request, state.request_result = self._request[0], result
             self._request = None
+
+    async def step_once(self, force: bool) -> AcmeboxError | None:
+        """`run --once`: one eager step; the error when this certificate is not in place after it."""
+        if force:
+            self.request("run --force-renew", force=True)
+        try:
+            plan = await self.step(eager=True)
+        except AcmeboxError as e:  # step() logged and recorded it
+            return e
+        stored = self.store.current(self.name)
+        missing = policies.replace(self.observe(stored))
+        if plan is not None and stored is not None and missing is None:
+            log.info("%s: certificate on disk is valid until %s (serial %x); nothing ordered",
+                     self.name, stored.not_after.isoformat(), stored.serial)
+        if missing is not None and plan is not None:
+            error = AcmeboxError(
+                f"{self.name}: {missing.message}; next attempt {plan.at:%Y-%m-%dT%H:%M:%SZ} because of {plan.reason} "
+                f"(--force-renew tries now)"
+            )
+            log.error("%s", error)
+            return error
+        return None
+
+    def write_placeholder(self) -> None:
+        """A self-signed placeholder where nginx would find no certificate (placeholder.py)."""
+        if self.store.current(self.name) is not None:
+            return
+        key_pem, cert_pem = placeholder.make(self.spec.names, self.spec.key_type, self.clock.now())
+        try:
+            self.store.save(self.name, key_pem, cert_pem, CertMeta(names=self.spec.names, placeholder=True))
+        except OSError as e:
+            log.error("%s: cannot write a placeholder to %s (%s); nginx may not start until it can",
+                      self.name, self.store.root, e.strerror or e)
+            return
+        log.info("%s: wrote a self-signed placeholder so nginx can start", self.name)
 
     async def run_forever(self) -> None:
         while True:

@@ -14,9 +14,10 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from acmebox.fsutil import atomic_write_json
+from acmebox.statedir import StateDir
+from acmebox.store import CertMeta
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,14 @@ class Received:
 
     key_pem: bytes
     fullchain_pem: bytes
-    meta: dict[str, Any]
+    meta: CertMeta
 
 
 class PendingStore:
     """One file per certificate. Used by that certificate's maintainer only."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.dir = state_dir / "pending"
+    def __init__(self, state_dir: StateDir | Path) -> None:
+        self.dir = StateDir.of(state_dir).pending
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
@@ -42,7 +43,8 @@ class PendingStore:
     def keep(self, name: str, received: Received) -> None:
         """Write the copy (raises OSError when the state dir cannot take it)."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data = {"key": received.key_pem.decode(), "fullchain": received.fullchain_pem.decode(), "meta": received.meta}
+        data = {"key": received.key_pem.decode(), "fullchain": received.fullchain_pem.decode(),
+                "meta": received.meta.to_json()}
         atomic_write_json(self.path(name), data, 0o600)
 
     def load(self, name: str) -> Received | None:
@@ -51,7 +53,7 @@ class PendingStore:
         path = self.path(name)
         try:
             data = json.loads(path.read_bytes())
-            return Received(data["key"].encode(), data["fullchain"].encode(), dict(data["meta"]))
+            return Received(data["key"].encode(), data["fullchain"].encode(), CertMeta.from_json(dict(data["meta"])))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:

@@ -1,6 +1,7 @@
 """What acmebox remembers about each certificate between runs, in <state>/certs/<name>.json:
 the failure count and the next allowed attempt (so restarts and crash loops cannot reset the
-backoff and hammer the CA), the cached ARI window, and the outcome of the last attempt.
+backoff and hammer the CA), the cached ARI window, the outcome of the last attempt, and the
+service's last READY verdict on the live certificate (policies.py), which `status` reads.
 
 A state file that cannot be read as such (hand-edited, damaged) is moved aside as
 `<name>.json.unreadable-<time>` and replaced by the safe assumption: the last attempt failed
@@ -18,6 +19,7 @@ from typing import Any
 
 from acmebox import renewal
 from acmebox.fsutil import atomic_write_json
+from acmebox.statedir import StateDir
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,29 @@ class AriCache:
 
 
 @dataclass
+class VerdictRecord:
+    """A verdict as kept: its reason token and message (policies.py), the live serial it is
+    about, and since when that reason holds (cert-manager's lastTransitionTime)."""
+
+    reason: str
+    message: str
+    serial: str | None  # hex; None: nothing live
+    since: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "message": self.message, "serial": self.serial, "since": self.since.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> VerdictRecord:
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("reason", "message")):
+            raise BadState("verdict is not a verdict")
+        serial = data.get("serial")
+        if serial is not None and not isinstance(serial, str):
+            raise BadState("verdict.serial is not a string")
+        return cls(data["reason"], data["message"], serial, _time(data.get("since"), "verdict.since"))
+
+
+@dataclass
 class CertState:
     failures: int = 0
     next_attempt: dt.datetime | None = None
@@ -59,13 +84,15 @@ class CertState:
     ari: AriCache | None = None
     handled_request: str | None = None  # id of the last `acmebox renew` request handled
     request_result: str | None = None
+    verdict: VerdictRecord | None = None  # written by the service only
 
     def to_json(self) -> dict[str, Any]:
         def enc(v: Any) -> Any:
             return v.isoformat() if isinstance(v, dt.datetime) else v
 
-        data = {k: enc(v) for k, v in asdict(self).items() if k != "ari"}
+        data = {k: enc(v) for k, v in asdict(self).items() if k not in ("ari", "verdict")}
         data["ari"] = {k: enc(v) for k, v in asdict(self.ari).items()} if self.ari else None
+        data["verdict"] = self.verdict.to_json() if self.verdict else None
         return data
 
     @classmethod
@@ -100,6 +127,8 @@ class CertState:
                 next_fetch=_time(ari.get("next_fetch"), "ari.next_fetch"),
                 explanation_url=explanation if isinstance(explanation, str) else None,
             )
+        verdict = data.get("verdict")
+        kwargs["verdict"] = VerdictRecord.from_json(verdict) if verdict is not None else None
         return cls(**kwargs)
 
 
@@ -107,8 +136,9 @@ class StateStore:
     """One JSON file per certificate. Not locked: one process owns the state dir (service.py
     holds its lock), and within it each certificate's state is touched by its own maintainer."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.dir = state_dir / "certs"
+    def __init__(self, state_dir: StateDir | Path) -> None:
+        self.statedir = StateDir.of(state_dir)
+        self.dir = self.statedir.certs
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
@@ -142,14 +172,14 @@ class StateStore:
 
     @property
     def revoked_path(self) -> Path:
-        return self.dir.parent / "revoked.json"
+        return self.statedir.revoked
 
     def record_revoked(self, serial: int) -> None:
         """Remember a serial `acmebox revoke` revoked: the service replaces such a certificate
         at once (also when it was stopped at the time), `status` and /healthz say so. The last
         100 are kept."""
         serials = [s for s in self.revoked() if s != f"{serial:x}"] + [f"{serial:x}"]
-        self.dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.statedir.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         atomic_write_json(self.revoked_path, serials[-100:], 0o600)
 
     def revoked(self) -> set[str]:

@@ -3,7 +3,7 @@
     <certs>/live/<name>/      a real directory; each file in it is replaced by rename()
         combined.pem          full chain, then private key, in one file: the atomic unit
         fullchain.pem cert.pem chain.pem privkey.pem   certbot's names
-        meta.json             what was stored, and which archive version it is (written last)
+        meta.json             CertMeta (below) and which archive version it is (written last)
     <certs>/archive/<name>/0003/   {cert,chain,fullchain,privkey}.pem and meta.json
 
 Why real files: every way of mounting the volume into another container sees renewals. The
@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,57 @@ def split_chain(fullchain_pem: bytes) -> list[x509.Certificate]:
     return certs
 
 
+@dataclass(frozen=True)
+class CertMeta:
+    """What is recorded beside a certificate in meta.json: the schema, read and written only
+    here. Every field is optional (None: not recorded, and not written); keys this version does
+    not know are kept as they were in `extra`."""
+
+    names: tuple[str, ...] | None = None  # as ordered
+    key_type: str | None = None
+    profile: str | None = None
+    directory: str | None = None  # the CA directory URL that issued it (certbot's renewal conf after a take-over)
+    account: str | None = None  # the ACME account URL that ordered it
+    issued_at: str | None = None  # ISO time
+    replaced: str | None = None  # the ARI certificate id the order replaced
+    placeholder: bool | None = None  # True: a self-signed placeholder (placeholder.py)
+    migrated_from: str | None = None  # "certbot" or "files": taken over from another layout
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.extra)
+        for key in _META_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CertMeta:
+        """The record in `data`; a field of the wrong type is read as not recorded."""
+        known: dict[str, Any] = {}
+        for key in _META_KEYS:
+            value = data.get(key)
+            if key == "names":
+                ok = isinstance(value, list) and all(isinstance(n, str) for n in value)
+                value = tuple(value) if ok else None  # type: ignore[arg-type]
+            elif key == "placeholder":
+                value = value if isinstance(value, bool) else None
+            elif not isinstance(value, str):
+                value = None
+            known[key] = value
+        extra = {k: v for k, v in data.items() if k not in _META_KEYS and k != "version"}
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def of(cls, meta: CertMeta | Mapping[str, Any]) -> CertMeta:
+        return meta if isinstance(meta, CertMeta) else cls.from_json(meta)
+
+
+_META_KEYS = ("names", "key_type", "profile", "directory", "account", "issued_at", "replaced", "placeholder",
+              "migrated_from")
+
+
 @dataclass
 class StoredCert:
     """One version of a certificate as it lies on disk."""
@@ -77,7 +129,7 @@ class StoredCert:
     version: str
     path: Path
     chain: list[x509.Certificate]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: CertMeta = field(default_factory=CertMeta)
 
     @property
     def cert(self) -> x509.Certificate:
@@ -101,7 +153,7 @@ class StoredCert:
 
     @property
     def placeholder(self) -> bool:
-        return bool(self.meta.get("placeholder"))
+        return bool(self.meta.placeholder)
 
     @property
     def key_type(self) -> str:
@@ -210,11 +262,11 @@ class CertStore:
             log.warning("certificate %s: live/%s/ is not readable as a key and chain (%s); it will be "
                         "replaced by the next certificate", name, name, e.strerror or e)
             return
-        meta: dict[str, Any] = {"migrated_from": "certbot" if any(p.is_symlink() for p in live.iterdir()) else "files"}
         renewal_conf = self.root / "renewal" / f"{name}.conf"
         server = re.search(r"(?m)^\s*server\s*=\s*(\S+)", _read_text(renewal_conf))
-        if server:  # certbot's record of the CA: the renewal then asks that CA to replace it
-            meta["directory"] = server.group(1)
+        # certbot's record of the CA: the renewal then asks that CA to replace it
+        origin = "certbot" if any(p.is_symlink() for p in live.iterdir()) else "files"
+        meta = CertMeta(directory=server.group(1) if server else None, migrated_from=origin)
         stored = self.save(name, key_pem, fullchain_pem, meta)
         log.info("certificate %s: took over live/%s/ (serial %x) as version %s, without a new order",
                  name, name, stored.serial, stored.version)
@@ -267,12 +319,15 @@ class CertStore:
             os.readlink(live).rsplit("/", 1)[-1] if live.is_symlink() else "certbot"
         )
         path = self.archive / name / version
-        return StoredCert(name, version, path if path.is_dir() else live.resolve(), chain, meta)
+        return StoredCert(name, version, path if path.is_dir() else live.resolve(), chain, CertMeta.from_json(meta))
 
-    def save(self, name: str, key_pem: bytes, fullchain_pem: bytes, meta: dict[str, Any]) -> StoredCert:
+    def save(self, name: str, key_pem: bytes, fullchain_pem: bytes,
+             record: CertMeta | Mapping[str, Any]) -> StoredCert:
         """Write a new archive version, then switch live/<name>/ to it file by file (see the
         module docstring for what is atomic). Raises ValueError when the key does not match
         the certificate, OSError when the volume refuses a write (the old files stay live)."""
+        typed = CertMeta.of(record)
+        meta = typed.to_json()
         chain = split_chain(fullchain_pem)
         if keys.public_der(keys.from_pem(key_pem)) != keys.public_der(chain[0].public_key()):  # type: ignore[arg-type]
             raise ValueError(f"certificate for {name} does not match its private key")
@@ -295,7 +350,7 @@ class CertStore:
         fsync_dir(name_dir)
         self._install(name, version, key_pem, pem, meta, perms)
         self._prune(name, keep=version)
-        return StoredCert(name, version, name_dir / version, chain, meta)
+        return StoredCert(name, version, name_dir / version, chain, typed)
 
     def _install_from_archive(self, name: str, version: str, source: Path) -> None:
         key_pem, pem, meta = _read_version(source)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.nginx import Nginx
-from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.pebble import Dirs, Pebble, pebble_args, start_pebble, stop_pebble
 from tests.helpers.process import ServiceProcess, acmebox_env, free_port, run_acmebox, wait_sync
 
 pytestmark = pytest.mark.e2e  # Pebble and nginx
@@ -153,3 +153,44 @@ def test_once_fails_when_the_server_is_not_reloaded(pebble: Pebble, dirs: Dirs, 
     assert out.returncode == 1, out.stderr
     assert "not reloaded" in out.stderr.splitlines()[-1]
     assert (dirs.certs / "live" / "noreload.test" / "fullchain.pem").exists(), "the certificate is kept"
+
+
+def test_a_staging_certificate_under_a_production_configuration_is_not_ok(
+    pebble: Pebble, dirs: Dirs, tmp_path: Path
+) -> None:
+    """`status` cannot see the configuration; it reads the verdict the service records at start.
+    A certificate from another CA directory (staging, before switching to production) is not
+    ok while the new directory cannot replace it, and ok once it has."""
+    name = "staging.test"
+    assert run_acmebox("run", "--once", "--domain", name, *pebble_args(pebble, dirs)).returncode == 0
+    status_args = ["--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state)]
+
+    def row() -> tuple[int, dict]:  # type: ignore[type-arg]
+        out = run_acmebox("status", "--json", *status_args)
+        (only,) = json.loads(out.stdout)
+        return out.returncode, only
+
+    code, before = row()
+    assert code == 0 and before["condition"] == "ok" and before["verdict"]["reason"] == "Ready"
+    production = start_pebble(tmp_path / "production")
+    stop_pebble(production)  # down for now: nothing can replace the staging certificate yet
+    svc = ServiceProcess(["run", "--domain", name, *pebble_args(production, dirs), "--no-ari"],
+                         tmp_path / "service.log")
+    try:
+        svc.wait_log("cannot reach the CA")
+        code, during = row()
+        assert code == 1, during
+        assert during["condition"] == "other directory" and during["verdict"]["reason"] == "OtherDirectory"
+        assert during["verdict"]["message"] == f"issued by another CA directory ({pebble.directory})"
+        assert during["serial"] == before["serial"], "nothing was replaced"
+        table = run_acmebox("status", *status_args)
+        assert table.returncode == 1 and "other directory" in table.stdout and pebble.directory in table.stdout
+
+        production = start_pebble(tmp_path / "production", **production.env)
+        wait_sync(lambda: row()[1]["condition"] == "ok", timeout=60, what="the production certificate")
+        code, after = row()
+        assert code == 0 and after["serial"] != before["serial"] and after["directory"] == production.directory
+        assert production.orders_in_log() == 1
+    finally:
+        svc.stop()
+        stop_pebble(production)

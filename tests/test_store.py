@@ -56,7 +56,7 @@ def test_save_switches_and_prunes(tmp_path: Path) -> None:
         assert stored.version == f"{i + 1:04d}"
         current = store.current("registry.test")
         assert current is not None and current.serial == stored.serial and current.version == stored.version
-        assert current.meta == {"placeholder": False}
+        assert current.meta.to_json() == {"placeholder": False}
         assert current.path == tmp_path / "archive" / "registry.test" / stored.version
         if i == 0:
             inode = live.stat().st_ino
@@ -125,7 +125,7 @@ def test_takes_over_a_certbot_live_directory(tmp_path: Path) -> None:
     assert not [p for p in live.iterdir() if p.is_symlink()] and consistent(live)
     found = store.current("old.test")
     assert found is not None and found.serial == serial and found.version == "0001"
-    assert found.meta == {"migrated_from": "certbot", "directory": "https://acme-v02.api.letsencrypt.org/directory"}
+    assert found.meta.to_json() == {"migrated_from": "certbot", "directory": "https://acme-v02.api.letsencrypt.org/directory"}
     key = (live / "privkey.pem").stat()
     assert (stat.S_IMODE(key.st_mode), key.st_gid) == (0o640, 101)  # the admin's permissions survive
     store.prepare()  # a second start changes nothing
@@ -162,7 +162,7 @@ def test_takes_over_the_previous_layout(tmp_path: Path) -> None:
     assert live.is_dir() and not live.is_symlink() and consistent(live)
     found = store.current("a.test")
     assert found is not None and (found.serial, found.version) == (serial, "0002")
-    assert found.meta == {"names": ["a.test"], "placeholder": False}
+    assert found.meta.to_json() == {"names": ["a.test"], "placeholder": False}
     assert sorted(p.name for p in (tmp_path / "live").iterdir()) == ["a.test"]
 
 
@@ -196,7 +196,7 @@ def test_an_interrupted_switch_is_rolled_forward(tmp_path: Path) -> None:
     assert not consistent(live)
     store.prepare()
     assert consistent(live) and (live / "privkey.pem").read_bytes() == new[0]
-    assert store.current("a.test").meta == {"n": 2}  # type: ignore[union-attr]
+    assert store.current("a.test").meta.to_json() == {"n": 2}  # type: ignore[union-attr]
 
 
 def test_leftovers_of_a_crash_are_cleaned_and_never_live(tmp_path: Path) -> None:
