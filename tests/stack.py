@@ -31,7 +31,11 @@ from conftest import Pebble, ServiceProcess, free_port, start_pebble, stop_pebbl
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 
+# `user root`: the workers send blobs from the registry's storage, which here lies under the
+# test's private (0700) temporary directory; in the image they run as `nginx` and read the
+# compose volume, which start-registry.sh makes 0755 (the container test pulls through it).
 NGINX_MAIN = """
+user root;
 worker_processes 2;
 daemon on;
 pid {run}/nginx.pid;
@@ -313,6 +317,7 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "CERTS_DIR": str(certs),
         "UI_ROOT": str(ui_root or nginx_host_path("UI_ROOT")),
         "ACMEBOX_RELOAD_FILE": str(generation),
+        "REGISTRY_STORAGE": str(run / "registry-data"),  # start_registry's storage
     })  # fmt: skip
     if front_redirect:
         (nginx.run / "conf.d" / "front.conf").write_text(
