@@ -11,8 +11,13 @@ repetition to the next (interleaved, so a noisy neighbour hits everyone alike):
           (TLS), docker-registry 2.8 with token auth, acmebox's token service; bearer tokens
   bare    docker-registry 2.8 alone, the project's registry config without `auth`, plain
           HTTP: what the machine can do without TLS, proxy or tokens (the limit)
-  caddy   Debian's Caddy as the TLS reverse proxy in nginx's place, in front of the same
-          registry and token service, with the same certificate (the peer)
+  caddy   Debian's Caddy as the TLS reverse proxy in nginx's place, with the same certificate
+          and token service, in front of a registry of its own with the project's config and
+          token auth (the peer)
+
+Both other registries run without the `redirect` storage middleware of the project's config:
+its 307s to the storage are taken only by nginx's template (which then sends the blob from
+the storage itself); a registry is not otherwise run that way.
 
 Work, per repetition and configuration:
 
@@ -240,17 +245,23 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextlib.contextmanager
-def bare_registry(run: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """The registry alone: the project's config without its `auth` section, plain HTTP."""
+def plain_registry(run: Path, token_cert: Path | None) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A registry of its own with the project's config as a registry is usually run: without the
+    `redirect` middleware (whose 307s only nginx's template takes), and without `auth` when
+    `token_cert` is None (the bare registry), else trusting acmebox's tokens (Caddy's)."""
     service = yaml.safe_load(COMPOSE.read_text())["services"]["registry"]
     source = next(v.split(":")[0] for v in service["volumes"] if v.endswith(":/etc/docker/registry/config.yml:ro"))
     config = yaml.safe_load((COMPOSE.parent / source).read_text())
-    config.pop("auth", None)
-    run.mkdir(parents=True)
-    (run / "config.yml").write_text(yaml.safe_dump(config))
+    config.pop("middleware", None)
     port = free_port()
     env = {**os.environ, "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}", "REGISTRY_HTTP_SECRET": "bench",
            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(run / "data")}  # fmt: skip
+    if token_cert is None:
+        config.pop("auth", None)
+    else:
+        env["REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE"] = str(token_cert)
+    run.mkdir(parents=True)
+    (run / "config.yml").write_text(yaml.safe_dump(config))
     log = run / "registry.log"
     with log.open("w") as out:
         proc = subprocess.Popen(["docker-registry", "serve", str(run / "config.yml")], env=env, stdout=out,
@@ -264,10 +275,10 @@ def bare_registry(run: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
 
 
 @contextlib.contextmanager
-def caddy(run: Path, stack: Stack) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """Caddy in nginx's place: TLS with the stack's certificate, /auth/token to acmebox,
-    everything else to the registry."""
-    registry, acmebox = upstreams(stack)
+def caddy(run: Path, stack: Stack, registry: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """Caddy in nginx's place: TLS with the stack's certificate, /auth/token to the stack's
+    acmebox, everything else to `registry` (HOST:PORT)."""
+    _, acmebox = upstreams(stack)
     run.mkdir(parents=True)
     port = free_port()
     live = stack.certs / "live" / DOMAIN
@@ -548,8 +559,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         registry_pid = next(p for p in with_children(os.getpid()) if _comm(p) == "docker-registry")
         nginx_pid = int((stack.run / "nginx" / "nginx.pid").read_text())
         acmebox_pid = stack.acmebox.proc.pid
-        bare_port, bare_proc = stack_ctx.enter_context(bare_registry(tmp / "bare"))
-        caddy_port, caddy_proc = stack_ctx.enter_context(caddy(tmp / "caddy", stack))
+        bare_port, bare_proc = stack_ctx.enter_context(plain_registry(tmp / "bare", None))
+        token_cert = stack.run / "registry-auth" / "token.crt"
+        peer_port, peer_registry = stack_ctx.enter_context(plain_registry(tmp / "caddy-registry", token_cert))
+        caddy_port, caddy_proc = stack_ctx.enter_context(caddy(tmp / "caddy", stack, f"127.0.0.1:{peer_port}"))
         fronts = {
             "stack": Frontend("stack", f"https://{DOMAIN}:{stack.https_port}", stack.https_port, True, root,
                               {"nginx": with_children(nginx_pid), "registry": [registry_pid],
@@ -557,7 +570,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "bare": Frontend("bare", f"http://127.0.0.1:{bare_port}", bare_port, False, None,
                              {"registry": [bare_proc.pid]}),
             "caddy": Frontend("caddy", f"https://{DOMAIN}:{caddy_port}", caddy_port, True, root,
-                              {"caddy": [caddy_proc.pid], "registry": [registry_pid], "acmebox": [acmebox_pid]}, hosts),
+                              {"caddy": [caddy_proc.pid], "registry": [peer_registry.pid],
+                               "acmebox": [acmebox_pid]}, hosts),
         }  # fmt: skip
         alice = next(iter(USERS.items()))
         for rep in range(args.reps):
