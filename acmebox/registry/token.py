@@ -80,6 +80,13 @@ LOGIN_TIMEOUT = 30.0
 # bcrypt runs in its own small pool: a flood of logins must not starve the default executor
 # (the docker reloader uses it), and more threads than cores would not check faster.
 BCRYPT_THREADS = 2
+# Logins waiting for checks under way (see _admit), all clients together; beyond that a login
+# gets 503 "busy" at once. Every check that ends wakes them all, so this bounds that cost.
+MAX_WAITING = 256
+
+
+class _Busy(Exception):
+    """Too many logins are waiting already (MAX_WAITING)."""
 
 
 @dataclass
@@ -102,6 +109,7 @@ class TokenService:
         # checks under way per client key and per user, and an event set when one ends
         self._checking: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
         self._ended: asyncio.Event | None = None
+        self._waiting_now = 0
 
     @classmethod
     def from_settings(cls, auth: TokenAuth) -> TokenService:
@@ -180,7 +188,7 @@ class TokenService:
                     if wait:
                         return self._throttled(client, user, wait)
                     ok = await self._login(client, user, password)
-            except TimeoutError:
+            except (TimeoutError, _Busy):
                 return web.json_response({"errors": [{"code": "UNAVAILABLE", "message": "busy; try again"}]},
                                          status=503, headers={"Retry-After": "10"})  # fmt: skip
             if not ok:
@@ -205,9 +213,15 @@ class TokenService:
                 break
             if not clients[key] and not users[user]:
                 return wait
+            if self._waiting_now >= MAX_WAITING:
+                raise _Busy
             if self._ended is None:
                 self._ended = asyncio.Event()
-            await self._ended.wait()
+            self._waiting_now += 1
+            try:
+                await self._ended.wait()
+            finally:
+                self._waiting_now -= 1
         self.clients.take(key)
         self.users.take(user)
         clients[key] += 1
