@@ -339,6 +339,42 @@ async def test_concurrent_valid_logins_from_one_address_all_pass_while_a_guesser
         await client.close()
 
 
+async def test_logins_waiting_for_checks_are_capped(tmp_path: Path) -> None:
+    """More logins than MAX_WAITING behind checks under way: the extra ones get 503 at once. The
+    bcrypt pool is held busy (two blocking jobs in its two threads) until every login is in."""
+    import threading
+
+    from aiohttp import TCPConnector
+
+    from acmebox.registry import token as rt
+
+    svc = make_service(tmp_path, proxies=("127.0.0.1",))
+    app = webapp.build_app(Http01Tokens(), lambda: (True, ""), routes=[svc.install])
+    client = TestClient(TestServer(app, host="127.0.0.1"), connector=TCPConnector(limit=0))
+    await client.start_server()
+    release = threading.Event()
+    try:
+        for _ in range(rt.BCRYPT_THREADS):
+            svc._pool.submit(release.wait, 60)
+        extra = 40
+        headers = {**basic("alice", "wrong"), "X-Forwarded-For": "198.51.100.9"}
+        tasks = [asyncio.ensure_future(client.get(URL, headers=headers))
+                 for _ in range(rt.CLIENT_BURST + rt.MAX_WAITING + extra)]  # fmt: skip
+        for _ in range(600):
+            if svc._waiting_now == rt.MAX_WAITING and sum(t.done() for t in tasks) == extra:
+                break
+            await asyncio.sleep(0.05)
+        assert svc._waiting_now == rt.MAX_WAITING
+        busy = [t.result() for t in tasks if t.done()]
+        assert [r.status for r in busy] == [503] * extra and all(r.headers["Retry-After"] for r in busy)
+        release.set()
+        codes = sorted(r.status for r in await asyncio.gather(*tasks))
+        assert codes == [401] * rt.CLIENT_BURST + [429] * rt.MAX_WAITING + [503] * extra
+    finally:
+        release.set()
+        await client.close()
+
+
 async def test_a_right_password_is_remembered_briefly_and_never_kept(tmp_path: Path) -> None:
     from acmebox.registry import htpasswd as hp
 
