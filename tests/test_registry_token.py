@@ -12,6 +12,7 @@ import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -296,6 +297,99 @@ async def test_throttling_per_client_and_per_user(tmp_path: Path, caplog: pytest
     # at a bounded rate: 10 lines per minute; the test's clock went through three minutes
     assert len(lines) == 3 * 10 and any("similar message(s) suppressed" in line for line in lines)
     assert not any("pw-alice" in line for line in lines)
+
+
+async def test_concurrent_valid_logins_from_one_address_all_pass_while_a_guesser_is_throttled(tmp_path: Path) -> None:
+    """A CI farm behind one NAT address: 64 logins at once, 8 users, every one gets its token
+    (only failed logins use the address's attempts up); a guesser from there still gets its
+    burst of checks and then 429, also when it guesses concurrently with the valid users."""
+    from acmebox.registry import token as rt
+
+    users = {f"ci{i}": f"pw-ci{i}" for i in range(8)}
+    svc = make_service(tmp_path, proxies=("127.0.0.1",), users=users)
+    client = await started(svc)
+    try:
+        def login(i: int, addr: str, password: str | None = None) -> Any:
+            user = f"ci{i % 8}"
+            return client.get(URL, headers={**basic(user, password or users[user]), "X-Forwarded-For": addr})
+
+        many = await asyncio.gather(*(login(i, "198.51.100.7") for i in range(64)))
+        assert [r.status for r in many] == [200] * 64
+        codes = [(await login(0, "198.51.100.7", f"guess-{i}")).status for i in range(rt.CLIENT_BURST + 3)]
+        assert codes == [401] * rt.CLIENT_BURST + [429] * 3
+        throttled = await login(0, "198.51.100.7")
+        assert throttled.status == 429, "a password remembered as right does not get past the throttle"
+
+        # guesses mixed with valid logins, all at once, from a fresh address: still exactly a burst
+        # of guesses is checked; no login gets a 5xx
+        mixed = await asyncio.gather(*(login(i, "198.51.100.8", f"guess-{i}") for i in range(40)),
+                                     *(login(i, "198.51.100.8") for i in range(64)))
+        guesses, valid = [r.status for r in mixed[:40]], [r.status for r in mixed[40:]]
+        assert guesses.count(401) == rt.CLIENT_BURST and set(guesses) == {401, 429}
+        assert set(valid) <= {200, 429}
+    finally:
+        await client.close()
+
+
+async def test_logins_waiting_for_checks_are_capped(tmp_path: Path) -> None:
+    """More logins than MAX_WAITING behind checks under way: the extra ones get 503 at once. The
+    bcrypt pool is held busy (two blocking jobs in its two threads) until every login is in."""
+    import threading
+
+    from aiohttp import TCPConnector
+
+    from acmebox.registry import token as rt
+
+    svc = make_service(tmp_path, proxies=("127.0.0.1",))
+    app = webapp.build_app(Http01Tokens(), lambda: (True, ""), routes=[svc.install])
+    client = TestClient(TestServer(app, host="127.0.0.1"), connector=TCPConnector(limit=0))
+    await client.start_server()
+    release = threading.Event()
+    try:
+        for _ in range(rt.BCRYPT_THREADS):
+            svc._pool.submit(release.wait, 60)
+        extra = 40
+        headers = {**basic("alice", "wrong"), "X-Forwarded-For": "198.51.100.9"}
+        tasks = [asyncio.ensure_future(client.get(URL, headers=headers))
+                 for _ in range(rt.CLIENT_BURST + rt.MAX_WAITING + extra)]
+        for _ in range(600):
+            if svc._waiting_now == rt.MAX_WAITING and sum(t.done() for t in tasks) == extra:
+                break
+            await asyncio.sleep(0.05)
+        assert svc._waiting_now == rt.MAX_WAITING
+        busy = [t.result() for t in tasks if t.done()]
+        assert [r.status for r in busy] == [503] * extra and all(r.headers["Retry-After"] for r in busy)
+        release.set()
+        codes = sorted(r.status for r in await asyncio.gather(*tasks))
+        assert codes == [401] * rt.CLIENT_BURST + [429] * rt.MAX_WAITING + [503] * extra
+    finally:
+        release.set()
+        await client.close()
+
+
+async def test_a_right_password_is_remembered_briefly_and_never_kept(tmp_path: Path) -> None:
+    from acmebox.registry import htpasswd as hp
+
+    svc = make_service(tmp_path)
+    clock = FakeSeconds()
+    svc.htpasswd.now = clock
+    client = await started(svc)
+    try:
+        assert (await client.get(URL, headers=basic("alice", "pw-alice"))).status == 200
+        assert svc.htpasswd.verified("alice", b"pw-alice")
+        assert not svc.htpasswd.verified("alice", b"pw-alicE") and not svc.htpasswd.verified("bob", b"pw-alice")
+        assert all(b"pw-alice" not in mac for mac, _ in svc.htpasswd._verified.values()), "no password is kept"
+        clock.t += hp.VERIFIED_TTL
+        assert not svc.htpasswd.verified("alice", b"pw-alice"), "only for VERIFIED_TTL seconds"
+
+        # a changed password ends what was remembered at once: the old one is refused
+        assert (await client.get(URL, headers=basic("alice", "pw-alice"))).status == 200
+        subprocess.run(["htpasswd", "-B", "-C", "4", "-b", str(svc.htpasswd.path), "alice", "pw-new"], check=True,
+                       capture_output=True)
+        assert (await client.get(URL, headers=basic("alice", "pw-alice"))).status == 401
+        assert (await client.get(URL, headers=basic("alice", "pw-new"))).status == 200
+    finally:
+        await client.close()
 
 
 async def test_forwarded_for_is_ignored_from_untrusted_peers(tmp_path: Path) -> None:

@@ -7,8 +7,11 @@ readable while pushing and deleting need a login.
   asked, narrowed by an optional ACL of user -> repository patterns (with an ACL, users it does
   not list may only pull); repository names outside the distribution spec's grammar get nothing;
 - with invalid credentials: 401, so `docker login` with a wrong password fails;
-- after too many attempts from one client address (X-Forwarded-For believed only from the
-  trusted proxies) or for one user: 429 with Retry-After, without checking the password.
+- after too many failed attempts from one client address (X-Forwarded-For believed only from
+  the trusted proxies) or for one user: 429 with Retry-After, without checking the password.
+  Logins still being checked hold an attempt until they are found right; a login that finds
+  the attempts held that way waits for them instead of being refused, so concurrent logins of
+  valid users from one address (a CI farm behind one NAT) all get through.
 The OAuth2 `POST` form gets 404; containerd then falls back to GET with Basic.
 
 Tokens are short-lived ES256 JWTs (PyJWT) signed with a key made once (0600); its
@@ -27,6 +30,7 @@ import math
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -76,6 +80,13 @@ LOGIN_TIMEOUT = 30.0
 # bcrypt runs in its own small pool: a flood of logins must not starve the default executor
 # (the docker reloader uses it), and more threads than cores would not check faster.
 BCRYPT_THREADS = 2
+# Logins waiting for checks under way (see _admit), all clients together; beyond that a login
+# gets 503 "busy" at once. Every check that ends wakes them all, so this bounds that cost.
+MAX_WAITING = 256
+
+
+class _Busy(Exception):
+    """Too many logins are waiting already (MAX_WAITING)."""
 
 
 @dataclass
@@ -95,6 +106,10 @@ class TokenService:
         self.users = KeyedBuckets(USER_BURST, USER_PER_SECOND, now=self.now)
         self.failures = LogLimiter(log, now=self.now)
         self._pool = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
+        # checks under way per client key and per user, and an event set when one ends
+        self._checking: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
+        self._ended: asyncio.Event | None = None
+        self._waiting_now = 0
 
     @classmethod
     def from_settings(cls, auth: TokenAuth) -> TokenService:
@@ -167,13 +182,13 @@ class TokenService:
             except (binascii.Error, UnicodeDecodeError):
                 return self._denied("malformed credentials")
             client = await self.proxies.client(request.remote, request.headers.getall("X-Forwarded-For", []))
-            wait = self._waiting(client, user)
-            if wait:
-                return self._throttled(client, user, wait)
             try:
                 async with asyncio.timeout(LOGIN_TIMEOUT):
+                    wait = await self._admit(client, user)
+                    if wait:
+                        return self._throttled(client, user, wait)
                     ok = await self._login(client, user, password)
-            except TimeoutError:
+            except (TimeoutError, _Busy):
                 return web.json_response({"errors": [{"code": "UNAVAILABLE", "message": "busy; try again"}]},
                                          status=503, headers={"Retry-After": "10"})
             if not ok:
@@ -185,21 +200,60 @@ class TokenService:
     def _waiting(self, client: str, user: str) -> float:
         return max(self.clients.wait(throttle_key(client)), self.users.wait(user))
 
-    async def _login(self, client: str, user: str, password: bytes) -> bool:
-        """Check the password. Each attempt takes one from the client's and the user's buckets
-        before bcrypt runs (so concurrent guesses count too); a correct password gives them back."""
+    async def _admit(self, client: str, user: str) -> float:
+        """0 once the client and the user each have an attempt left, which this login then holds;
+        else the seconds until they have. While other checks for them are under way, it waits
+        for those to end (each right one gives its attempt back) rather than refusing: only
+        failed logins use the attempts up."""
         key = throttle_key(client)
+        clients, users = self._checking
+        while True:
+            wait = self._waiting(client, user)
+            if not wait:
+                break
+            if not clients[key] and not users[user]:
+                return wait
+            if self._waiting_now >= MAX_WAITING:
+                raise _Busy
+            if self._ended is None:
+                self._ended = asyncio.Event()
+            self._waiting_now += 1
+            try:
+                await self._ended.wait()
+            finally:
+                self._waiting_now -= 1
         self.clients.take(key)
         self.users.take(user)
-        self.htpasswd.refresh()
-        ok = await asyncio.get_running_loop().run_in_executor(self._pool, self.htpasswd.check, user, password)
-        if ok:
-            self.clients.give_back(key)
-            self.users.give_back(user)
-        else:
-            self.failures(logging.WARNING, "token request with wrong credentials for user %r from %s",
-                          user[:64], client)
-        return ok
+        clients[key] += 1
+        users[user] += 1
+        return 0.0
+
+    async def _login(self, client: str, user: str, password: bytes) -> bool:
+        """Check the password, holding the attempt `_admit` took: a right password gives it
+        back. A password found right in the last minute is not checked by bcrypt again."""
+        key = throttle_key(client)
+        clients, users = self._checking
+        try:
+            self.htpasswd.refresh()
+            ok = self.htpasswd.verified(user, password)
+            if not ok:
+                ok = await asyncio.get_running_loop().run_in_executor(self._pool, self.htpasswd.check, user, password)
+            if ok:
+                self.htpasswd.remember(user, password)
+                self.clients.give_back(key)
+                self.users.give_back(user)
+            else:
+                self.failures(logging.WARNING, "token request with wrong credentials for user %r from %s",
+                              user[:64], client)
+            return ok
+        finally:
+            for counter, name in ((clients, key), (users, user)):
+                counter[name] -= 1
+                if not counter[name]:
+                    del counter[name]
+            if self._ended is not None:
+                self._ended.set()
+                self._ended = None
 
     def _throttled(self, client: str, user: str, wait: float) -> web.Response:
         self.failures(logging.WARNING, "too many login attempts for user %r or from %s; answering 429 for %ds",

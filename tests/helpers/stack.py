@@ -33,7 +33,11 @@ from tests.helpers.process import ServiceProcess, free_port
 
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 
+# `user root`: the workers send blobs from the registry's storage, which here lies under the
+# test's private (0700) temporary directory; in the image they run as `nginx` and read the
+# compose volume, which start-registry.sh makes 0755 (the container test pulls through it).
 NGINX_MAIN = """
+user root;
 worker_processes 2;
 daemon on;
 pid {run}/nginx.pid;
@@ -300,6 +304,7 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "CERTS_DIR": str(certs),
         "UI_ROOT": str(ui_root or nginx_host_path("UI_ROOT")),
         "ACMEBOX_RELOAD_FILE": str(generation),
+        "REGISTRY_STORAGE": str(run / "registry-data"),  # start_registry's storage
     })
     if front_redirect:
         (nginx.run / "conf.d" / "front.conf").write_text(
