@@ -186,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "[default: 0]")  # fmt: skip
     _opt(revoke, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=Path)
     _dirs(revoke)
+    token_key = sub.add_parser("token-key", help="the registry token signing keys: `show` them, or `rotate` "
+                               "to the pre-published next key (README \"Token signing key rotation\")")  # fmt: skip
+    token_key.add_argument("action", choices=["show", "rotate"])
+    _dirs(token_key)
+    _opt(token_key, "--auth-key", "token signing key (default: <state-dir>/token-signing.key)", type=Path)
+    _opt(token_key, "--auth-cert", "the registry's rootcertbundle (default: <state-dir>/token.crt)", type=Path)
+    _opt(token_key, "--auth-service", "the registry's auth.token.service", "registry")
+    _opt(token_key, "--auth-issuer", "the registry's auth.token.issuer", "acmebox")
+    _opt(token_key, "--auth-ttl", "the service's token lifetime in seconds: the old key retires after it",
+         "300", type=int)  # fmt: skip
+    token_key.add_argument("--registry", metavar="URL", help="rotate: first check that the registry at URL (e.g. "
+                           "http://registry:5000) accepts tokens of the next key; refuse (exit 1) if not")  # fmt: skip
     return parser
 
 
@@ -369,6 +381,23 @@ def _token_auth(args: argparse.Namespace) -> TokenAuth | None:
     )
 
 
+def _token_key(args: argparse.Namespace) -> int:
+    from acmebox.registry import signing  # imported late: `--help` stays fast
+
+    key = args.auth_key or args.state_dir / "token-signing.key"
+    if not key.is_file():
+        raise ConfigError(f"no token signing key at {key}: the service makes it when it first starts (--auth-key?)")
+    signing.check_signing_key(key)
+    if args.auth_ttl < 30 or args.auth_ttl > 86400:
+        raise ConfigError("--auth-ttl must be between 30 and 86400 seconds")
+    if args.registry is not None and not re.match(r"https?://[^\s/]+", args.registry):
+        raise ConfigError(f"bad --registry {args.registry[:200]!r}: want http(s)://HOST[:PORT]")
+    keyring = signing.Keyring(key, args.auth_cert or args.state_dir / "token.crt", args.auth_issuer)
+    if args.action == "show":
+        return signing.show_command(keyring)
+    return signing.rotate_command(keyring, args.auth_ttl, args.auth_service, args.registry)
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),
@@ -427,6 +456,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
             config = config_from_args(args)
             return check.report(asyncio.run(check.run(config)), args.json)
+        if args.command == "token-key":
+            return _token_key(args)
         from acmebox import commands
 
         if args.command == "status":
