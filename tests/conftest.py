@@ -285,12 +285,37 @@ def busybox_image(docker_host: str, tmp: Path, tag: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The registry stack on loopback (see stack.py), shared by the stack and access tests."""
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Any]]:
+    """The registry stacks on loopback (see stack.py), one per registry version ("3", "2"),
+    each started when a test first asks for it and kept for the session."""
+    import contextlib
+
     from stack import running_stack
 
-    with running_stack(tmp_path_factory.mktemp("stack")) as s:
-        yield s
+    with contextlib.ExitStack() as running:
+        made: dict[str, Any] = {}
+
+        def get(version: str) -> Any:
+            if version not in made:
+                run = tmp_path_factory.mktemp(f"stack-registry{version}")
+                made[version] = running.enter_context(running_stack(run, registry_version=version))
+            return made[version]
+
+        yield get
+
+
+@pytest.fixture(scope="session")
+def stack(stacks: Callable[[str], Any]) -> Any:
+    """The loopback stack with the default registry (ACMEBOX_TEST_REGISTRY, else 3)."""
+    from registries import default_registry
+
+    return stacks(default_registry())
+
+
+@pytest.fixture(params=["3", "2"], ids=["registry3", "registry2.8"])
+def each_stack(request: pytest.FixtureRequest, stacks: Callable[[str], Any]) -> Any:
+    """The loopback stack with distribution 3.x, then with 2.8: for the tests that must hold on both."""
+    return stacks(request.param)
 
 
 NGINX_MAIN = """
