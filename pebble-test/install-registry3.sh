@@ -29,6 +29,9 @@ if [ -z "$tarball" ]; then
   exit 1
 fi
 sum=$(sha256sum "$tarball" | cut -c1-64)
+mkdir -p "$(dirname "$dest")"
+exec 9>"$dest.lock"
+flock 9   # setup.sh and container-setup.sh may run at once: one build
 
 if [ -x "$dest/registry" ] && [ "$(cat "$dest/SOURCE-SHA256" 2>/dev/null)" = "$sum" ] &&
    "$dest/registry" --version 2>/dev/null | grep -q " $want_version"; then
