@@ -98,12 +98,6 @@ class Nginx:
     conf: Path
     binary: str = field(default_factory=lambda: shutil.which("nginx") or "/usr/sbin/nginx")
 
-    def version(self) -> tuple[int, ...]:
-        out = subprocess.run([self.binary, "-v"], capture_output=True, text=True, check=True).stderr
-        found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
-        assert found, out
-        return tuple(int(g) for g in found.groups())
-
     def start(self) -> None:
         subprocess.run([self.binary, "-c", str(self.conf), "-p", str(self.run)], check=True,
                        capture_output=True)  # fmt: skip
@@ -126,13 +120,21 @@ def prepare_nginx(run: Path, env_overrides: dict[str, str]) -> tuple[Nginx, dict
     assert used <= set(compose_env), f"templates use variables compose does not set: {used - set(compose_env)}"
     for d in ("conf.d", "tmp"):
         (run / d).mkdir(parents=True, exist_ok=True)
-    rendered = render_templates(template_dir, run / "conf.d", env)
     nginx = Nginx(run, run / "nginx.conf")
-    if nginx.version() < (1, 25, 1):
-        for path in rendered:
-            path.write_text(http2_for_old_nginx(path.read_text()))
+    fit_host_nginx(render_templates(template_dir, run / "conf.d", env), nginx.binary)
     nginx.conf.write_text(NGINX_MAIN.format(run=run))
     return nginx, env
+
+
+def fit_host_nginx(rendered: list[Path], binary: str) -> None:
+    """Rendered configs as the host's nginx `binary` takes them: unchanged from 1.25.1 on, else
+    with `http2 on;` in the older spelling (http2_for_old_nginx)."""
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=True).stderr
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    assert found, out
+    if tuple(int(g) for g in found.groups()) < (1, 25, 1):
+        for path in rendered:
+            path.write_text(http2_for_old_nginx(path.read_text()))
 
 
 def http2_for_old_nginx(conf: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import Dirs, Pebble, free_port, pebble_args, run_acmebox
-from stack import NGINX_MAIN, compose, host_path_of, render_templates
+from stack import NGINX_MAIN, compose, fit_host_nginx, host_path_of, render_templates
 
 from acmebox import cli
 from acmebox.errors import ConfigError
@@ -163,6 +163,7 @@ def test_nginx_template_points_at_what_acmebox_wrote(pebble: Pebble, dirs: Dirs,
     template_dir = host_path_of(compose()["services"]["nginx"], "/etc/nginx/templates")
     (conf,) = render_templates(template_dir, run / "conf.d", {"PATH": os.environ["PATH"], **nginx_env,
                                                               **host_specific})  # fmt: skip
+    fit_host_nginx([conf], shutil.which("nginx") or "/usr/sbin/nginx")  # `http2 on;` for nginx < 1.25.1
 
     result = run_acmebox("run", "--once", "--domain", typed, *pebble_args(pebble, dirs))
     assert result.returncode == 0, result.stderr
