@@ -10,6 +10,7 @@ Measurements (image size, time to the first certificate) go to test-artifacts/.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -102,7 +103,8 @@ def _run_the_stack(s: Project, tmp_path: Path, upgrade: bool) -> None:
     acmebox_log, nginx_log = s.logs("acmebox"), s.logs("nginx")
     assert "wrote a self-signed placeholder" in acmebox_log
     assert "written to /etc/letsencrypt/reload-generation" in acmebox_log
-    assert "40-acmebox-reload-on-change.sh: generation 1: nginx reloaded" in nginx_log, nginx_log[-3000:]
+    # generation 1 normally; a later one when acmebox wrote twice within the watcher's poll
+    assert re.search(r"40-acmebox-reload-on-change\.sh: generation \d+: nginx reloaded", nginx_log), nginx_log[-3000:]
     live = s.live_cert()
     assert "Pebble" in live.issuer.rfc4514_string()
     assert s.served_serial() == live.serial_number
