@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from acmebox import __version__
-from acmebox.config import LE_PRODUCTION, MAX_CONCURRENT_ORDERS, Config, ReloadSpec, Sources
+from acmebox.config import LE_PRODUCTION, MAX_CONCURRENT_ORDERS, Config, ReloadSpec, Sources, TokenKeySettings
 from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name
@@ -172,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "[default: 0]")
     _opt(revoke, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=Path)
     _dirs(revoke)
+    token_key = sub.add_parser("token-key", help="the registry token signing keys: `show` them, or `rotate` "
+                               "to the pre-published next key (README \"Token signing key rotation\")")
+    token_key.add_argument("action", choices=["show", "rotate"])
+    _dirs(token_key)
+    _opt(token_key, "--auth-key", "token signing key (default: <state-dir>/token-signing.key)", type=Path)
+    _opt(token_key, "--auth-cert", "the registry's rootcertbundle (default: <state-dir>/token.crt)", type=Path)
+    _opt(token_key, "--auth-service", "the registry's auth.token.service", "registry")
+    _opt(token_key, "--auth-issuer", "the registry's auth.token.issuer", "acmebox")
+    _opt(token_key, "--auth-ttl", "the service's token lifetime in seconds: the old key retires after it",
+         "300", type=int)
+    token_key.add_argument("--registry", metavar="URL", help="rotate: first check that the registry at URL (e.g. "
+                           "http://registry:5000) accepts tokens of the next key; refuse (exit 1) if not")
     return parser
 
 
@@ -233,6 +245,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config.from_sources(sources_from_args(args))
 
 
+def _token_key(args: argparse.Namespace) -> int:
+    settings = TokenKeySettings.build(args.state_dir, key=args.auth_key, cert=args.auth_cert, issuer=args.auth_issuer,
+                                      service=args.auth_service, ttl=args.auth_ttl, registry=args.registry)
+    from acmebox.registry import signing  # imported late: `--help` stays fast
+
+    keyring = signing.Keyring(settings.key, settings.cert, settings.issuer)
+    if args.action == "show":
+        return signing.show_command(keyring)
+    return signing.rotate_command(keyring, settings.ttl, settings.service, settings.registry)
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),
@@ -291,6 +314,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
             config = config_from_args(args)
             return check.report(asyncio.run(check.run(config)), args.json)
+        if args.command == "token-key":
+            return _token_key(args)
         from acmebox import commands
 
         if args.command == "status":

@@ -38,11 +38,6 @@ MAX_CONCURRENT_ORDERS = 50
 _EMAIL = re.compile(r"^[^@\s,;:<>()\[\]\"]+@[^@\s,;:<>()\[\]\"]+\.[^@\s,;:<>()\[\]\".]+$")
 
 
-def normalize_domain(raw: str) -> str:
-    """The canonical form of one name (see acmebox.names), or a ConfigError."""
-    return canonical_name(raw)
-
-
 def normalize_email(raw: str) -> str:
     email = raw.strip()
     if email.lower().startswith("mailto:"):
@@ -203,6 +198,34 @@ class Sources:
     compose_domain: str | None = None  # DOCKER_REGISTRY_DOMAIN_NAME as typed: nginx's template uses it as is
     probe_listen: bool = True  # bind `listen` for a moment (`check` runs beside the service, whose port it is)
 
+
+@dataclass(frozen=True)
+class TokenKeySettings:
+    """What `acmebox token-key show|rotate` works on: the signing key and certificate, the token lifetime a
+    retiring key must outlive (s), the registry to ask whether it trusts the next key (http(s)://HOST[:PORT])."""
+
+    key: Path
+    cert: Path
+    issuer: str
+    service: str
+    ttl: int
+    registry: str | None
+
+    @classmethod
+    def build(cls, state_dir: Path, *, key: Path | None, cert: Path | None, issuer: str, service: str, ttl: int,
+              registry: str | None) -> TokenKeySettings:
+        """ConfigError for a missing or unusable key, a lifetime outside 30..86400 s or a bad registry URL."""
+        key = key or StateDir(state_dir).token_key
+        if not key.is_file():
+            raise ConfigError(f"no token signing key at {key}: the service makes it when it first starts (--auth-key?)")
+        from acmebox.registry import signing  # imported late, as in TokenAuth.build
+
+        signing.check_signing_key(key)
+        if ttl < 30 or ttl > 86400:
+            raise ConfigError("--auth-ttl must be between 30 and 86400 seconds")
+        if registry is not None and not re.match(r"https?://[^\s/]+", registry):
+            raise ConfigError(f"bad --registry {registry[:200]!r}: want http(s)://HOST[:PORT]")
+        return cls(key, cert or StateDir(state_dir).token_cert, issuer, service, ttl, registry)
 
 @dataclass(frozen=True)
 class Config:

@@ -23,6 +23,7 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parent.parent
 STOP = f"Stop: Ctrl-C here (or kill {os.getpid()}); everything the demo started is stopped and removed."
 STOPPED = "--no-wait: everything the demo started is stopped and removed now."
+REGISTRY_NAMES = {"3": "distribution 3.x, registry:3", "2": "distribution 2.8, registry:2"}
 sys.path.insert(0, str(ROOT))  # for tests.helpers
 
 from tests.helpers.docker import TEST_HOSTS, busybox_image, with_hosts  # noqa: E402
@@ -53,12 +54,12 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def loopback(work: Path, wait: bool) -> None:
+def loopback(work: Path, wait: bool, registry: str) -> None:
     from tests.helpers.stack import DOMAIN, USERS, running_stack
 
     user, password = next(iter(USERS.items()))
-    say("starting Pebble, acmebox, the registry and nginx on free loopback ports")
-    with running_stack(work) as s:
+    say(f"starting Pebble, acmebox, the registry ({REGISTRY_NAMES[registry]}) and nginx on free loopback ports")
+    with running_stack(work, registry_version=registry) as s:
         cert = (s.certs / "live" / DOMAIN / "cert.pem").read_text()
         serial = subprocess.run(["openssl", "x509", "-noout", "-serial", "-issuer"], input=cert, text=True,
                                 capture_output=True).stdout.strip().replace("\n", ", ")
@@ -101,7 +102,7 @@ Open (registry.test is this machine's 127.0.0.1 only for these commands; nothing
         until_stopped(wait)
 
 
-def containers(work: Path, wait: bool) -> None:
+def containers(work: Path, wait: bool, registry: str) -> None:
     from tests.helpers.containers import (
         DOMAIN,
         PASSWORD,
@@ -119,7 +120,8 @@ def containers(work: Path, wait: bool) -> None:
         with engine(work) as e:
             say("importing the Debian base images, building the stand-ins for python/nginx/registry")
             build_standins(e, work)
-            p = Project(e, work, "v2" if compose_v2() else "v1")
+            overlays = ("docker-compose.registry2.yml",) if registry == "2" else ()
+            p = Project(e, work, "v2" if compose_v2() else "v1", overlays=overlays)
             try:
                 p.prepare()
                 say(f"compose/start-registry.sh {DOMAIN} (compose {p.flavor}; the image is built offline)")
@@ -130,7 +132,7 @@ def containers(work: Path, wait: bool) -> None:
                     "start-registry.sh; nginx reloaded by its watcher (no Docker socket)")
                 for service in ("acmebox", "registry", "nginx"):
                     wait_for(lambda svc=service: p.health(svc) == "healthy", 120, f"{service} healthy")  # type: ignore[misc]
-                say("acmebox, registry and nginx are healthy")
+                say(f"acmebox, registry ({REGISTRY_NAMES[registry]}) and nginx are healthy")
                 ca = p.trust_pebble_root()
                 image = f"{DOMAIN}/{USER}/busybox:1"
                 busybox_image(e.env["DOCKER_HOST"], fresh(work / "bb"), image)
@@ -163,9 +165,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--containers", action="store_true", help="run the image and compose file instead")
     parser.add_argument("--no-wait", action="store_true", help="stop right after the checks")
+    parser.add_argument("--registry", choices=["3", "2"], default="3", help="distribution 3.x or 2.8")
     args = parser.parse_args()
     work = fresh(ROOT / "demo" / ("containers" if args.containers else "stack"))
-    (containers if args.containers else loopback)(work, not args.no_wait)
+    (containers if args.containers else loopback)(work, not args.no_wait, args.registry)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything the demo and the tests need on a Debian machine, as root: Debian packages,
-# Pebble 2.10 (pebble-test/install.sh) and a virtualenv at .venv with acmebox and its test
+# Pebble 2.10 (pebble-test/install.sh), the registry behind registry:3 built from
+# shared/third_party (pebble-test/install-registry3.sh) and a virtualenv at .venv with acmebox and its test
 # tools, installed from the lock file requirements-test.txt. Idempotent: a second run only checks.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 bash "$here/install.sh"
+bash "$here/install-registry3.sh"
 
 # The venv comes from the lock files (pinned versions with hashes; docs/testing.md, "Dependencies"), so a
 # fresh machine gets exactly the set CI tested.
@@ -43,4 +45,4 @@ if [ ! -f "$stamp" ] || [ "$top/requirements-test.txt" -nt "$stamp" ] || [ "$top
   "$venv/bin/pip" check >/dev/null
   touch "$stamp"
 fi
-echo "setup: ready (venv $venv, pebble $(cat "$here/.pebble/VERSION"))"
+echo "setup: ready (venv $venv, pebble $(cat "$here/.pebble/VERSION"), $("$here/.registry3/registry" --version))"

@@ -17,7 +17,7 @@ pytest_plugins = [
     "tests.fixtures.stack",
 ]
 
-SERVICE_FIXTURES = frozenset({"pebble", "pebble_nonce_reject", "docker_engine", "stack"})
+SERVICE_FIXTURES = frozenset({"pebble", "pebble_nonce_reject", "docker_engine", "stack", "stacks", "each_stack"})
 
 
 def pytest_report_header() -> str:

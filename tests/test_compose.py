@@ -72,7 +72,10 @@ def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
 
     # The files the compose file mounts are the ones the stack test uses.
     assert host_path_of(raw["nginx"], "/etc/nginx/templates") == ROOT / "nginx" / "templates"
-    assert host_path_of(raw["registry"], "/etc/docker/registry/config.yml").is_file()
+    # registry:3 reads /etc/distribution/config.yml (the old path would be ignored)
+    assert raw["registry"]["image"] == "registry:3"
+    assert host_path_of(raw["registry"], "/etc/distribution/config.yml") == ROOT / "compose" / "registry" / "config.yml"
+    assert not any("/etc/docker/registry" in v for v in raw["registry"]["volumes"])
     nginx_volumes = services["nginx"]["volumes"]
     assert "certs:/etc/letsencrypt:ro" in nginx_volumes, nginx_volumes
     cert_dir = services["nginx"]["environment"]["CERTS_DIR"]
@@ -81,6 +84,18 @@ def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
     assert acmebox_env["ACMEBOX_LISTEN"].endswith(
         ":" + services["nginx"]["environment"]["ACMEBOX_UPSTREAM"].split(":")[1]
     )
+
+
+def test_registry2_overlay_keeps_a_stack_on_2_8(compose_copy: Path) -> None:
+    here = compose_copy.parent
+    out = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.registry2.yml",
+                          "config"], capture_output=True, text=True, cwd=here,
+                         env=user_free_env(**STACK_ENV))
+    assert out.returncode == 0, out.stderr
+    registry = yaml.safe_load(out.stdout)["services"]["registry"]
+    assert registry["image"] == "registry:2"
+    targets = {str(v).split(":")[1] if isinstance(v, str) else v["target"] for v in registry["volumes"]}
+    assert {"/etc/docker/registry/config.yml", "/etc/distribution/config.yml", "/var/lib/registry"} <= targets
 
 
 def test_docker_reload_overlay_adds_the_socket_only_there(compose_copy: Path) -> None:

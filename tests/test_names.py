@@ -18,7 +18,7 @@ from acmebox import cli
 from acmebox.errors import ConfigError
 from tests.helpers.pebble import Dirs, Pebble, pebble_args
 from tests.helpers.process import free_port, run_acmebox, user_free_env
-from tests.helpers.stack import NGINX_MAIN, compose, host_path_of, render_templates
+from tests.helpers.stack import NGINX_MAIN, compose, fit_host_nginx, host_path_of, render_templates
 
 HUNDRED = [f"n{i}.example.com" for i in range(100)]
 
@@ -151,6 +151,7 @@ def test_nginx_template_points_at_what_acmebox_wrote(pebble: Pebble, dirs: Dirs,
     template_dir = host_path_of(compose()["services"]["nginx"], "/etc/nginx/templates")
     (conf,) = render_templates(template_dir, run / "conf.d", {"PATH": os.environ["PATH"], **nginx_env,
                                                               **host_specific})
+    fit_host_nginx([conf], shutil.which("nginx") or "/usr/sbin/nginx")  # `http2 on;` for nginx < 1.25.1
 
     result = run_acmebox("run", "--once", "--domain", typed, *pebble_args(pebble, dirs))
     assert result.returncode == 0, result.stderr

@@ -28,7 +28,8 @@ MANIFEST_TYPES = ", ".join([
 # -- docker ------------------------------------------------------------------------------------
 
 
-def test_docker_login_push_and_anonymous_pull(stack: Stack, docker_engine: str, tmp_path: Path) -> None:
+def test_docker_login_push_and_anonymous_pull(each_stack: Stack, docker_engine: str, tmp_path: Path) -> None:
+    stack = each_stack
     config = tmp_path / "docker-config"
     config.mkdir()
     image = busybox_image(docker_engine, tmp_path, "acmebox-test/pushme:1")
@@ -128,7 +129,8 @@ def test_skopeo_reads_anonymously_and_writes_with_credentials(
 # -- HTTP level --------------------------------------------------------------------------------
 
 
-def test_http_reads_are_public_and_writes_need_a_login(stack: Stack) -> None:
+def test_http_reads_are_public_and_writes_need_a_login(each_stack: Stack) -> None:
+    stack = each_stack
     repo = "test/http"
     writer = stack.token(f"repository:{repo}:pull,push,delete", basic=ALICE)
     digest = push_image(stack, repo, "v1", writer)
@@ -158,10 +160,28 @@ def test_http_reads_are_public_and_writes_need_a_login(stack: Stack) -> None:
         ]
         assert [a.status for a in attempts] == [401] * 4, (label, [(a.status, a.body[:80]) for a in attempts])
 
+    # DELETE by tag: distribution 3.x removes that tag only (the manifest stays, by digest and
+    # under its other tags); 2.8 refuses it (400 DIGEST_INVALID). Either way, writers only.
+    kept = stack.https("PUT", f"/v2/{repo}/manifests/keep", token=writer, body=manifest,
+                       headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert kept.status == 201 and kept.headers["Docker-Content-Digest"] == digest
+    assert stack.https("DELETE", f"/v2/{repo}/manifests/v1", token=anon).status == 401
+    untag = stack.https("DELETE", f"/v2/{repo}/manifests/v1", token=writer)
+    tags_left = sorted(stack.https("GET", f"/v2/{repo}/tags/list", token=anon).json()["tags"])
+    if stack.registry == "3":
+        assert untag.status == 202 and tags_left == ["keep"], (untag.status, untag.body)
+    else:
+        assert untag.status == 400 and b"DIGEST_INVALID" in untag.body and tags_left == ["keep", "v1"]
+    still = stack.https("GET", f"/v2/{repo}/manifests/{digest}", token=anon, headers={"Accept": MANIFEST_TYPES})
+    assert still.status == 200
+
+    # DELETE by digest: the manifest goes, and with it every tag that named it (both versions).
     deleted = stack.https("DELETE", f"/v2/{repo}/manifests/{digest}", token=writer)
     assert deleted.status == 202, deleted.body
     gone = stack.https("GET", f"/v2/{repo}/manifests/{digest}", token=anon, headers={"Accept": MANIFEST_TYPES})
     assert gone.status == 404
+    by_tag = stack.https("GET", f"/v2/{repo}/manifests/keep", token=anon, headers={"Accept": MANIFEST_TYPES})
+    assert by_tag.status == 404
 
 
 def test_a_64_mib_layer_pushes_through_nginx(stack: Stack) -> None:
@@ -172,7 +192,8 @@ def test_a_64_mib_layer_pushes_through_nginx(stack: Stack) -> None:
     assert head.status == 200 and int(head.headers["Content-Length"]) == len(layer)
 
 
-def test_a_tampered_token_is_refused_by_the_registry(stack: Stack) -> None:
+def test_a_tampered_token_is_refused_by_the_registry(each_stack: Stack) -> None:
+    stack = each_stack
     token = stack.token("repository:test/http:pull")
     assert stack.https("GET", "/v2/test/http/tags/list", token=token).status in (200, 404)
     header, payload, signature = token.split(".")

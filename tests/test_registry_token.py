@@ -18,16 +18,18 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from acmebox import webapp
 from acmebox.challenges import Http01Tokens
 from acmebox.config import TokenAuth
 from acmebox.errors import ConfigError
 from acmebox.registry.htpasswd import Htpasswd
-from acmebox.registry.signing import libtrust_kid
+from acmebox.registry.signing import Keyring, jwk_thumbprint
 from acmebox.registry.token import Scope, TokenService
 from tests.helpers.clock import FakeSeconds
 from tests.helpers.process import free_port, run_acmebox
+from tests.helpers.registries import REGISTRIES, registry_command
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
@@ -50,6 +52,16 @@ def decode(service: TokenService, token: str) -> dict:  # type: ignore[type-arg]
                       options=lenient)
 
 
+def rfc7638(public_key: object) -> str:
+    """RFC 7638's SHA-256 thumbprint, computed from PyJWT's JWK (fixed-length coordinates)."""
+    import hashlib
+    import json
+
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(public_key))  # type: ignore[arg-type]
+    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
 def test_claims_and_expiry(service: TokenService, tmp_path: Path) -> None:
     body = service.issue("alice", [Scope.parse("repository:team/app:pull,push")], now=NOW)
     assert body["token"] == body["access_token"] and body["expires_in"] == 300
@@ -61,11 +73,65 @@ def test_claims_and_expiry(service: TokenService, tmp_path: Path) -> None:
     assert claims["access"] == [{"type": "repository", "name": "team/app", "actions": ["pull", "push"]}]
     with pytest.raises(jwt.ExpiredSignatureError):
         jwt.decode(body["token"], service.key.public_key(), algorithms=["ES256"], audience="registry")
-    # the certificate the registry trusts carries the signing key; the key file is private
-    cert = x509.load_pem_x509_certificate((tmp_path / "shared" / "token.crt").read_bytes())
-    assert libtrust_kid(cert.public_key()) == service.kid  # type: ignore[arg-type]
-    assert stat.S_IMODE((tmp_path / "state" / "token.key").stat().st_mode) == 0o600
-    assert len(service.kid) == 59 and service.kid.count(":") == 11  # libtrust: 12 groups of 4
+    # the bundle the registry trusts: the signing key's certificate first, then the next key's
+    bundle = x509.load_pem_x509_certificates((tmp_path / "shared" / "token.crt").read_bytes())
+    assert len(bundle) == 2
+    assert bundle[0].public_key() == service.key.public_key()
+    assert bundle[1].public_key() != service.key.public_key()
+    # x5c: exactly the bundle's first certificate (standard base64 DER), so 2.8 and 3.x verify it
+    assert header["x5c"] == [base64.b64encode(bundle[0].public_bytes(serialization.Encoding.DER)).decode()]
+    # kid: the RFC 7638 thumbprint distribution 3.x computes for the bundle's keys
+    assert header["kid"] == rfc7638(bundle[0].public_key()) == jwk_thumbprint(bundle[0].public_key())  # type: ignore[arg-type]
+    assert len(header["kid"]) == 43 and ":" not in header["kid"]
+    for name in ("token.key", "token.key.next"):
+        assert stat.S_IMODE((tmp_path / "state" / name).stat().st_mode) == 0o600
+
+
+def test_thumbprint_matches_rfc7638_for_keys_made_here() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from acmebox.registry.signing import new_key
+
+    for _ in range(200):
+        key = new_key().public_key()
+        assert jwk_thumbprint(key) == rfc7638(key)
+    # a key with a leading zero byte in a coordinate: distribution's form (minimal bytes), not RFC 7638's
+    while True:
+        odd = ec.generate_private_key(ec.SECP256R1()).public_key()
+        if odd.public_numbers().x < 1 << 248:
+            break
+    assert jwk_thumbprint(odd) != rfc7638(odd)
+
+
+def test_rotation_keeps_the_old_certificate_until_retired(tmp_path: Path) -> None:
+    ring = Keyring(tmp_path / "k", tmp_path / "c", "acmebox")
+    t0 = 1_900_000_000.0
+    first = ring.load(now=t0)
+    upcoming = ring.state().next
+    old, new, until = ring.rotate(360, now=t0 + 10)
+    assert (old, new, until) == (first.kid, upcoming, t0 + 370)
+    after = ring.load(now=t0 + 20)
+    assert after.kid == upcoming and after.next_change == t0 + 370
+    kids = [jwk_thumbprint(c.public_key()) for c in x509.load_pem_x509_certificates((tmp_path / "c").read_bytes())]  # type: ignore[arg-type]
+    assert kids[0] == upcoming and kids[2] == first.kid and len(kids) == 3  # current, new next, retiring
+    assert ring.state().retiring == {first.kid: t0 + 370}
+    ring.load(now=t0 + 371)  # past the longest token's lifetime: the old certificate leaves
+    kids = [jwk_thumbprint(c.public_key()) for c in x509.load_pem_x509_certificates((tmp_path / "c").read_bytes())]  # type: ignore[arg-type]
+    assert len(kids) == 2 and first.kid not in kids and ring.state().retiring == {}
+    # a rotation stopped after the key was replaced, before the old next key was removed
+    (tmp_path / "k.next").write_bytes((tmp_path / "k").read_bytes())
+    mended = ring.load(now=t0 + 400)
+    assert mended.kid == upcoming and ring.state().next not in (upcoming, first.kid)
+
+
+async def test_service_signs_with_the_rotated_key(service: TokenService, tmp_path: Path) -> None:
+    before = jwt.get_unverified_header(service.issue(None, [])["token"])["kid"]
+    upcoming = service.keyring.state().next
+    service.keyring.rotate(360)
+    header = jwt.get_unverified_header(service.issue(None, [])["token"])
+    assert before != upcoming == header["kid"] == service.kid
+    bundle = x509.load_pem_x509_certificates((tmp_path / "shared" / "token.crt").read_bytes())
+    assert header["x5c"][0] == base64.b64encode(bundle[0].public_bytes(serialization.Encoding.DER)).decode()
 
 
 def test_scopes_per_identity(service: TokenService) -> None:
@@ -448,9 +514,10 @@ def registry_upload(port: int, repo: str, token: str | None) -> int:
         return e.code
 
 
-@pytest.fixture
-def real_registry(tmp_path: Path) -> Iterator[tuple[TokenService, int]]:
-    """Debian's docker-registry trusting a token service whose ACL limits alice to alice/*."""
+@pytest.fixture(params=REGISTRIES)
+def real_registry(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[TokenService, int, str]]:
+    """A real registry (distribution 3.x, then Debian's 2.8) trusting a token service whose ACL
+    limits alice to alice/*."""
     import time
     import urllib.error
     import urllib.request
@@ -467,7 +534,7 @@ auth:
 http: {{addr: "127.0.0.1:{port}"}}
 """)
     with (tmp_path / "registry.log").open("w") as log_file:
-        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(registry_command(request.param, config), stdout=log_file, stderr=subprocess.STDOUT)
     try:
         for _ in range(100):
             try:
@@ -476,14 +543,47 @@ http: {{addr: "127.0.0.1:{port}"}}
                 break  # 401: it is up
             except OSError:
                 time.sleep(0.1)
-        yield svc, port
+        yield svc, port, request.param
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-@pytest.mark.e2e  # Debian's docker-registry
-def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenService, int]) -> None:
+@pytest.mark.e2e  # the real registries
+def test_each_registry_accepts_the_tokens_header(real_registry: tuple[TokenService, int, str]) -> None:
+    """x5c (the bundle's certificate) is what 2.8 and 3.x both verify; the RFC 7638 kid alone
+    is enough for 3.x only (2.8 looks keys up by libtrust ID). The next key, published in the
+    bundle before the registry started, is trusted already: a rotation needs no restart."""
+    svc, port, version = real_registry
+    body = svc.issue("alice", [Scope.parse("repository:alice/app:pull,push")])
+    header, claims = jwt.get_unverified_header(body["token"]), decode(svc, body["token"])
+    assert set(header) == {"alg", "typ", "kid", "x5c"}
+
+    def signed(key: object, **fields: object) -> str:
+        return jwt.encode(claims, key, "ES256", headers=fields)  # type: ignore[arg-type]
+
+    assert registry_upload(port, "alice/app", body["token"]) == 202
+    assert registry_upload(port, "alice/app", signed(svc.key, x5c=header["x5c"])) == 202
+    assert registry_upload(port, "alice/app", signed(svc.key, kid=header["kid"])) == (202 if version == "3" else 401)
+    ring = svc.keyring
+    upcoming = ring.state().next
+    ring.rotate(360)
+    rotated = svc.issue("alice", [Scope.parse("repository:alice/app:pull,push")])["token"]
+    assert jwt.get_unverified_header(rotated)["kid"] == upcoming
+    assert registry_upload(port, "alice/app", rotated) == 202, "the pre-published key is trusted without a restart"
+    assert registry_upload(port, "alice/app", body["token"]) == 202, "tokens of the retiring key still work"
+    # the key published by this rotation came after the registry started: trusted after a restart only
+    from acmebox.registry import signing
+
+    url = f"http://127.0.0.1:{port}"
+    bundle = {jwk_thumbprint(c.public_key()): c for c in x509.load_pem_x509_certificates(ring.cert_path.read_bytes())}  # type: ignore[arg-type]
+    nxt = signing._read_key(ring.next_path)
+    assert not signing.registry_trusts(url, nxt, bundle[ring.state().next], "registry", "acmebox")
+    assert signing.registry_trusts(url, svc.key, bundle[svc.kid], "registry", "acmebox")
+
+
+@pytest.mark.e2e  # the real registries
+def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenService, int, str]) -> None:
     import hashlib
     import hmac
     import json
@@ -493,7 +593,7 @@ def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenSe
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    svc, port = real_registry
+    svc, port, _ = real_registry
     token = lambda user, scope: svc.issue(user, [Scope.parse(scope)])["token"]  # noqa: E731
     assert registry_upload(port, "alice/app", token("alice", "repository:alice/app:pull,push")) == 202
     assert registry_upload(port, "alice/app", token(None, "repository:alice/app:pull,push")) == 401
@@ -533,7 +633,7 @@ def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenSe
     parts = good.split(".")
     now = int(time.time())
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(attacker.public_key()))
-    kid = {"kid": hdr["kid"]}
+    kid = {"kid": hdr["kid"], "x5c": hdr["x5c"]}  # the real header: refused for the claims alone
     forged = {
         "alg none": unsigned({"alg": "none", "typ": "JWT", "kid": hdr["kid"]}, evil),
         "alg none without kid": unsigned({"alg": "none", "typ": "JWT"}, evil),
@@ -542,15 +642,16 @@ def test_the_registry_honours_only_what_was_granted(real_registry: tuple[TokenSe
         "HS256 keyed with the SPKI DER": hs256(spki_der, evil),
         "foreign ES256 key with our kid": jwt.encode(evil, attacker, "ES256", headers={"kid": hdr["kid"]}),
         "foreign ES256 key with x5c": jwt.encode(evil, attacker, "ES256", headers={"x5c": [x5c]}),
+        "foreign ES256 key with our x5c": jwt.encode(evil, attacker, "ES256", headers=kid),
         "foreign ES256 key with jwk": jwt.encode(evil, attacker, "ES256", headers={"jwk": jwk}),
         "payload edited": parts[0] + "." + b64(json.dumps(evil).encode()) + "." + parts[2],
         "signature stripped": parts[0] + "." + parts[1] + ".",
-        "expired, real key": jwt.encode(dict(payload, exp=now - 60, nbf=now - 400, iat=now - 400), svc.key, "ES256",
+        "expired, real key": jwt.encode(dict(payload, exp=now - 120, nbf=now - 400, iat=now - 400), svc.key, "ES256",
                                         headers=kid),
         "wrong audience, real key": jwt.encode(dict(payload, aud="other"), svc.key, "ES256", headers=kid),
         "wrong issuer, real key": jwt.encode(dict(payload, iss="evil"), svc.key, "ES256", headers=kid),
     }
-    assert len(forged) == 13
+    assert len(forged) == 14
     answers = {label: registry_upload(port, "bob/app" if "real key" not in label else "alice/app", tok)
                for label, tok in forged.items()}
     assert answers == dict.fromkeys(forged, 401)

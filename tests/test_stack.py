@@ -42,7 +42,8 @@ def test_https_presents_a_certificate_chaining_to_pebble(stack: Stack) -> None:
     assert ": nginx reloaded" in (stack.run / "nginx" / "watcher.log").read_text()
 
 
-def test_v2_through_nginx_with_the_registry_headers(stack: Stack) -> None:
+def test_v2_through_nginx_with_the_registry_headers(each_stack: Stack) -> None:
+    stack = each_stack
     r = stack.https("GET", "/v2/")
     assert r.status == 401  # the registry's token challenge, passed through
     assert r.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
@@ -89,6 +90,24 @@ def test_tls_1_1_is_refused(stack: Stack) -> None:
     assert handshake(ssl.TLSVersion.TLSv1_2) == "TLSv1.2"  # the same client gets in with 1.2
     with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"):  # the server said no
         handshake(ssl.TLSVersion.TLSv1_1)
+
+
+def test_http2_is_offered_on_443(stack: Stack) -> None:
+    """The template's `http2 on;` (rendered in the host nginx's spelling, stack.py): ALPN picks h2."""
+    ctx = stack.tls_context()
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", stack.https_port)) as sock,
+        ctx.wrap_socket(sock, server_hostname=DOMAIN) as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "h2"
+    ctx = stack.tls_context()
+    ctx.set_alpn_protocols(["http/1.1"])  # a registry client that speaks 1.1 only still gets it
+    with (
+        socket.create_connection(("127.0.0.1", stack.https_port)) as sock,
+        ctx.wrap_socket(sock, server_hostname=DOMAIN) as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "http/1.1"
 
 
 def test_renewal_while_a_client_polls_fails_no_request(stack: Stack) -> None:

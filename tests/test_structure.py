@@ -16,8 +16,9 @@ PACKAGE = ROOT / "acmebox"
 MAX_LINES = 500
 # Only the wiring and the entry points may know that the token service exists; every other
 # module (the ACME side and the leaves) must work without it.
-# config.py reads the token service's files to check them (TokenAuth.build); service.py wires it in.
-MAY_IMPORT_REGISTRY = {"acmebox.config", "acmebox.service"}
+# config.py reads the token service's files to check them (TokenAuth.build); service.py wires it in;
+# cli.py runs its one operator command (`token-key`).
+MAY_IMPORT_REGISTRY = {"acmebox.cli", "acmebox.config", "acmebox.service"}
 REGISTRY = ("acmebox.registry", "acmebox.registry_token")
 
 

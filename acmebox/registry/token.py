@@ -14,9 +14,11 @@ readable while pushing and deleting need a login.
   valid users from one address (a CI farm behind one NAT) all get through.
 The OAuth2 `POST` form gets 404; containerd then falls back to GET with Basic.
 
-Tokens are short-lived ES256 JWTs (PyJWT) signed with a key made once (0600); its
-self-signed certificate is what the registry trusts (`auth.token.rootcertbundle`), and the
-JWT's `kid` is that key's libtrust ID, which is how the registry finds it.
+Tokens are short-lived ES256 JWTs (PyJWT) signed with the keyring's current key (signing.py). The
+header carries the key's self-signed certificate as `x5c`, which distribution 2.8 and 3.x verify
+against `auth.token.rootcertbundle`, and its RFC 7638 thumbprint as `kid`, which 3.x also accepts.
+A rotation (`acmebox token-key rotate`) is picked up at the next token: the key file is checked
+for a change on each request (one stat).
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from acmebox.errors import ConfigError
 from acmebox.limits import KeyedBuckets, LogLimiter, retry_after
 from acmebox.registry.acl import RESOURCE_CLASS, load_acl, valid_repository
 from acmebox.registry.htpasswd import Htpasswd
 from acmebox.registry.proxies import TrustedProxies, throttle_key
-from acmebox.registry.signing import ensure_signing_key, libtrust_kid
+from acmebox.registry.signing import Keyring, Signer
 
 if TYPE_CHECKING:
     from acmebox.config import TokenAuth
@@ -92,7 +95,7 @@ class _Busy(Exception):
 @dataclass
 class TokenService:
     htpasswd: Htpasswd
-    key: ec.EllipticCurvePrivateKey
+    keyring: Keyring
     service: str = "registry"
     issuer: str = "acmebox"
     ttl: int = 300
@@ -101,7 +104,7 @@ class TokenService:
     now: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
-        self.kid = libtrust_kid(self.key.public_key())
+        self.signer: Signer = self.keyring.load()
         self.clients = KeyedBuckets(CLIENT_BURST, CLIENT_PER_SECOND, now=self.now)
         self.users = KeyedBuckets(USER_BURST, USER_PER_SECOND, now=self.now)
         self.failures = LogLimiter(log, now=self.now)
@@ -118,9 +121,8 @@ class TokenService:
         users = Htpasswd(auth.htpasswd)
         if not len(users):
             log.warning("htpasswd file %s has no users: nobody can push yet", auth.htpasswd)
-        key = ensure_signing_key(auth.key, auth.cert, auth.issuer)
-        return cls(users, key, auth.service, auth.issuer, auth.ttl, load_acl(auth.acl),
-                   TrustedProxies(auth.trusted_proxies))
+        return cls(users, Keyring(auth.key, auth.cert, auth.issuer), auth.service, auth.issuer, auth.ttl,
+                   load_acl(auth.acl), TrustedProxies(auth.trusted_proxies))
 
     def install(self, app: web.Application) -> None:
         """Route `/auth/token` to this service. The OAuth2 POST form gets 404: containerd then asks
@@ -162,9 +164,34 @@ class TokenService:
             "jti": uuid.uuid4().hex,
             "access": access,
         }
-        token = jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.kid, "typ": "JWT"})
+        signer = self.current_signer()
+        token = jwt.encode(claims, signer.key, algorithm="ES256",
+                           headers={"kid": signer.kid, "x5c": list(signer.x5c), "typ": "JWT"})
         return {"token": token, "access_token": token, "expires_in": self.ttl,
                 "issued_at": now.isoformat().replace("+00:00", "Z")}
+
+    @property
+    def key(self) -> ec.EllipticCurvePrivateKey:
+        return self.signer.key
+
+    @property
+    def kid(self) -> str:
+        return self.signer.kid
+
+    def current_signer(self) -> Signer:
+        """The signer, reloaded when the key file changed (a rotation) or a retiring certificate's
+        time has come (it leaves the bundle). A keyring that cannot be read keeps the last signer."""
+        signer = self.signer
+        try:
+            st = self.keyring.key_path.stat()
+            due = signer.next_change is not None and time.time() >= signer.next_change
+            if (st.st_ino, st.st_mtime_ns) != signer.stamp or due:
+                self.signer = self.keyring.load()
+                if self.signer.kid != signer.kid:
+                    log.info("token signing key %s replaces %s", self.signer.kid, signer.kid)
+        except (OSError, ConfigError) as e:
+            self.failures(logging.ERROR, "token signing keys: %s; still signing with %s", e, signer.kid)
+        return self.signer
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.query.get("service", self.service) != self.service:

@@ -115,13 +115,22 @@ def engine(work: Path) -> Iterator[Engine]:
         log.close()
 
 
+REGISTRY3 = ROOT / "pebble-test" / ".registry3" / "registry"
+
+
 def build_standins(e: Engine, work: Path) -> None:
     """Import the Debian root filesystems and build the stand-ins under the official names."""
-    for name in ("python", "nginx", "registry"):
-        e.docker("import", str(rootfs(name)), f"local/bookworm-{name}:base")
+    for name in ("python", "nginx", "registry", "registry3"):
+        e.docker("import", str(rootfs(name)), f"local/{name}-rootfs:base")
     e.docker("build", "-q", "-t", "python:3.12-slim", str(STANDINS / "python"))
     e.docker("build", "-q", "-t", "nginx:1.27", str(STANDINS / "nginx"))
     e.docker("build", "-q", "-t", "registry:2", str(STANDINS / "registry"))
+    if not REGISTRY3.is_file():
+        raise NotPrepared(f"no {REGISTRY3}: run pebble-test/install-registry3.sh")
+    registry3 = work / "registry3-context"
+    shutil.copytree(STANDINS / "registry3", registry3)
+    shutil.copy(REGISTRY3, registry3 / "registry")
+    e.docker("build", "-q", "-t", "registry:3", str(registry3))
     context = work / "pebble-context"
     shutil.copytree(STANDINS / "pebble", context)
     shutil.copy(ROOT / "pebble-test" / ".pebble" / "usr" / "bin" / "pebble", context / "pebble")

@@ -3,8 +3,9 @@ the registry's own storage, and a multi-platform image index pushed through the 
 
 Cheap repositories are what distribution 2.8's filesystem driver would have written had the
 same image been pushed under another name: link files only, pointing at blobs that a real push
-already stored. Checked against Debian's docker-registry 2.8.2: `_catalog` lists a directory
-as a repository when it has a `_layers` child (nothing else is needed to be listed);
+already stored. Checked against Debian's docker-registry 2.8.2 and distribution v3.1.1:
+`_catalog` lists a directory as a repository when it has a `_layers` child (2.8) or a
+`_manifests` child (3.x; registry/storage/catalog.go);
 `tags/list` and manifest reads also need `_manifests/tags/<tag>/current/link` and
 `_manifests/revisions/sha256/<hex>/link`; blob reads need `_layers/sha256/<hex>/link`.
 """
@@ -52,8 +53,10 @@ def clone_repositories(stack: Stack, source: str, names: Iterable[str], tags: It
 
 
 def empty_repository(stack: Stack, name: str) -> None:
-    """Listed by the catalog, unknown to tags/list: what deleting every tag can leave behind."""
-    (repositories_root(stack) / name / "_layers").mkdir(parents=True, exist_ok=True)
+    """Listed by the catalog, unknown to tags/list: what deleting every tag can leave behind
+    (2.8 lists it by its `_layers`, 3.x by its `_manifests`)."""
+    for child in ("_layers", "_manifests"):
+        (repositories_root(stack) / name / child).mkdir(parents=True, exist_ok=True)
 
 
 def _put_manifest(stack: Stack, repo: str, ref: str, body: bytes, media_type: str, token: str) -> str:

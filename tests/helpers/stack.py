@@ -1,6 +1,7 @@
 """The registry stack without containers: the compose file's nginx templates rendered exactly
-as the official nginx image renders them, Debian's nginx and docker-registry run with the
-repo's files, acmebox and Pebble; all on loopback, ports remapped.
+as the official nginx image renders them, Debian's nginx and a registry (distribution 3.x by
+default, or Debian's 2.8: tests/registries.py) run with the repo's files, acmebox and Pebble;
+all on loopback, ports remapped.
 
 What the compose file says (template directory, environment variable names, registry config
 path, UI files) is read from it, not repeated here: only host-specific values are remapped.
@@ -30,6 +31,7 @@ from tests.helpers import ROOT
 from tests.helpers.nginx import Nginx
 from tests.helpers.pebble import Pebble, start_pebble, stop_pebble
 from tests.helpers.process import ServiceProcess, free_port
+from tests.helpers.registries import default_registry, registry_command
 
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 
@@ -109,22 +111,51 @@ def prepare_nginx(run: Path, env_overrides: dict[str, str]) -> tuple[Nginx, dict
     assert used <= set(compose_env), f"templates use variables compose does not set: {used - set(compose_env)}"
     for d in ("conf.d", "tmp"):
         (run / d).mkdir(parents=True, exist_ok=True)
-    render_templates(template_dir, run / "conf.d", env)
-    conf = run / "nginx.conf"
-    conf.write_text(NGINX_MAIN.format(run=run))
-    return Nginx(run, conf), env
+    nginx = Nginx(run, run / "nginx.conf")
+    fit_host_nginx(render_templates(template_dir, run / "conf.d", env), nginx.binary)
+    nginx.conf.write_text(NGINX_MAIN.format(run=run))
+    return nginx, env
 
 
-def start_registry(run: Path, port: int, overrides: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Debian's registry with the repo's config file; `overrides` replace compose environment
-    values (and the config's host-specific paths, through the registry's REGISTRY_* variables)."""
+def fit_host_nginx(rendered: list[Path], binary: str) -> None:
+    """Rendered configs as the host's nginx `binary` takes them: unchanged from 1.25.1 on, else
+    with `http2 on;` in the older spelling (http2_for_old_nginx)."""
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=True).stderr
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    assert found, out
+    if tuple(int(g) for g in found.groups()) < (1, 25, 1):
+        for path in rendered:
+            path.write_text(http2_for_old_nginx(path.read_text()))
+
+
+def http2_for_old_nginx(conf: str) -> str:
+    """The template's `http2 on;` (nginx >= 1.25.1, as in the nginx:1.27 image) in the spelling
+    of the host's older nginx (Debian 12's 1.22): `http2` on the server's ssl listen lines.
+    The only rewrite the loopback stack makes; the container test runs the template as is."""
+    out, servers = [], conf.split("server {")
+    for server in servers[1:]:
+        if re.search(r"^\s*http2 on;\n", server, flags=re.M):
+            server = re.sub(r"^\s*http2 on;\n", "", server, flags=re.M)
+            server = re.sub(r"^(\s*listen\s+\S+\s+ssl)\b", r"\1 http2", server, flags=re.M)
+        out.append(server)
+    return "server {".join([servers[0], *out])
+
+
+# Where registry:3 reads its configuration (registry:2 read /etc/docker/registry/config.yml).
+REGISTRY_CONFIG = "/etc/distribution/config.yml"
+
+
+def start_registry(run: Path, port: int, overrides: dict[str, str], version: str) -> subprocess.Popen[bytes]:
+    """Registry `version` ("3" or "2", tests/registries.py) with the repo's config file; `overrides`
+    replace compose environment values (and the config's host-specific paths, through the
+    registry's REGISTRY_* variables)."""
     service = compose()["services"]["registry"]
-    config = host_path_of(service, "/etc/docker/registry/config.yml")
+    config = host_path_of(service, REGISTRY_CONFIG)
     assert set(service.get("environment", {})) <= set(overrides), "remap every compose value"
     env = {**os.environ, "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(run / "registry-data"), **overrides}
     log = (run / "registry.log").open("w")
-    return subprocess.Popen(["docker-registry", "serve", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(registry_command(version, config), env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def start_reload_watcher(nginx: Nginx, nginx_env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -185,6 +216,8 @@ class Stack:
     state: Path
     htpasswd: Path
     acmebox: ServiceProcess
+    registry: str  # "3" or "2": which registry runs behind nginx
+    registry_port: int
 
     @property
     def host(self) -> str:
@@ -275,7 +308,8 @@ server {{
 
 
 @contextlib.contextmanager
-def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None = None) -> Iterator[Stack]:
+def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None = None,
+                  registry_version: str | None = None) -> Iterator[Stack]:
     """Everything up, in the order the compose file implies: acmebox (token certificate and
     placeholder), the registry, nginx on the placeholder; then Pebble, so the first real
     certificate is validated through nginx and nginx reloaded onto it.
@@ -283,7 +317,9 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
     front_redirect: Pebble's VA dials a server in front instead of nginx's port-80 one, which
     answers everything with a 301 to nginx's 443 server (as a CDN or load balancer that forces
     https would); its requests are logged to nginx/front.log. `ui_root` replaces the compose
-    file's browse page directory (the browse-page benchmark swaps pages in it)."""
+    file's browse page directory (the browse-page benchmark swaps pages in it).
+    `registry_version`: "3" or "2" (default: ACMEBOX_TEST_REGISTRY, else 3)."""
+    version = registry_version or default_registry()
     http_port, https_port, acmebox_port, registry_port, front_port = (free_port() for _ in range(5))
     va_port = front_port if front_redirect else http_port
     pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(va_port))  # validates via nginx
@@ -333,12 +369,12 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
             "REGISTRY_AUTH_TOKEN_REALM": f"https://{DOMAIN}:{https_port}/auth/token",
             "REGISTRY_HTTP_SECRET": "stack-test-secret",
             "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(token_cert),
-        })
+        }, version)
         nginx.start()
         watcher = start_reload_watcher(nginx, nginx_env)
         pebble = start_pebble(run / "pebble", **pebble.env)
         acmebox.wait_log("now presents the new certificate(s)", timeout=60)
-        yield Stack(run, pebble, http_port, https_port, certs, state, htpasswd, acmebox)
+        yield Stack(run, pebble, http_port, https_port, certs, state, htpasswd, acmebox, version, registry_port)
     finally:
         acmebox.stop()
         if watcher is not None:
