@@ -7,9 +7,10 @@ against the bare registry (the limit) and Caddy (the peer), all on 127.0.0.1.
 Three configurations, each measured in every repetition, their order rotating from one
 repetition to the next (interleaved, so a noisy neighbour hits everyone alike):
 
-  stack   the stack as tests/stack.py builds it: Debian's nginx with the project's template
-          (TLS), docker-registry 2.8 with token auth, acmebox's token service; bearer tokens
-  bare    docker-registry 2.8 alone, the project's registry config without `auth`, plain
+  stack   the stack as tests/helpers/stack.py builds it: Debian's nginx with the project's template
+          (TLS), the registry (distribution 3.x, or 2.8 with ACMEBOX_TEST_REGISTRY=2) with token
+          auth, acmebox's token service; bearer tokens
+  bare    the same registry alone, the project's registry config without `auth`, plain
           HTTP: what the machine can do without TLS, proxy or tokens (the limit)
   caddy   Debian's Caddy as the TLS reverse proxy in nginx's place, with the same certificate
           and token service, in front of a registry of its own with the project's config and
@@ -77,9 +78,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.helpers
 
 from tests.helpers.docker import TEST_HOSTS, with_hosts  # noqa: E402
-from tests.helpers.stack import COMPOSE, DOMAIN, USERS, Stack, running_stack  # noqa: E402
+from tests.helpers.registries import default_registry, registry_command  # noqa: E402
+from tests.helpers.stack import DOMAIN, REGISTRY_CONFIG, USERS, Stack, host_path_of, running_stack  # noqa: E402
 
 CONFIGS = ("stack", "bare", "caddy")
+REGISTRY = default_registry()
+REGISTRY_COMM = {"3": "registry", "2": "docker-registry"}  # the process name in /proc/PID/comm
 TRANSFERS = ("push-put", "push-patch", "pull")
 LOADS = (16, 128)
 WORKS = (*TRANSFERS, *(f"manifest{c}" for c in LOADS), "logins")
@@ -249,9 +253,8 @@ def plain_registry(run: Path, token_cert: Path | None) -> Iterator[tuple[int, su
     """A registry of its own with the project's config as a registry is usually run: without the
     `redirect` middleware (whose 307s only nginx's template takes), and without `auth` when
     `token_cert` is None (the bare registry), else trusting acmebox's tokens (Caddy's)."""
-    service = yaml.safe_load(COMPOSE.read_text())["services"]["registry"]
-    source = next(v.split(":")[0] for v in service["volumes"] if v.endswith(":/etc/docker/registry/config.yml:ro"))
-    config = yaml.safe_load((COMPOSE.parent / source).read_text())
+    service = yaml.safe_load((ROOT / "compose" / "docker-compose.yml").read_text())["services"]["registry"]
+    config = yaml.safe_load(host_path_of(service, REGISTRY_CONFIG).read_text())
     config.pop("middleware", None)
     port = free_port()
     env = {**os.environ, "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}", "REGISTRY_HTTP_SECRET": "bench",
@@ -264,7 +267,7 @@ def plain_registry(run: Path, token_cert: Path | None) -> Iterator[tuple[int, su
     (run / "config.yml").write_text(yaml.safe_dump(config))
     log = run / "registry.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(["docker-registry", "serve", str(run / "config.yml")], env=env, stdout=out,
+        proc = subprocess.Popen(registry_command(default_registry(), run / "config.yml"), env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
         wait_port(port, proc, log)
@@ -550,13 +553,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shm = Path(stack_ctx.enter_context(tempfile.TemporaryDirectory(prefix="acmebox-datapath-", dir="/dev/shm")))
         print(f"making a {args.size_mib} MiB blob in {shm}", file=sys.stderr, flush=True)
         blob = make_blob(shm, size, chunk)
-        stack = stack_ctx.enter_context(running_stack(tmp / "stack"))
+        stack = stack_ctx.enter_context(running_stack(tmp / "stack", registry_version=REGISTRY))
         registry_addr, _ = upstreams(stack)
         root = tmp / "root.pem"
         root.write_text(stack.root_pem())
         hosts = tmp / "hosts"
         hosts.write_text(TEST_HOSTS)
-        registry_pid = next(p for p in with_children(os.getpid()) if _comm(p) == "docker-registry")
+        registry_pid = next(p for p in with_children(os.getpid()) if _comm(p) == REGISTRY_COMM[REGISTRY])
         nginx_pid = int((stack.run / "nginx" / "nginx.pid").read_text())
         acmebox_pid = stack.acmebox.proc.pid
         bare_port, bare_proc = stack_ctx.enter_context(plain_registry(tmp / "bare", None))
@@ -634,7 +637,8 @@ def _versions(registry: str) -> dict[str, str]:
         out = subprocess.run(cmd, capture_output=True, text=True)
         return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "?"
 
-    return {"nginx": first_line(["nginx", "-v"]), "registry": first_line(["docker-registry", "--version"]),
+    registry_binary = registry_command(REGISTRY, Path("-"))[0]
+    return {"nginx": first_line(["nginx", "-v"]), "registry": first_line([registry_binary, "--version"]),
             "caddy": first_line(["caddy", "version"]), "curl": first_line(["curl", "--version"]),
             "wrk": first_line(["wrk", "--version"]), "openssl": first_line(["openssl", "version"])}
 
@@ -729,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not set(args.works) <= set(WORKS):
         print(f"datapath: --works takes {','.join(WORKS)}", file=sys.stderr)
         return 2
-    for tool in ("caddy", "wrk", "curl", "docker-registry", "nginx"):
+    for tool in ("caddy", "wrk", "curl", "nginx"):
         if shutil.which(tool) is None:
             print(f"datapath: {tool} is not installed (bash pebble-test/setup.sh installs it)", file=sys.stderr)
             return 2

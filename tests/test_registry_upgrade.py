@@ -118,7 +118,7 @@ def test_images_pushed_to_2_8_are_pulled_from_3(tmp_path: Path) -> None:
     port = free_port()
     overrides = {"REGISTRY_AUTH_TOKEN_REALM": "http://127.0.0.1:1/auth/token", "REGISTRY_HTTP_SECRET": "upgrade",
                  "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(tmp_path / "auth" / "token.crt")}
-    old = start_registry(tmp_path, port, overrides, "2")
+    old = start_registry(tmp_path, port, overrides, "2", direct=True)
     try:
         r = Registry(port, svc)
         r.wait_up()
@@ -133,7 +133,7 @@ def test_images_pushed_to_2_8_are_pulled_from_3(tmp_path: Path) -> None:
                            capture_output=True, text=True, check=True).stdout
     assert found == f"legacy/app:old {legacy}\n"
 
-    new = start_registry(tmp_path, port, overrides, "3")
+    new = start_registry(tmp_path, port, overrides, "3", direct=True)
     try:
         r.wait_up()
         for (repo, tag), (digest, layer) in pushed.items():

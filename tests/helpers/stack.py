@@ -145,12 +145,19 @@ def http2_for_old_nginx(conf: str) -> str:
 REGISTRY_CONFIG = "/etc/distribution/config.yml"
 
 
-def start_registry(run: Path, port: int, overrides: dict[str, str], version: str) -> subprocess.Popen[bytes]:
+def start_registry(run: Path, port: int, overrides: dict[str, str], version: str,
+                   direct: bool = False) -> subprocess.Popen[bytes]:
     """Registry `version` ("3" or "2", tests/registries.py) with the repo's config file; `overrides`
     replace compose environment values (and the config's host-specific paths, through the
-    registry's REGISTRY_* variables)."""
+    registry's REGISTRY_* variables). `direct`: without the `redirect` middleware, for clients
+    that talk to the registry itself (its 307s are for nginx's template only)."""
     service = compose()["services"]["registry"]
     config = host_path_of(service, REGISTRY_CONFIG)
+    if direct:
+        settings = yaml.safe_load(config.read_text())
+        settings.pop("middleware", None)
+        config = run / "registry-direct.yml"
+        config.write_text(yaml.safe_dump(settings))
     assert set(service.get("environment", {})) <= set(overrides), "remap every compose value"
     env = {**os.environ, "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(run / "registry-data"), **overrides}
