@@ -8,7 +8,8 @@ top=$(dirname "$here")
 
 packages=(ca-certificates curl openssl tzdata python3 python3-venv python3-pip
           nginx-light docker.io busybox-static docker-registry docker-compose gettext-base
-          skopeo apache2-utils chromium faketime mmdebstrap iproute2 time)
+          skopeo apache2-utils chromium faketime mmdebstrap iproute2 time
+          prometheus)  # promtool checks and unit-tests deploy/alerts.yml
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -19,10 +20,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's nginx and docker.io packages may start system services; the tests run their own
+# Debian's nginx, docker.io and prometheus packages may start system services; the tests run their own
 # on loopback ports and sockets, so services this install started are stopped again.
 if [ ${#missing[@]} -gt 0 ]; then
-  for svc in nginx docker containerd; do
+  for svc in nginx docker containerd prometheus; do
     (systemctl disable --now "$svc" || service "$svc" stop) >/dev/null 2>&1 || true
   done
 fi
