@@ -181,6 +181,7 @@ class CertMaintainer:
             why = f"backoff after {state.failures} failure(s): {state.last_error}"
             return Plan(state.next_attempt, why, state.next_attempt)
         reason = why_not_reusable(self.spec, stored, now, self.directory, self.states.revoked())
+        ari: AriCache | None = None
         if reason is not None or stored is None:
             decision, wake = renewal.Decision(now, reason or "no certificate yet"), now
         else:
@@ -191,6 +192,7 @@ class CertMaintainer:
             else:
                 decision = renewal.decide(stored.not_before, stored.not_after)
                 wake = min(decision.at, self._ari_retry_at) if self._ari_retry_at else decision.at
+        self._publish_ari(ari)
         recent = state.last_success
         # A configuration change (names, key type, profile, CA directory) is acted on at once:
         # the new certificate ends the difference, so it cannot loop.
@@ -230,17 +232,25 @@ class CertMaintainer:
                          info.explanation_url)  # fmt: skip
         state.ari = cache
         self._save(state)
-        self.metrics.set_time(self.metrics.ari_start, self.name, info.start)
-        self.metrics.set_time(self.metrics.ari_end, self.name, info.end)
         return cache
 
     def _publish_cert(self, stored: StoredCert | None) -> None:
         self.metrics.set_time(self.metrics.expiry, self.name, stored.not_after if stored else None)
+        self.metrics.set_time(self.metrics.not_before, self.name, stored.not_before if stored else None)
         self.metrics.placeholder.labels(self.name).set(1 if stored is None or stored.placeholder else 0)
+
+    def _publish_ari(self, ari: AriCache | None) -> None:
+        """The window the plan used: none once the certificate it was for is replaced."""
+        self.metrics.set_time(self.metrics.ari_start, self.name, ari.start if ari else None)
+        self.metrics.set_time(self.metrics.ari_end, self.name, ari.end if ari else None)
 
     def _log_plan(self, plan: Plan, state: CertState) -> None:
         state.next_renewal, state.renewal_reason = plan.at, plan.reason
         self.metrics.set_time(self.metrics.next_renewal, self.name, plan.at)
+        # From the persisted state, so a restart does not hide failures from the alerts.
+        self.metrics.consecutive_failures.labels(self.name).set(state.failures)
+        self.metrics.set_time(self.metrics.last_success, self.name, state.last_success)
+        self.metrics.set_time(self.metrics.last_failure, self.name, state.last_failure)
         if self._last_logged != (plan.at, plan.reason):
             self._last_logged = (plan.at, plan.reason)
             log.info("%s: renewal scheduled for %s because of %s", self.name, _iso(plan.at), plan.reason)
@@ -435,6 +445,7 @@ class CertMaintainer:
         if isinstance(e, Deferred):  # acmebox held the order back itself, and says until when
             problem = {LedgerRefusal: "ledger", ClockError: "clock", DiskError: "disk"}.get(type(e), "held")
             state.next_attempt = e.until
+            self.metrics.held(self.name, problem, e.until)
         else:
             problem = (
                 e.short_type if isinstance(e, CAProblem) else "connection" if isinstance(e, CAUnreachable) else "other"
@@ -458,6 +469,7 @@ class CertMaintainer:
         state.ari = None
         self._save(state)
         self.metrics.set_time(self.metrics.last_success, self.name, now)
+        self.metrics.held(self.name, "", None)
         self._publish_cert(new)
         # An operator waiting in `acmebox renew` hears what nginx made of it, not just the order.
         served = await self._on_renewed(new, self._request is not None)

@@ -52,6 +52,7 @@ class Service:
         via = config.self_check_via
         self.self_check = SelfCheck((via.host, via.port) if via else None) if config.self_check else None
         self.metrics = Metrics()
+        self.metrics.watch_disks({"certs": config.certs_dir, "state": config.state_dir})
         self.account = AccountFiles.for_directory(config.state_dir, config.directory)
         self.reloader = Reloader(
             config.reload or ReloadTarget("none"), config.reload_verify,
