@@ -482,6 +482,10 @@ class CertMaintainer:
             self._request = None
 
     async def run_forever(self) -> None:
+        # A (re)started service asks the CA for renewal information at once instead of trusting
+        # the cached window until its Retry-After: the CA may have moved it meanwhile (a
+        # mass-revocation drill pulls windows into the past).
+        self._refresh_ari = True
         while True:
             self.wake.clear()
             try:
