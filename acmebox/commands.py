@@ -46,15 +46,20 @@ def _status_of(name: str, store: CertStore, states: StateStore, served: dict[str
     seen = served.get(name) or {}
     serial = f"{stored.serial:x}" if stored is not None else None
     matches = None if not seen or serial is None else seen.get("serial") == serial
+    # The CA's window for the live certificate (as last fetched) ended: replace it now.
+    ari = state.ari if state.ari is not None and serial is not None and state.ari.serial == serial else None
+    window_passed = ari is not None and stored is not None and not stored.placeholder and ari.end <= _now()
     if stored is not None and f"{stored.serial:x}" in states.revoked():
         condition = "revoked"
+    elif window_passed:
+        condition = "window passed"
     elif state.last_error and state.next_attempt:
         condition = "failing"
     elif stored is None:
         condition = "missing"
     elif stored.placeholder:
         condition = "placeholder"
-    elif stored.not_after <= dt.datetime.now(dt.UTC):
+    elif stored.not_after <= _now():
         condition = "expired"
     elif matches is False:
         condition = "not served"
@@ -77,7 +82,14 @@ def _status_of(name: str, store: CertStore, states: StateStore, served: dict[str
         "next_attempt": state.next_attempt.isoformat() if state.next_attempt else None,
         "last_error": state.last_error,
         "last_success": state.last_success.isoformat() if state.last_success else None,
+        "ari_window_start": ari.start.isoformat() if ari else None,
+        "ari_window_end": ari.end.isoformat() if ari else None,
+        "ari_window_passed": window_passed,
     }
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _certificates(store: CertStore, states: StateStore) -> tuple[list[str], list[str]]:
@@ -95,7 +107,7 @@ def _certificates(store: CertStore, states: StateStore) -> tuple[list[str], list
 def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
     """One line per certificate (or `--json`), every configured one included (also one that
     never got a certificate). Exit 1 when any is not `ok`: missing, a placeholder, expired,
-    revoked, failing, or served differently from the live one. Leftovers of certificates no
+    revoked, past the CA's renewal window (ARI), failing, or served differently from the live one. Leftovers of certificates no
     longer configured are listed as `not managed` and do not count."""
     if not state_dir.is_dir() and not certs_dir.is_dir():
         raise ConfigError(f"neither {certs_dir} nor {state_dir} exists: point --certs-dir and --state-dir at acmebox's")
@@ -113,10 +125,13 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
         table = [("NAME", "CONDITION", "ISSUER", "NOT AFTER", "SERVED", "NEXT", "WHY / LAST ERROR")]
         for r in rows:
             served_text = {True: "yes", False: f"no ({r['served_serial'] or 'no answer'})", None: "-"}
-            why = r["last_error"] if r["condition"] == "failing" else r["reason"]
+            failing = r["condition"] == "failing" or (r["condition"] == "window passed" and r["failures"])
+            why = r["last_error"] if failing else r["reason"]
+            if r["condition"] == "window passed":
+                why = f"the CA's renewal window ended {_when_iso(r['ari_window_end'])}; {why or ''}"
             table.append((r["name"], r["condition"], _short(r["issuer"], 24), _when_iso(r["not_after"]),
                           served_text[r["served_matches"]],
-                          _when_iso(r["next_attempt"] if r["condition"] == "failing" else r["next_renewal"]),
+                          _when_iso(r["next_attempt"] if failing else r["next_renewal"]),
                           _short(why, 60)))  # fmt: skip
         widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]
         for t in table:
