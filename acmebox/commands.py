@@ -107,8 +107,9 @@ def _certificates(store: CertStore, states: StateStore) -> tuple[list[str], list
 def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
     """One line per certificate (or `--json`), every configured one included (also one that
     never got a certificate). Exit 1 when any is not `ok`: missing, a placeholder, expired,
-    revoked, past the CA's renewal window (ARI), failing, or served differently from the live one. Leftovers of certificates no
-    longer configured are listed as `not managed` and do not count."""
+    revoked, past the CA's renewal window (ARI), failing, or served differently from the live
+    one. Leftovers of certificates no longer configured are listed as `not managed` and do not
+    count."""
     if not state_dir.is_dir() and not certs_dir.is_dir():
         raise ConfigError(f"neither {certs_dir} nor {state_dir} exists: point --certs-dir and --state-dir at acmebox's")
     store, states = CertStore(certs_dir), StateStore(state_dir)
