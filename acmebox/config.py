@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from acmebox.errors import ConfigError
 from acmebox.keys import KEY_TYPES
-from acmebox.names import canonical_name, canonical_names
+from acmebox.names import canonical_name, canonical_names, check_addresses
 
 if TYPE_CHECKING:
     from acmebox.reload import ReloadTarget
@@ -132,6 +132,7 @@ class Config:
             raise ConfigError("external account binding needs both --eab-kid and --eab-hmac-key")
         if not self.directory.startswith(("https://", "http://")):
             raise ConfigError(f"bad directory URL {self.directory!r}: want https://...")
+        check_addresses(list(seen), self.directory)
         if not 1 <= self.max_concurrent_orders <= 1000:
             raise ConfigError(f"--max-concurrent-orders must be between 1 and 1000, not {self.max_concurrent_orders}")
 
