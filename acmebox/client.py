@@ -38,7 +38,7 @@ from josepy.json_util import field
 from josepy.jwa import ES256
 from josepy.jwk import JWK
 
-from acmebox import __version__
+from acmebox import __version__, identifiers
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, NotADirectory
 
@@ -351,7 +351,7 @@ class AcmeClient:
         self_check: SelfCheck | None,
     ) -> str:
         new = NewOrder(
-            identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in names],
+            identifiers=[identifiers.acme_identifier(n) for n in names],
             profile=profile or "",
             replaces=replaces,
         )

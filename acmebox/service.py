@@ -15,7 +15,7 @@ import signal
 
 from acme import crypto_util
 
-from acmebox import control, keys, placeholder, renewal, webapp
+from acmebox import control, identifiers, keys, placeholder, renewal, webapp
 from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.client import AcmeClient
@@ -219,19 +219,21 @@ class Service:
 
     async def _issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None) -> Received:
         key_pem = keys.to_pem(keys.generate(spec.key_type))
-        csr_pem = crypto_util.make_csr(key_pem, list(spec.names))
+        dns, ips = identifiers.csr_entries(spec.names)
+        csr_pem = crypto_util.make_csr(key_pem, dns, ipaddrs=ips)
+        profile = identifiers.profile_for(spec.names, spec.profile, client.profiles)
         try:
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check)
+            fullchain = await client.issue(spec.names, csr_pem, self.tokens, profile, replaces, self.self_check)
         except CAProblem as e:
             if e.short_type != "accountDoesNotExist" and not account_deactivated(e):
                 raise
             log.warning("the CA no longer knows account %s (%s); logging in again", client.account_url, e.detail)
             await self._login(client)
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check)
+            fullchain = await client.issue(spec.names, csr_pem, self.tokens, profile, replaces, self.self_check)
         meta = {
             "names": list(spec.names),
             "key_type": spec.key_type,
-            "profile": spec.profile,
+            "profile": profile,
             "directory": self.config.directory,
             "account": client.account_url,
             "issued_at": self.clock.now().isoformat(),
