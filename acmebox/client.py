@@ -32,6 +32,7 @@ from acme import client as acme_client
 from acme import errors as acme_errors
 from acme import messages
 from cryptography import x509
+from josepy.b64 import b64encode
 from josepy.errors import DeserializationError
 from josepy.interfaces import JSONDeSerializable
 from josepy.json_util import field
@@ -41,6 +42,7 @@ from josepy.jwk import JWK
 from acmebox import __version__, identifiers
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, NotADirectory
+from acmebox.tlsalpn import TlsAlpnResponder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +53,18 @@ ORDER_TIMEOUT = 300.0  # seconds for one order, from newOrder to the certificate
 POLL_FIRST, POLL_MAX = 0.02, 5.0  # our poll interval doubles from the first to the max
 RETRY_AFTER_MAX = 60.0  # within one order; longer waits give the order up
 REQUEST_DEADLINE = 60.0  # seconds for one CA request, connect to last byte (requests' timeout is per read)
+
+
+class _EmptyResponse(JSONDeSerializable):
+    """The `{}` that tells the CA to validate a challenge the acme library no longer models
+    (TLS-ALPN-01 left it in 5.0.0); RFC 8555 section 7.5.1."""
+
+    def to_partial_json(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_json(cls, jobj: Any) -> _EmptyResponse:
+        return cls()
 
 
 class NewOrder(messages.NewOrder):
@@ -332,12 +346,13 @@ class AcmeClient:
         profile: str | None = None,
         replaces: str | None = None,
         self_check: SelfCheck | None = None,
+        tls_alpn: TlsAlpnResponder | None = None,
     ) -> str:
-        """Order, validate over HTTP-01 (after `self_check` when given), finalize, download.
-        Returns the PEM full chain."""
+        """Order, validate over HTTP-01 (after `self_check` when given) or, with `tls_alpn`,
+        over TLS-ALPN-01 for DNS names, finalize, download. Returns the PEM full chain."""
         try:
             async with asyncio.timeout(ORDER_TIMEOUT):
-                return await self._issue(names, csr_pem, tokens, profile, replaces, self_check)
+                return await self._issue(names, csr_pem, tokens, profile, replaces, self_check, tls_alpn)
         except TimeoutError:
             raise AcmeboxError(f"order for {', '.join(names)} did not complete in {ORDER_TIMEOUT:.0f}s") from None
 
@@ -349,6 +364,7 @@ class AcmeClient:
         profile: str | None,
         replaces: str | None,
         self_check: SelfCheck | None,
+        tls_alpn: TlsAlpnResponder | None = None,
     ) -> str:
         new = NewOrder(
             identifiers=[identifiers.acme_identifier(n) for n in names],
@@ -371,6 +387,7 @@ class AcmeClient:
             f" with replaces={replaces} (the CA echoed {echoed})" if replaces else " without replaces",
         )
         presented: list[str] = []
+        presented_alpn: list[str] = []
         try:
             pending: list[str] = []
             for authz_url in order.authorizations:
@@ -381,6 +398,21 @@ class AcmeClient:
                     raise CAProblem(
                         ACME_ERROR + "unauthorized", f"{authz.identifier.value}: authorization is {authz.status.name}"
                     )
+                name = str(authz.identifier.value)
+                if tls_alpn is not None and authz.identifier.typ == messages.IDENTIFIER_FQDN:
+                    alpn = next((c for c in authz.challenges if c.to_partial_json().get("type") == "tls-alpn-01"), None)
+                    if alpn is None:
+                        raise CAProblem(ACME_ERROR + "rejectedIdentifier", f"{name}: the CA offers no TLS-ALPN-01")
+                    token = str(alpn.to_partial_json().get("token", ""))
+                    key = self._net.key
+                    if key is None:
+                        raise RuntimeError("login() first")
+                    thumbprint = b64encode(key.thumbprint()).decode()
+                    tls_alpn.present(name, f"{token}.{thumbprint}")  # RFC 8555 section 8.1
+                    presented_alpn.append(name)
+                    await self._post(alpn.uri, _EmptyResponse())
+                    pending.append(authz_url)
+                    continue
                 challb = next((c for c in authz.challenges if isinstance(c.chall, acme_challenges.HTTP01)), None)
                 if challb is None:
                     raise CAProblem(
@@ -400,6 +432,9 @@ class AcmeClient:
         finally:
             for token in presented:
                 tokens.withdraw(token)
+            for name in presented_alpn:
+                if tls_alpn is not None:
+                    tls_alpn.withdraw(name)
 
         csr = x509.load_pem_x509_csr(csr_pem)
         try:
