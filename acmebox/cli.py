@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
          "(Host: the name) instead of http://NAME/", metavar="HOST:PORT")
     _opt(run, "--no-self-check", "ask the CA to validate without fetching the challenge through the front door first",
          action="store_true")
+    _opt(run, "--tls-alpn-listen", "validate DNS names with TLS-ALPN-01 instead of HTTP-01, answering acme-tls/1 "
+         "connections (nginx's stream module passes them on from 443) on HOST:PORT; port 80 may then be closed",
+         metavar="HOST:PORT")  # fmt: skip
     _opt(run, "--reload-verify", "after reloading, check by TLS handshake that HOST:PORT serves the new certificate",
          metavar="HOST:PORT")  # fmt: skip
     auth = run.add_argument_group("registry token service (enabled by --auth-htpasswd)")
@@ -286,6 +289,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         key_mode=key_mode,
         key_group=key_group,
         max_concurrent_orders=args.max_concurrent_orders,
+        tls_alpn_listen=(HostPort.parse(args.tls_alpn_listen, "--tls-alpn-listen address")
+                         if args.tls_alpn_listen else None),
     )
     if args.command != "check":  # check runs beside the service, whose port this is
         check_listen(config.listen)

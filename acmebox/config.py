@@ -117,6 +117,7 @@ class Config:
     key_mode: int | None = None  # None: keep the previous key's mode (0600 for a first key)
     key_group: int | None = None  # None: keep the previous key's group
     max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
+    tls_alpn_listen: HostPort | None = None  # TLS-ALPN-01 instead of HTTP-01 (RFC 8737), opt-in
 
     def __post_init__(self) -> None:
         seen: dict[str, CertSpec] = {}

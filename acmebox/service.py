@@ -29,6 +29,7 @@ from acmebox.pending import Received
 from acmebox.reload import ONCE_ATTEMPTS, Reloader, ReloadTarget
 from acmebox.state import StateStore
 from acmebox.store import CertStore, StoredCert
+from acmebox.tlsalpn import TlsAlpnResponder
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Service:
         self.tokens = Http01Tokens()
         via = config.self_check_via
         self.self_check = SelfCheck((via.host, via.port) if via else None) if config.self_check else None
+        self.tls_alpn = TlsAlpnResponder() if config.tls_alpn_listen is not None else None
         self.metrics = Metrics()
         self.metrics.watch_disks({"certs": config.certs_dir, "state": config.state_dir})
         self.account = AccountFiles.for_directory(config.state_dir, config.directory)
@@ -223,13 +225,15 @@ class Service:
         csr_pem = crypto_util.make_csr(key_pem, dns, ipaddrs=ips)
         profile = identifiers.profile_for(spec.names, spec.profile, client.profiles)
         try:
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, profile, replaces, self.self_check)
+            fullchain = await client.issue(spec.names, csr_pem, self.tokens, profile, replaces, self.self_check,
+                                           self.tls_alpn)  # fmt: skip
         except CAProblem as e:
             if e.short_type != "accountDoesNotExist" and not account_deactivated(e):
                 raise
             log.warning("the CA no longer knows account %s (%s); logging in again", client.account_url, e.detail)
             await self._login(client)
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, profile, replaces, self.self_check)
+            fullchain = await client.issue(spec.names, csr_pem, self.tokens, profile, replaces, self.self_check,
+                                           self.tls_alpn)  # fmt: skip
         meta = {
             "names": list(spec.names),
             "key_type": spec.key_type,
@@ -406,6 +410,9 @@ class Service:
             routes.append(TokenService.from_settings(self.config.token_auth).install)
         app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=lambda: self.ready)
         runner = await webapp.start(app, self.config.listen)
+        alpn_at = self.config.tls_alpn_listen
+        if self.tls_alpn is not None and alpn_at is not None:
+            await self.tls_alpn.start(alpn_at.host, alpn_at.port)
         if once:
             self.reloader.attempts = ONCE_ATTEMPTS
         reloader = asyncio.ensure_future(self.reloader.run()) if once else None
@@ -416,4 +423,6 @@ class Service:
                 reloader.cancel()
             if self._client is not None:
                 await self._client.close()
+            if self.tls_alpn is not None:
+                await self.tls_alpn.close()
             await runner.cleanup()
