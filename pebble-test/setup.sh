@@ -9,7 +9,7 @@ top=$(dirname "$here")
 packages=(ca-certificates curl openssl tzdata python3 python3-venv python3-pip
           nginx-light docker.io busybox-static docker-registry docker-compose gettext-base
           skopeo apache2-utils chromium faketime mmdebstrap iproute2 time
-          prometheus)  # promtool checks and unit-tests deploy/alerts.yml
+          prometheus libnginx-mod-stream)  # promtool: deploy/alerts.yml; stream: TLS-ALPN-01 routing
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

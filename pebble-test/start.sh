@@ -6,6 +6,7 @@
 # Environment (defaults in brackets):
 #   PEBBLE_RUN_DIR [pebble-test/run]    PEBBLE_PORT [14000]   PEBBLE_MGMT_PORT [15000]
 #   PEBBLE_HTTP_PORT [5002]: the port Pebble's VA dials for HTTP-01 (acmebox or nginx listens there)
+#   PEBBLE_TLS_PORT [5001]: the port it dials for TLS-ALPN-01 (nginx's stream server, or acmebox)
 #   PEBBLE_DNS_PORT [8053]   PEBBLE_CHALLTESTSRV_MGMT_PORT [8055]
 #   PEBBLE_WFE_NONCEREJECT [0]  PEBBLE_VA_NOSLEEP [1]  (Pebble's own variables, passed through;
 #     so is PEBBLE_AUTHZREUSE, the percentage of new orders that reuse a valid authorization [50])
@@ -61,7 +62,7 @@ cat >"$run/pebble-config.json" <<JSON
   "certificate": "$run/listener.pem",
   "privateKey": "$run/listener.key",
   "httpPort": $http,
-  "tlsPort": 5001,
+  "tlsPort": ${PEBBLE_TLS_PORT:-5001},
   "ocspResponderURL": "",
   "externalAccountBindingRequired": $eab_required,
   "externalAccountMACKeys": {"$eab_kid": "$eab_key"},
