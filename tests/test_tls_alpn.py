@@ -15,7 +15,18 @@ import ssl
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Dirs, FakeClock, free_port, start_pebble, stop_pebble, wait_for
+from conftest import (
+    ROOT,
+    Dirs,
+    FakeClock,
+    Pebble,
+    free_port,
+    pebble_args,
+    run_acmebox,
+    start_pebble,
+    stop_pebble,
+    wait_for,
+)
 from cryptography import x509
 from stack import nginx_host_path, prepare_nginx, render_templates
 
@@ -165,3 +176,12 @@ async def test_tls_alpn_with_port_80_closed_through_nginx_stream(tmp_path: Path,
         await asyncio.gather(task, return_exceptions=True)
         nginx.stop()
         stop_pebble(pebble)
+
+
+@pytest.mark.e2e
+def test_check_does_not_demand_port_80_with_tls_alpn(pebble: Pebble, dirs: Dirs) -> None:
+    result = run_acmebox("check", "--json", "--domain", NAME, *pebble_args(pebble, dirs),
+                         "--tls-alpn-listen", f"127.0.0.1:{free_port()}")  # fmt: skip
+    findings = {f["check"]: f for f in json.loads(result.stdout)}
+    assert findings["front door"]["ok"] is True
+    assert "TLS-ALPN-01" in findings["front door"]["detail"]
