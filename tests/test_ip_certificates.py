@@ -33,7 +33,7 @@ from conftest import (
     wait_for,
 )
 from cryptography import x509
-from pebble_ari import window_in_the_past
+from pebble_ari import orders_created, window_in_the_past
 from stack import nginx_host_path, prepare_nginx
 
 from acmebox import identifiers, placeholder
@@ -247,7 +247,7 @@ async def test_address_certificate_through_the_nginx_template_renewed_by_ari(
         assert f"with replaces={ari_cert_id(first)}" in caplog.text
         await wait_for(lambda: presented_without_sni(addr, https).serial_number == second.serial_number,
                        what="nginx presenting the renewed certificate")  # fmt: skip
-        assert pebble.orders_in_log() == 2
+        assert orders_created(pebble) == 2
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -28,6 +28,7 @@ from conftest import (
     wait_for,
 )
 from cryptography import x509
+from pebble_ari import orders_created
 from stack import nginx_host_path, prepare_nginx, render_templates
 
 from acmebox import tlsalpn
@@ -169,7 +170,7 @@ async def test_tls_alpn_with_port_80_closed_through_nginx_stream(tmp_path: Path,
         await wait_for(lambda: (c := live(dirs)) is not None and c.serial_number != first.serial_number,
                        timeout=60, what="the renewal")  # fmt: skip
         assert pebble.log().count("set VALID by completed challenge") == 2
-        assert pebble.orders_in_log() == 2
+        assert orders_created(pebble) == 2
         assert service.tls_alpn is not None and len(service.tls_alpn) == 0, "validation certificates are withdrawn"
     finally:
         task.cancel()
