@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
-from stack import render_templates  # noqa: E402
+from tests.helpers.stack import render_templates  # noqa: E402
 
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 NAME = "hop.test"

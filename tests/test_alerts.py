@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, Dirs, Nginx, Pebble, ServiceProcess, free_port, pebble_args
 from prometheus_client.parser import text_string_to_metric_families
 
 from acmebox.metrics import Metrics
+from tests.helpers import ROOT
+from tests.helpers.nginx import Nginx
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import ServiceProcess, free_port
 
 RULES = ROOT / "deploy" / "alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "alerts.test.yml"
@@ -44,7 +47,7 @@ def test_promtool_checks_the_rules() -> None:
 
 def test_promtool_unit_tests_pass_and_cover_every_rule() -> None:
     out = subprocess.run([promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True,
-                         timeout=120, cwd=RULE_TESTS.parent)  # fmt: skip
+                         timeout=120, cwd=RULE_TESTS.parent)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
@@ -57,7 +60,7 @@ def test_promtool_unit_tests_pass_and_cover_every_rule() -> None:
 def test_the_rules_name_only_metrics_a_running_acmebox_exports(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
     name = "alerts.test"
     port = free_port()
-    nginx = Nginx(tmp_path / "nginx", f"""
+    nginx = Nginx.serving(tmp_path / "nginx", f"""
     server {{
         listen 127.0.0.1:{port} ssl;
         server_name {name};
@@ -70,7 +73,7 @@ def test_the_rules_name_only_metrics_a_running_acmebox_exports(pebble: Pebble, d
         ["run", "--domain", name, *pebble_args(pebble, dirs), "--reload", "signal",
          "--reload-target", str(nginx.pid_file), "--reload-verify", f"127.0.0.1:{port}"],
         tmp_path / "service.log",
-    )  # fmt: skip
+    )
     try:
         svc.wait_log("wrote a self-signed placeholder")
         nginx.start()
@@ -99,7 +102,7 @@ def test_the_rules_name_only_metrics_a_running_acmebox_exports(pebble: Pebble, d
                    "acmebox_certificate_expiry_timestamp_seconds",
                    "acmebox_certificate_not_before_timestamp_seconds",
                    "acmebox_certificate_ari_window_end_timestamp_seconds",
-                   "acmebox_certificate_consecutive_failures"):  # fmt: skip
+                   "acmebox_certificate_consecutive_failures"):
         assert {"name": name} in samples.get(metric, []), f"{metric} has no sample for {name}"
     assert value(text, "acmebox_certificate_served_matches", name) == 1
     assert value(text, "acmebox_certificate_placeholder", name) == 0
@@ -126,7 +129,7 @@ def test_a_hold_is_exported_with_the_labels_the_rules_match_and_cleared_by_a_suc
     assert all(s == until.timestamp() for s in values(text, held))
     metrics.held("a.test", "", None)  # a success clears every hold of the certificate
     seen = [s.labels for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples
-            if s.name == held]  # fmt: skip
+            if s.name == held]
     assert seen == [{"name": "b.test", "problem": "ledger"}]
 
 
@@ -136,6 +139,6 @@ def values(text: str, metric: str) -> list[float]:
 
 def value(text: str, metric: str, name: str) -> float:
     found = [s.value for f in text_string_to_metric_families(text) for s in f.samples
-             if s.name == metric and s.labels.get("name") == name]  # fmt: skip
+             if s.name == metric and s.labels.get("name") == name]
     assert len(found) == 1, f"{metric}{{name={name!r}}}: {found}"
     return found[0]

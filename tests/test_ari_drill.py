@@ -16,17 +16,20 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, FakeClock, Nginx, Pebble, free_port, run_acmebox, start_pebble, stop_pebble, wait_for
 from cryptography import x509
-from faultproxy import FaultProxy, Rule
-from pebble_ari import orders_created, replaces_refusals, window_in_the_past
 from prometheus_client.parser import text_string_to_metric_families
 
-from acmebox.config import CertSpec, Config, HostPort
-from acmebox.maintain import MIN_SPACING
-from acmebox.reload import ReloadTarget, served_serial
+from acmebox.config import CertSpec, Config, HostPort, ReloadSpec
+from acmebox.policies import MIN_SPACING
+from acmebox.reload import served_serial
 from acmebox.service import Service
 from acmebox.state import AriCache
+from tests.helpers.clock import FakeClock
+from tests.helpers.faultproxy import FaultProxy, Rule
+from tests.helpers.nginx import Nginx
+from tests.helpers.pebble import Dirs, Pebble, start_pebble, stop_pebble
+from tests.helpers.pebble_ari import orders_created, replaces_refusals, window_in_the_past
+from tests.helpers.process import free_port, run_acmebox, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -59,9 +62,9 @@ class Drill:
             certs=tuple(CertSpec.build([n]) for n in NAMES), email=None, directory=proxy.directory,
             ca_bundle=pebble.ca_bundle, certs_dir=dirs.certs, state_dir=dirs.state,
             listen=HostPort("127.0.0.1", pebble.http_port), self_check_via=HostPort("127.0.0.1", pebble.http_port),
-            reload=ReloadTarget("signal", str(tmp_path / "nginx" / "nginx.pid")),
+            reload=ReloadSpec("signal", str(tmp_path / "nginx" / "nginx.pid")),
             reload_verify=HostPort("127.0.0.1", port),
-        )  # fmt: skip
+        )
         self.service = Service(self.config, self.clock)
         self.task: asyncio.Task[int] | None = None
 
@@ -81,12 +84,12 @@ class Drill:
         """Wait until every certificate has a new serial that nginx presents (the reloader's
         own look, then a handshake of ours); returns the new serials."""
         await wait_for(lambda: all(is_real(self.dirs, n) and live(self.dirs, n).serial_number != before.get(n)
-                                   for n in NAMES), timeout=120, what=what)  # fmt: skip
+                                   for n in NAMES), timeout=120, what=what)
         now = self.serials()
         reloader = self.service.reloader
         await wait_for(lambda: all(reloader.matches(n) and (s := reloader.served.get(n)) is not None
                                    and s.serial == now[n] for n in NAMES),
-                       timeout=60, what=f"{what}: served")  # fmt: skip
+                       timeout=60, what=f"{what}: served")
         for n in NAMES:
             assert await asyncio.to_thread(served_serial, "127.0.0.1", self.port, n) == now[n]
         return now
@@ -108,14 +111,16 @@ async def test_drill_over_ten_certificates_running_restarted_and_refused(
     caplog.set_level("INFO")
     # One 90-day profile: Pebble gives an order without a profile a random one of its profiles.
     pebble = start_pebble(tmp_path / "pebble", PEBBLE_PROFILES=json.dumps(
-        {"classic": {"description": "90 days", "validityPeriod": 90 * 86400}}))  # fmt: skip
+        {"classic": {"description": "90 days", "validityPeriod": 90 * 86400}}))
     proxy = FaultProxy(pebble.directory.rsplit("/", 1)[0], pebble.run_dir).start()
     port = free_port()
-    nginx = Nginx(tmp_path / "nginx", "".join(SERVER.format(port=port, name=n, certs=dirs.certs) for n in NAMES))
+    servers = "".join(SERVER.format(port=port, name=n, certs=dirs.certs) for n in NAMES)
+    nginx = Nginx.serving(tmp_path / "nginx", servers)
     drill = Drill(tmp_path, dirs, pebble, proxy, port)
     try:
         drill.service.store.prepare()
-        drill.service.write_placeholders()  # nginx starts on them, as in compose
+        for m in drill.service.maintainers.values():  # nginx starts on them, as in compose
+            m.write_placeholder()
         nginx.start()
         drill.start()
         first = await drill.all_replaced_and_served({}, "the first certificates")
@@ -174,10 +179,10 @@ async def test_drill_over_ten_certificates_running_restarted_and_refused(
         assert all(rows[n]["condition"] == "ok" and rows[n]["ari_window_passed"] is False for n in NAMES[1:])
         table = run_acmebox("status", "--certs-dir", str(dirs.certs), "--state-dir", str(dirs.state)).stdout
         assert any(line.startswith(victim) and "window passed" in line and " yes " in line
-                   for line in table.splitlines()), table  # fmt: skip
+                   for line in table.splitlines()), table
         metrics = {(s.name, s.labels.get("name")): s.value
                    for f in text_string_to_metric_families(drill.service.metrics.render().decode())
-                   for s in f.samples}  # fmt: skip
+                   for s in f.samples}
         now = drill.clock.now().timestamp()
         assert metrics[("acmebox_certificate_ari_window_end_timestamp_seconds", victim)] < now
         assert metrics[("acmebox_certificate_served_matches", victim)] == 1

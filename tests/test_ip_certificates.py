@@ -20,31 +20,22 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ROOT,
-    Dirs,
-    FakeClock,
-    Pebble,
-    free_port,
-    pebble_args,
-    run_acmebox,
-    start_pebble,
-    stop_pebble,
-    wait_for,
-)
 from cryptography import x509
-from pebble_ari import orders_created, window_in_the_past
-from stack import nginx_host_path, prepare_nginx
 
 from acmebox import identifiers, placeholder
 from acmebox.client import ari_cert_id
-from acmebox.config import LE_PRODUCTION, LE_STAGING, CertSpec, Config, HostPort
+from acmebox.config import LE_PRODUCTION, LE_STAGING, CertSpec, Config, HostPort, ReloadSpec
 from acmebox.errors import ConfigError
-from acmebox.maintain import MIN_SPACING
 from acmebox.names import canonical_name, canonical_names, check_addresses
-from acmebox.reload import ReloadTarget
+from acmebox.policies import MIN_SPACING
 from acmebox.service import Service
 from acmebox.store import cert_names
+from tests.helpers import ROOT
+from tests.helpers.clock import FakeClock
+from tests.helpers.pebble import Dirs, Pebble, pebble_args, start_pebble, stop_pebble
+from tests.helpers.pebble_ari import orders_created, window_in_the_past
+from tests.helpers.process import free_port, run_acmebox, wait_for
+from tests.helpers.stack import nginx_host_path, prepare_nginx
 
 # -- names and identifiers ---------------------------------------------------------------------
 
@@ -54,7 +45,7 @@ from acmebox.store import cert_names
     [("127.0.0.1", "127.0.0.1"), (" 8.8.8.8 ", "8.8.8.8"), ("::1", "::1"), ("[::1]", "::1"),
      ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"), ("[2606:4700:4700:0::1111]", "2606:4700:4700::1111"),
      ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1")],
-)  # fmt: skip
+)
 def test_addresses_have_one_canonical_form(raw: str, canonical: str) -> None:
     assert canonical_name(raw) == canonical
 
@@ -64,7 +55,7 @@ def test_addresses_have_one_canonical_form(raw: str, canonical: str) -> None:
     [("fe80::1%eth0", "with a zone"), ("::ffff:8.8.8.8", "IPv4-mapped IPv6 address; give the IPv4 address 8.8.8.8"),
      ("010.0.0.1", "without leading zeros"), ("256.1.1.1", "not an IPv4 address"),
      ("1.2.3", "the top-level label is numeric")],
-)  # fmt: skip
+)
 def test_addresses_written_ambiguously_are_refused(raw: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         canonical_name(raw)
@@ -76,7 +67,7 @@ def test_the_same_address_written_twice_is_a_duplicate() -> None:
 
 
 PRIVATE = ["10.0.0.1", "172.16.5.4", "192.168.1.1", "127.0.0.1", "169.254.1.1", "100.64.0.1", "192.0.2.1",
-           "198.51.100.7", "240.0.0.1", "0.0.0.0", "::1", "::", "fe80::1", "fc00::1", "2001:db8::1"]  # fmt: skip
+           "198.51.100.7", "240.0.0.1", "0.0.0.0", "::1", "::", "fe80::1", "fc00::1", "2001:db8::1"]
 PUBLIC = ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2a00:1450:4001:80b::200e"]
 
 
@@ -99,7 +90,7 @@ def test_an_in_house_ca_may_certify_private_addresses() -> None:
 
 def test_run_refuses_a_private_address_against_lets_encrypt_before_touching_anything(tmp_path: Path) -> None:
     result = run_acmebox("run", "--once", "--domain", "[fd00::7]", "--certs-dir", str(tmp_path / "c"),
-                         "--state-dir", str(tmp_path / "s"))  # fmt: skip
+                         "--state-dir", str(tmp_path / "s"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("acmebox: error: 'fd00::7' is an IP address in a private")
@@ -109,7 +100,7 @@ def test_run_refuses_a_private_address_against_lets_encrypt_before_touching_anyt
 def test_names_script_for_the_start_script() -> None:
     def names(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "acmebox.names", *args], capture_output=True, text=True,
-                              cwd=ROOT)  # fmt: skip
+                              cwd=ROOT)
 
     assert names("--public-ca", "[2606:4700:4700:0::1111]").stdout == "2606:4700:4700::1111\n"
     refused = names("--public-ca", "192.168.0.10")
@@ -124,12 +115,12 @@ def test_start_script_writes_the_canonical_address(tmp_path: Path) -> None:
     # The test virtualenv's python3 first: the script asks acmebox.names for the canonical form.
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run(["bash", str(script), "--prepare-only", "[2606:4700:4700:0::1111]", "ops@example.com"],
-                         capture_output=True, text=True, env=env)  # fmt: skip
+                         capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert "DOCKER_REGISTRY_DOMAIN_NAME=2606:4700:4700::1111\n" in (compose / ".env").read_text()
     (compose / ".env").unlink()
     out = subprocess.run(["bash", str(script), "--prepare-only", "10.0.0.5", "ops@example.com"], capture_output=True,
-                         text=True, env=env)  # fmt: skip
+                         text=True, env=env)
     assert out.returncode == 2 and "bad DOMAIN '10.0.0.5'" in out.stderr and "private or reserved" in out.stderr
     assert not (compose / ".env").exists()
 
@@ -138,7 +129,7 @@ def test_identifiers_and_default_profile() -> None:
     assert identifiers.acme_identifier("::1").typ.name == "ip"
     assert identifiers.acme_identifier("a.example").typ.name == "dns"
     assert identifiers.csr_entries(["a.example", "8.8.8.8", "::1"]) == (
-        ["a.example"], [ipaddress.ip_address("8.8.8.8"), ipaddress.ip_address("::1")])  # fmt: skip
+        ["a.example"], [ipaddress.ip_address("8.8.8.8"), ipaddress.ip_address("::1")])
     assert identifiers.url_host("::1") == "[::1]" and identifiers.url_host("8.8.8.8") == "8.8.8.8"
     offered = {"classic": "", "shortlived": ""}
     assert identifiers.profile_for(["8.8.8.8"], None, offered) == "shortlived"
@@ -207,17 +198,18 @@ async def test_address_certificate_through_the_nginx_template_renewed_by_ari(
         "CERTS_DIR": str(dirs.certs),
         "UI_ROOT": str(nginx_host_path("UI_ROOT")),
         "ACMEBOX_RELOAD_FILE": str(dirs.certs / "reload-generation"),
-    })  # fmt: skip
+    })
     clock = FakeClock()
     config = Config(
         certs=(CertSpec.build([addr]),), email=None, directory=pebble.directory, ca_bundle=pebble.ca_bundle,
         certs_dir=dirs.certs, state_dir=dirs.state, listen=HostPort("127.0.0.1", upstream),
         self_check_via=HostPort(addr, pebble.http_port),  # the port-80 server, with Host: the address
-        reload=ReloadTarget("signal", str(nginx.run / "nginx.pid")), reload_verify=HostPort(addr, https),
-    )  # fmt: skip
+        reload=ReloadSpec("signal", str(nginx.run / "nginx.pid")), reload_verify=HostPort(addr, https),
+    )
     service = Service(config, clock)
     service.store.prepare()
-    service.write_placeholders()
+    for m in service.maintainers.values():
+        m.write_placeholder()
     nginx.start()
     task = asyncio.create_task(service.run())
     try:
@@ -241,12 +233,12 @@ async def test_address_certificate_through_the_nginx_template_renewed_by_ari(
         window_in_the_past(pebble, first)
         service.maintainers[addr].request(None, force=False)
         await wait_for(lambda: (c := live(dirs, addr)) is not None and c.serial_number != first.serial_number,
-                       what="the renewal")  # fmt: skip
+                       what="the renewal")
         second = live(dirs, addr)
         assert second is not None
         assert f"with replaces={ari_cert_id(first)}" in caplog.text
         await wait_for(lambda: presented_without_sni(addr, https).serial_number == second.serial_number,
-                       what="nginx presenting the renewed certificate")  # fmt: skip
+                       what="nginx presenting the renewed certificate")
         assert orders_created(pebble) == 2
     finally:
         task.cancel()
@@ -260,7 +252,7 @@ def test_run_once_with_an_ipv6_address_as_typed(pebble: Pebble, dirs: Dirs) -> N
     """`run --domain [0:0::1]`: the certificate is for ::1 and lives in live/::1/."""
     listen = f"[::1]:{pebble.http_port}"  # Pebble's VA dials the address itself
     result = run_acmebox("run", "--once", "--domain", "[0:0::1]", *pebble_args(pebble, dirs), "--listen", listen,
-                         "--self-check-via", listen)  # fmt: skip
+                         "--self-check-via", listen)
     assert result.returncode == 0, result.stderr
     cert = live(dirs, "::1")
     assert cert is not None

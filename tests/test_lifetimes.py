@@ -16,15 +16,17 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, FakeClock, Pebble, free_port, start_pebble, stop_pebble, wait_for
 from cryptography import x509
-from pebble_ari import FrontDoor, orders_created, replaces_refusals, window_in_the_past
 
 from acmebox.client import ari_cert_id
 from acmebox.config import CertSpec, Config, HostPort
-from acmebox.maintain import MIN_SPACING
+from acmebox.policies import MIN_SPACING
 from acmebox.service import Service
 from acmebox.state import CertState
+from tests.helpers.clock import FakeClock
+from tests.helpers.pebble import Dirs, Pebble, start_pebble, stop_pebble
+from tests.helpers.pebble_ari import FrontDoor, orders_created, replaces_refusals, window_in_the_past
+from tests.helpers.process import free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +49,7 @@ def live(dirs: Dirs) -> x509.Certificate | None:
 
 def planned_by_ari(state: CertState | None, cert: x509.Certificate) -> bool:
     return (state is not None and state.ari is not None and state.ari.serial == f"{cert.serial_number:x}"
-            and "ARI window" in (state.renewal_reason or ""))  # fmt: skip
+            and "ARI window" in (state.renewal_reason or ""))
 
 
 async def renew_through_ari(
@@ -78,12 +80,12 @@ async def renew_through_ari(
         window_in_the_past(pebble, cert)
         m.request(None, force=False)
         await wait_for(lambda old=cert: (c := live(dirs)) is not None and c.serial_number != old.serial_number,
-                       what=f"renewal {i + 1}")  # fmt: skip
+                       what=f"renewal {i + 1}")
     return certs
 
 
 @pytest.mark.parametrize(("days", "reuse"), [(64, "0"), (45, "0"), (90, "100")],
-                         ids=["2027-64-days", "2028-45-days", "control-90-days-with-reuse"])  # fmt: skip
+                         ids=["2027-64-days", "2028-45-days", "control-90-days-with-reuse"])
 async def test_renewals_validate_afresh_after_the_self_check_and_order_once(
     days: int, reuse: str, tmp_path: Path, dirs: Dirs, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -94,7 +96,7 @@ async def test_renewals_validate_afresh_after_the_self_check_and_order_once(
         certs=(CertSpec.build([NAME]),), email=None, directory=pebble.directory, ca_bundle=pebble.ca_bundle,
         certs_dir=dirs.certs, state_dir=dirs.state, listen=HostPort("127.0.0.1", upstream),
         self_check_via=HostPort("127.0.0.1", pebble.http_port),
-    )  # fmt: skip
+    )
     try:
         with FrontDoor(tmp_path / "nginx", pebble.http_port, upstream) as door:
             clock = FakeClock()

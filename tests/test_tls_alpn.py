@@ -15,27 +15,19 @@ import ssl
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ROOT,
-    Dirs,
-    FakeClock,
-    Pebble,
-    free_port,
-    pebble_args,
-    run_acmebox,
-    start_pebble,
-    stop_pebble,
-    wait_for,
-)
 from cryptography import x509
-from pebble_ari import orders_created
-from stack import nginx_host_path, prepare_nginx, render_templates
 
 from acmebox import tlsalpn
-from acmebox.config import CertSpec, Config, HostPort
-from acmebox.maintain import MIN_SPACING
-from acmebox.reload import ReloadTarget, served_serial
+from acmebox.config import CertSpec, Config, HostPort, ReloadSpec
+from acmebox.policies import MIN_SPACING
+from acmebox.reload import served_serial
 from acmebox.service import Service
+from tests.helpers import ROOT
+from tests.helpers.clock import FakeClock
+from tests.helpers.pebble import Dirs, Pebble, pebble_args, start_pebble, stop_pebble
+from tests.helpers.pebble_ari import orders_created
+from tests.helpers.process import free_port, run_acmebox, wait_for
+from tests.helpers.stack import nginx_host_path, prepare_nginx, render_templates
 
 NAME = "alpn.test"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -110,7 +102,7 @@ async def test_tls_alpn_with_port_80_closed_through_nginx_stream(tmp_path: Path,
         pytest.fail("nginx's stream module is not installed: run pebble-test/setup.sh (libnginx-mod-stream)")
     va_http, tls_port = free_port(), free_port()
     pebble = start_pebble(tmp_path / "pebble", PEBBLE_HTTP_PORT=str(va_http), PEBBLE_TLS_PORT=str(tls_port),
-                          PEBBLE_AUTHZREUSE="0")  # fmt: skip
+                          PEBBLE_AUTHZREUSE="0")
     https_internal, http_port, acme_port, alpn_port = (free_port() for _ in range(4))
     run = tmp_path / "nginx"
     nginx, _ = prepare_nginx(run, {
@@ -122,25 +114,26 @@ async def test_tls_alpn_with_port_80_closed_through_nginx_stream(tmp_path: Path,
         "CERTS_DIR": str(dirs.certs),
         "UI_ROOT": str(nginx_host_path("UI_ROOT")),
         "ACMEBOX_RELOAD_FILE": str(dirs.certs / "reload-generation"),
-    })  # fmt: skip
+    })
     render_templates(ROOT / "nginx" / "tls-alpn", run / "tls-alpn", {
         "NGINX_LISTEN_TLS": f"127.0.0.1:{tls_port}",
         "ACMEBOX_TLS_ALPN_UPSTREAM": f"127.0.0.1:{alpn_port}",
         "NGINX_HTTPS_INTERNAL": f"127.0.0.1:{https_internal}",
         "NGINX_STREAM_LOG": str(run / "stream.log"),
         "NGINX_STREAM_FROM": "127.0.0.1",
-    })  # fmt: skip
+    })
     nginx.conf.write_text(MAIN.format(module=STREAM_MODULE, run=run))
     clock = FakeClock()
     config = Config(
         certs=(CertSpec.build([NAME]),), email=None, directory=pebble.directory, ca_bundle=pebble.ca_bundle,
         certs_dir=dirs.certs, state_dir=dirs.state, listen=HostPort("127.0.0.1", acme_port),
         tls_alpn_listen=HostPort("127.0.0.1", alpn_port),
-        reload=ReloadTarget("signal", str(run / "nginx.pid")), reload_verify=HostPort("127.0.0.1", tls_port),
-    )  # fmt: skip
+        reload=ReloadSpec("signal", str(run / "nginx.pid")), reload_verify=HostPort("127.0.0.1", tls_port),
+    )
     service = Service(config, clock)
     service.store.prepare()
-    service.write_placeholders()
+    for m in service.maintainers.values():
+        m.write_placeholder()
     nginx.start()
     task = asyncio.create_task(service.run())
     try:
@@ -168,7 +161,7 @@ async def test_tls_alpn_with_port_80_closed_through_nginx_stream(tmp_path: Path,
         clock.advance(MIN_SPACING + dt.timedelta(minutes=1))
         service.maintainers[NAME].request("renew-1", force=True)
         await wait_for(lambda: (c := live(dirs)) is not None and c.serial_number != first.serial_number,
-                       timeout=60, what="the renewal")  # fmt: skip
+                       timeout=60, what="the renewal")
         assert pebble.log().count("set VALID by completed challenge") == 2
         assert orders_created(pebble) == 2
         assert service.tls_alpn is not None and len(service.tls_alpn) == 0, "validation certificates are withdrawn"
@@ -182,7 +175,7 @@ async def test_tls_alpn_with_port_80_closed_through_nginx_stream(tmp_path: Path,
 @pytest.mark.e2e
 def test_check_does_not_demand_port_80_with_tls_alpn(pebble: Pebble, dirs: Dirs) -> None:
     result = run_acmebox("check", "--json", "--domain", NAME, *pebble_args(pebble, dirs),
-                         "--tls-alpn-listen", f"127.0.0.1:{free_port()}")  # fmt: skip
+                         "--tls-alpn-listen", f"127.0.0.1:{free_port()}")
     findings = {f["check"]: f for f in json.loads(result.stdout)}
     assert findings["front door"]["ok"] is True
     assert "TLS-ALPN-01" in findings["front door"]["detail"]

@@ -8,15 +8,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import Nginx, Pebble
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+
+from tests.helpers.nginx import Nginx
+from tests.helpers.pebble import Pebble
 
 
 def set_ari_window(pebble: Pebble, cert: x509.Certificate, start: dt.datetime, end: dt.datetime) -> None:
     """From now on, Pebble answers renewalInfo for `cert` with this suggested window."""
     window = {"suggestedWindow": {"start": start.isoformat().replace("+00:00", "Z"),
-                                  "end": end.isoformat().replace("+00:00", "Z")}}  # fmt: skip
+                                  "end": end.isoformat().replace("+00:00", "Z")}}
     body = {"Certificate": cert.public_bytes(Encoding.PEM).decode(), "ARIResponse": json.dumps(window)}
     assert pebble.post("/set-renewal-info/", json.dumps(body).encode()) == 200
 
@@ -68,7 +70,7 @@ class FrontDoor:
 
     def __init__(self, run: Path, port: int, upstream: int) -> None:
         self.log = run / "challenges.log"
-        self.nginx = Nginx(run, FRONT_DOOR.format(port=port, upstream=upstream, log=self.log))
+        self.nginx = Nginx.serving(run, FRONT_DOOR.format(port=port, upstream=upstream, log=self.log))
 
     def __enter__(self) -> FrontDoor:
         self.nginx.start()
