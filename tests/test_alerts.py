@@ -57,6 +57,7 @@ def test_promtool_unit_tests_pass_and_cover_every_rule() -> None:
         assert any(not c["exp_alerts"] for c in cases), f"{alert}: no test in which it stays silent"
 
 
+@pytest.mark.e2e
 def test_the_rules_name_only_metrics_a_running_acmebox_exports(pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
     name = "alerts.test"
     port = free_port()

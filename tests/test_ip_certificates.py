@@ -26,6 +26,7 @@ from acmebox import identifiers, placeholder
 from acmebox.client import ari_cert_id
 from acmebox.config import LE_PRODUCTION, LE_STAGING, CertSpec, Config, HostPort, ReloadSpec
 from acmebox.errors import ConfigError
+from acmebox.issuance import profile_for
 from acmebox.names import canonical_name, canonical_names, check_addresses
 from acmebox.policies import MIN_SPACING
 from acmebox.service import Service
@@ -132,12 +133,12 @@ def test_identifiers_and_default_profile() -> None:
         ["a.example"], [ipaddress.ip_address("8.8.8.8"), ipaddress.ip_address("::1")])
     assert identifiers.url_host("::1") == "[::1]" and identifiers.url_host("8.8.8.8") == "8.8.8.8"
     offered = {"classic": "", "shortlived": ""}
-    assert identifiers.profile_for(["8.8.8.8"], None, offered) == "shortlived"
-    assert identifiers.profile_for(["a.example", "8.8.8.8"], None, offered) == "shortlived"
-    assert identifiers.profile_for(["8.8.8.8"], "classic", offered) == "classic"  # configured wins
-    assert identifiers.profile_for(["a.example"], None, offered) is None
-    assert identifiers.profile_for(["8.8.8.8"], None, {"classic": ""}) is None  # not offered: the CA decides
-    assert identifiers.profile_for(["8.8.8.8"], None, None) is None
+    assert profile_for(["8.8.8.8"], None, offered) == "shortlived"
+    assert profile_for(["a.example", "8.8.8.8"], None, offered) == "shortlived"
+    assert profile_for(["8.8.8.8"], "classic", offered) == "classic"  # configured wins
+    assert profile_for(["a.example"], None, offered) is None
+    assert profile_for(["8.8.8.8"], None, {"classic": ""}) is None  # not offered: the CA decides
+    assert profile_for(["8.8.8.8"], None, None) is None
 
 
 def test_placeholder_for_an_address_names_it_as_the_store_reads_it() -> None:
