@@ -87,7 +87,7 @@ def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
 
 
 def test_registry2_overlay_keeps_a_stack_on_2_8(compose_copy: Path) -> None:
-    here = compose_copy.parent
+    here = compose_copy
     out = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.registry2.yml",
                           "config"], capture_output=True, text=True, cwd=here,
                          env=user_free_env(**STACK_ENV))
