@@ -6,8 +6,9 @@ name as SNI; the answer is a self-signed certificate for that name alone that ca
 critical acmeIdentifier extension (id-pe-acmeIdentifier, 1.3.6.1.5.5.7.1.31) holding the
 SHA-256 digest of the key authorization. In front, nginx's `stream` module with `ssl_preread`
 hands exactly those connections to this listener and everything else to the usual HTTPS server
-(nginx/tls-alpn/; README "TLS-ALPN-01"), so port 80 may stay closed. No application data is
-exchanged: the handshake is the answer, and the connection is closed after it. nginx keeps
+(nginx/tls-alpn/; docs/deploying.md "Port 80 closed"), so port 80 may stay closed. No
+application data is exchanged: the handshake is the answer, and the connection is closed
+after it. nginx keeps
 the client's address with the PROXY protocol (v1) on both routes, so a connection may start
 with a PROXY line; it is read and dropped (the CA's address is of no use here).
 
