@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from acmebox.identifiers import url_host
+
 log = logging.getLogger(__name__)
 
 PREFIX = "/.well-known/acme-challenge/"
@@ -74,8 +76,8 @@ class SelfCheck:
         """True when the front door answered `key_authorization`; False (after a warning) when
         it did not within the bound, or when `name` does not resolve from here at all."""
         host, port = self.via or (name, 80)
-        url = f"http://{host}:{port}{PREFIX}{token}"
-        headers = {"Host": name}
+        url = f"http://{url_host(host)}:{port}{PREFIX}{token}"
+        headers = {"Host": url_host(name)}  # RFC 8738 section 3: an IPv6 address in brackets
         delay, waited, last = self.first_delay, 0.0, ""
         timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:

@@ -31,6 +31,7 @@ from acmebox.config import Config, ReloadSpec
 from acmebox.errors import AcmeboxError
 from acmebox.fsutil import space_problem
 from acmebox.issuance import MIN_FREE
+from acmebox.names import is_address
 from acmebox.reload import ReloadFailed, ReloadTarget, served_serial
 from acmebox.state import StateStore
 from acmebox.store import CertStore
@@ -56,7 +57,13 @@ async def run(config: Config) -> list[Finding]:
             found = Finding(found.check, True, f"{found.detail}; fine if the CA resolves it (the self-check "
                                                f"goes through {config.self_check_via})")
         out.append(found)
-    out += await _front_door(config, names)
+    if config.tls_alpn_listen is not None:  # port 80 may be closed: the CA validates on 443
+        http_names = [n for n in names if is_address(n)]  # addresses keep HTTP-01
+        out.append(Finding("front door", True, f"TLS-ALPN-01 through {config.tls_alpn_listen} for DNS names "
+                                               "(not checked here)"))
+        out += await _front_door(config, http_names) if http_names else []
+    else:
+        out += await _front_door(config, names)
     out.append(_reloader(config))
     out += await asyncio.to_thread(_served, config)
     out += _live(config)

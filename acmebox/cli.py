@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
          "(Host: the name) instead of http://NAME/", metavar="HOST:PORT")
     _opt(run, "--no-self-check", "ask the CA to validate without fetching the challenge through the front door first",
          action="store_true")
+    _opt(run, "--tls-alpn-listen", "validate DNS names with TLS-ALPN-01 instead of HTTP-01, answering acme-tls/1 "
+         "connections (nginx's stream module passes them on from 443) on HOST:PORT; port 80 may then be closed",
+         metavar="HOST:PORT")
     _opt(run, "--reload-verify", "after reloading, check by TLS handshake that HOST:PORT serves the new certificate",
          metavar="HOST:PORT")
     auth = run.add_argument_group("registry token service (enabled by --auth-htpasswd)")
@@ -225,6 +228,7 @@ def sources_from_args(args: argparse.Namespace) -> Sources:
         reload_verify=args.reload_verify,
         self_check=not args.no_self_check,
         self_check_via=args.self_check_via,
+        tls_alpn_listen=args.tls_alpn_listen,
         auth_htpasswd=args.auth_htpasswd,
         auth_key=args.auth_key,
         auth_cert=args.auth_cert,

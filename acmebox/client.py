@@ -37,10 +37,11 @@ from josepy.json_util import field
 from josepy.jwa import ES256
 from josepy.jwk import JWK
 
-from acmebox import __version__
+from acmebox import __version__, identifiers
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, NotADirectory
 from acmebox.httpdate import http_date, parse_retry_after
+from acmebox.tlsalpn import EmptyResponse, TlsAlpnResponder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -305,12 +306,13 @@ class AcmeClient:
         profile: str | None = None,
         replaces: str | None = None,
         self_check: SelfCheck | None = None,
+        tls_alpn: TlsAlpnResponder | None = None,
     ) -> str:
-        """Order, validate over HTTP-01 (after `self_check` when given), finalize, download.
-        Returns the PEM full chain."""
+        """Order, validate over HTTP-01 (after `self_check` when given) or, with `tls_alpn`,
+        over TLS-ALPN-01 for DNS names, finalize, download. Returns the PEM full chain."""
         try:
             async with asyncio.timeout(ORDER_TIMEOUT):
-                return await self._issue(names, csr_pem, tokens, profile, replaces, self_check)
+                return await self._issue(names, csr_pem, tokens, profile, replaces, self_check, tls_alpn)
         except TimeoutError:
             raise AcmeboxError(f"order for {', '.join(names)} did not complete in {ORDER_TIMEOUT:.0f}s") from None
 
@@ -322,9 +324,10 @@ class AcmeClient:
         profile: str | None,
         replaces: str | None,
         self_check: SelfCheck | None,
+        tls_alpn: TlsAlpnResponder | None = None,
     ) -> str:
         new = NewOrder(
-            identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in names],
+            identifiers=[identifiers.acme_identifier(n) for n in names],
             profile=profile or "",
             replaces=replaces,
         )
@@ -344,6 +347,7 @@ class AcmeClient:
             f" with replaces={replaces} (the CA echoed {echoed})" if replaces else " without replaces",
         )
         presented: list[str] = []
+        presented_alpn: list[str] = []
         try:
             pending: list[str] = []
             for authz_url in order.authorizations:
@@ -354,6 +358,13 @@ class AcmeClient:
                     raise CAProblem(
                         ACME_ERROR + "unauthorized", f"{authz.identifier.value}: authorization is {authz.status.name}"
                     )
+                name = str(authz.identifier.value)
+                if tls_alpn is not None and authz.identifier.typ == messages.IDENTIFIER_FQDN:
+                    uri = tls_alpn.answer(authz, self._net.key)
+                    presented_alpn.append(name)
+                    await self._post(uri, EmptyResponse())
+                    pending.append(authz_url)
+                    continue
                 challb = next((c for c in authz.challenges if isinstance(c.chall, acme_challenges.HTTP01)), None)
                 if challb is None:
                     raise CAProblem(
@@ -373,6 +384,9 @@ class AcmeClient:
         finally:
             for token in presented:
                 tokens.withdraw(token)
+            for name in presented_alpn:
+                if tls_alpn is not None:
+                    tls_alpn.withdraw(name)
 
         csr = x509.load_pem_x509_csr(csr_pem)
         try:

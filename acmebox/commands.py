@@ -52,11 +52,12 @@ def _status_of(name: str, store: CertStore, states: StateStore, served: dict[str
     recorded = (policies.Verdict.from_record(record)
                 if record is not None and live is not None and record.serial == live.serial else None)
     presented = policies.Presented(seen.get("serial"), seen.get("error")) if seen else None
-    verdict = policies.ready(policies.Observed(dt.datetime.now(dt.UTC), live, recorded=recorded,
-                                               revoked=frozenset(states.revoked()), state=state,
-                                               presented=presented))
+    seen_now = policies.Observed(dt.datetime.now(dt.UTC), live, recorded=recorded,
+                                 revoked=frozenset(states.revoked()), state=state, presented=presented)
+    verdict = policies.ready(seen_now)
     serial = live.serial if live is not None else None
     since = record.since.isoformat() if record is not None and recorded == verdict else None
+    ari = policies.ari_window(seen_now)
     return {
         "name": name,
         "condition": verdict.condition,
@@ -75,6 +76,9 @@ def _status_of(name: str, store: CertStore, states: StateStore, served: dict[str
         "next_attempt": state.next_attempt.isoformat() if state.next_attempt else None,
         "last_error": state.last_error,
         "last_success": state.last_success.isoformat() if state.last_success else None,
+        "ari_window_start": ari.start.isoformat() if ari else None,
+        "ari_window_end": ari.end.isoformat() if ari else None,
+        "ari_window_passed": policies.window_passed(seen_now) is not None,
     }
 
 
@@ -93,9 +97,9 @@ def _certificates(store: CertStore, states: StateStore) -> tuple[list[str], list
 def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
     """One line per certificate (or `--json`), every configured one included (also one that
     never got a certificate). Exit 1 when any is not `ok` (policies.READY): missing, a
-    placeholder, revoked, failing, not what the service is configured for (another CA directory,
-    other names, key type or profile), expired or in its last 1/20 of life, or served
-    differently from the live one. Leftovers of certificates no
+    placeholder, revoked, past the CA's renewal window (ARI), failing, not what the service is
+    configured for (another CA directory, other names, key type or profile), expired or in its
+    last 1/20 of life, or served differently from the live one. Leftovers of certificates no
     longer configured are listed as `not managed` and do not count."""
     if not state_dir.is_dir() and not certs_dir.is_dir():
         raise ConfigError(f"neither {certs_dir} nor {state_dir} exists: point --certs-dir and --state-dir at acmebox's")
@@ -113,11 +117,14 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
         table = [("NAME", "CONDITION", "ISSUER", "NOT AFTER", "SERVED", "NEXT", "WHY / LAST ERROR")]
         for r in rows:
             served_text = {True: "yes", False: f"no ({r['served_serial'] or 'no answer'})", None: "-"}
+            # A passed window whose order fails says both (the CA may be overloaded by a revocation).
+            failing = r["condition"] == "failing" or (r["condition"] == "window passed" and r["failures"])
             why = r["reason"] if r["condition"] in ("ok", "not managed") else r["verdict"]["message"]
-            why = r["last_error"] if r["condition"] == "failing" else why
+            if failing:
+                why = r["last_error"] if r["condition"] == "failing" else f"{why}; {r['last_error'] or ''}"
             table.append((r["name"], r["condition"], _short(r["issuer"], 24), _when_iso(r["not_after"]),
                           served_text[r["served_matches"]],
-                          _when_iso(r["next_attempt"] if r["condition"] == "failing" else r["next_renewal"]),
+                          _when_iso(r["next_attempt"] if failing else r["next_renewal"]),
                           _short(why, 60)))
         widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]
         for t in table:

@@ -8,7 +8,9 @@ keeps it and stores it (maintain.py).
   reached; `run --once` connects on first need, so a run with nothing due sends no request.
 - Issuer: the preflight (the certs and state dirs can take a certificate, the local clock
   agrees with the CA's); one order at a time per slot (--max-concurrent-orders); a fresh key
-  of the configured type and a CSR for the names; a new login when the CA no longer knows the
+  of the configured type and a CSR for the names (DNS names and, RFC 8738, IP addresses); the
+  profile (the configured one, else `shortlived` for a certificate with an address when the CA
+  offers it); a new login when the CA no longer knows the
   account; the CertMeta record (store.py) of what was ordered.
 """
 
@@ -18,11 +20,12 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from acme import crypto_util
 
-from acmebox import keys
+from acmebox import identifiers, keys
 from acmebox.account import AccountFiles
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.client import AcmeClient
@@ -33,6 +36,7 @@ from acmebox.fsutil import space_problem
 from acmebox.metrics import Metrics
 from acmebox.pending import Received
 from acmebox.store import CertMeta
+from acmebox.tlsalpn import TlsAlpnResponder
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ DISK_RECHECK = dt.timedelta(minutes=5)
 MAX_CLOCK_SKEW = dt.timedelta(hours=1)  # certificates are backdated by about that much
 CLOCK_RECHECK = dt.timedelta(hours=1)
 CONNECT_RETRY = (5, 30, 120, 600)  # seconds between attempts to reach an unreachable CA
+ADDRESS_PROFILE = "shortlived"  # the default profile of a certificate with an IP address
 TRANSIENT = {"badNonce", "serverInternal", "rateLimited"}  # problems at connect that waiting may fix
 
 
@@ -61,6 +66,17 @@ def _space_problem(path: Path) -> str | None:
 def _span(seconds: float) -> str:
     seconds = abs(seconds)
     return f"{seconds / 86400:.1f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
+
+
+def profile_for(names: Iterable[str], configured: str | None, offered: Mapping[str, str] | None) -> str | None:
+    """The profile to order: the configured one; else, for a certificate with an address,
+    `shortlived` when the CA offers it (Let's Encrypt issues address certificates only with
+    it); else none (the CA's default)."""
+    if configured:
+        return configured
+    if offered and ADDRESS_PROFILE in offered and any(identifiers.address(n) is not None for n in names):
+        return ADDRESS_PROFILE
+    return None
 
 
 def account_deactivated(e: CAProblem) -> bool:
@@ -181,8 +197,9 @@ class Issuer:
     """Orders certificates through a CA, at most `slots` at once."""
 
     def __init__(self, ca: CA, tokens: Http01Tokens, self_check: SelfCheck | None, clock: Clock, slots: int,
-                 dirs: tuple[tuple[str, Path], ...] = ()) -> None:
+                 dirs: tuple[tuple[str, Path], ...] = (), tls_alpn: TlsAlpnResponder | None = None) -> None:
         self.ca = ca
+        self.tls_alpn = tls_alpn  # --tls-alpn-listen: DNS names validate by TLS-ALPN-01
         self.dirs = dirs  # (what, path) that must take a certificate: the certs and state dirs
         self.tokens = tokens
         self.self_check = self_check
@@ -214,16 +231,20 @@ class Issuer:
 
     async def _issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None) -> Received:
         key_pem = keys.to_pem(keys.generate(spec.key_type))
-        csr_pem = crypto_util.make_csr(key_pem, list(spec.names))
+        dns, ips = identifiers.csr_entries(spec.names)  # RFC 8738: addresses are iPAddress entries
+        csr_pem = crypto_util.make_csr(key_pem, dns, ipaddrs=ips)
+        profile = profile_for(spec.names, spec.profile, client.profiles)
         try:
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check)
+            fullchain = await client.issue(spec.names, csr_pem, self.tokens, profile, replaces, self.self_check,
+                                           self.tls_alpn)
         except CAProblem as e:
             if e.short_type != "accountDoesNotExist" and not account_deactivated(e):
                 raise
             log.warning("the CA no longer knows account %s (%s); logging in again", client.account_url, e.detail)
             await self.ca.login(client)
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check)
-        meta = CertMeta(names=spec.names, key_type=spec.key_type, profile=spec.profile,
+            fullchain = await client.issue(spec.names, csr_pem, self.tokens, profile, replaces, self.self_check,
+                                           self.tls_alpn)
+        meta = CertMeta(names=spec.names, key_type=spec.key_type, profile=profile,
                         directory=self.ca.config.directory, account=client.account_url,
                         issued_at=self.clock.now().isoformat(), replaced=replaces, placeholder=False)
         log.info("%s: certificate issued by the CA", spec.name)

@@ -133,6 +133,7 @@ class CertMaintainer:
         ari = None
         if stored is not None and policies.replace(seen) is None:
             ari = await self._ari(stored, state, seen.now)
+        self._publish_ari(ari)
         return policies.spaced(policies.trigger(seen, ari, self._ari_retry_at), state, asked)
 
     def record_verdict(self, stored: StoredCert | None = None, save: bool = True) -> policies.Verdict:
@@ -179,17 +180,25 @@ class CertMaintainer:
                          info.explanation_url)
         state.ari = cache
         self._save(state)
-        self.metrics.set_time(self.metrics.ari_start, self.name, info.start)
-        self.metrics.set_time(self.metrics.ari_end, self.name, info.end)
         return cache
 
     def _publish_cert(self, stored: StoredCert | None) -> None:
         self.metrics.set_time(self.metrics.expiry, self.name, stored.not_after if stored else None)
+        self.metrics.set_time(self.metrics.not_before, self.name, stored.not_before if stored else None)
         self.metrics.placeholder.labels(self.name).set(1 if stored is None or stored.placeholder else 0)
+
+    def _publish_ari(self, ari: AriCache | None) -> None:
+        """The window the plan used: none once the certificate it was for is replaced."""
+        self.metrics.set_time(self.metrics.ari_start, self.name, ari.start if ari else None)
+        self.metrics.set_time(self.metrics.ari_end, self.name, ari.end if ari else None)
 
     def _log_plan(self, plan: Plan, state: CertState) -> None:
         state.next_renewal, state.renewal_reason = plan.at, plan.reason
         self.metrics.set_time(self.metrics.next_renewal, self.name, plan.at)
+        # From the persisted state, so a restart does not hide failures from the alerts.
+        self.metrics.consecutive_failures.labels(self.name).set(state.failures)
+        self.metrics.set_time(self.metrics.last_success, self.name, state.last_success)
+        self.metrics.set_time(self.metrics.last_failure, self.name, state.last_failure)
         if self._last_logged != (plan.at, plan.reason):
             self._last_logged = (plan.at, plan.reason)
             log.info("%s: renewal scheduled for %s because of %s", self.name, iso(plan.at), plan.reason)
@@ -369,6 +378,7 @@ class CertMaintainer:
         if isinstance(e, Deferred):  # acmebox held the order back itself, and says until when
             problem = {LedgerRefusal: "ledger", ClockError: "clock", DiskError: "disk"}.get(type(e), "held")
             state.next_attempt = e.until
+            self.metrics.held(self.name, problem, e.until)
         else:
             problem = (
                 e.short_type if isinstance(e, CAProblem) else "connection" if isinstance(e, CAUnreachable) else "other"
@@ -392,6 +402,7 @@ class CertMaintainer:
         state.ari = None
         self._save(state)
         self.metrics.set_time(self.metrics.last_success, self.name, now)
+        self.metrics.held(self.name, "", None)
         self._publish_cert(new)
         # An operator waiting in `acmebox renew` hears what nginx made of it, not just the order.
         served = await self._on_renewed(new, self._request is not None)
@@ -439,6 +450,10 @@ class CertMaintainer:
         log.info("%s: wrote a self-signed placeholder so nginx can start", self.name)
 
     async def run_forever(self) -> None:
+        # A (re)started service asks the CA for renewal information at once instead of trusting
+        # the cached window until its Retry-After: the CA may have moved it meanwhile (a
+        # mass-revocation drill pulls windows into the past).
+        self._refresh_ari = True
         while True:
             self.wake.clear()
             try:

@@ -11,9 +11,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from acmebox import keys
+from acmebox import identifiers, keys
 
 LIFETIME = dt.timedelta(days=30)
+
+
+def _entries(names: tuple[str, ...]) -> list[x509.GeneralName]:
+    dns, ips = identifiers.csr_entries(names)
+    return [*(x509.DNSName(n) for n in dns), *(x509.IPAddress(ip) for ip in ips)]
 
 
 def make(names: tuple[str, ...], key_type: str, now: dt.datetime) -> tuple[bytes, bytes]:
@@ -28,7 +33,7 @@ def make(names: tuple[str, ...], key_type: str, now: dt.datetime) -> tuple[bytes
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + LIFETIME)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_entries(names)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )

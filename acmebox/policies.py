@@ -13,8 +13,9 @@ presents, a time), verdicts out. Read by the loop (maintain.py), /healthz (Servi
   NamesChanged, KeyTypeChanged, ProfileChanged, Expired.
 - TRIGGER: REPLACE, else the renewal time: ARIWindow (RFC 9773), LastCall (the last 1/20 of the
   lifetime, before a later ARI window) or RenewalDue (the lifetime rule).
-- READY: Revoked, Failing, Missing, Placeholder, OtherDirectory, NamesChanged, KeyTypeChanged,
-  ProfileChanged, Expired, Expiring (its last 1/20), NotServed, else Ready.
+- READY: Revoked, WindowPassed (the CA's ARI window for it ended), Failing, Missing,
+  Placeholder, OtherDirectory, NamesChanged, KeyTypeChanged, ProfileChanged, Expired, Expiring
+  (its last 1/20), NotServed, else Ready.
 - Gates, before TRIGGER: Pending (a received certificate waits to be stored), Forced (an
   operator's --force), BackingOff (after failures); after it: Spacing (no loop of orders).
 
@@ -53,6 +54,7 @@ class Reason(StrEnum):
     EXPIRING = "Expiring"
     FAILING = "Failing"
     NOT_SERVED = "NotServed"
+    WINDOW_PASSED = "WindowPassed"
     READY = "Ready"
     RENEWAL_DUE = "RenewalDue"
     ARI_WINDOW = "ARIWindow"
@@ -73,6 +75,7 @@ CONDITIONS = {
     Reason.EXPIRED: "expired",
     Reason.EXPIRING: "expiring",
     Reason.NOT_SERVED: "not served",
+    Reason.WINDOW_PASSED: "window passed",
     Reason.OTHER_DIRECTORY: "other directory",
     Reason.NAMES_CHANGED: "names changed",
     Reason.KEY_TYPE_CHANGED: "key type changed",
@@ -249,6 +252,21 @@ def failing(o: Observed) -> Verdict | None:
     return None
 
 
+def ari_window(o: Observed) -> AriCache | None:
+    """The CA's renewal window (as last fetched) for the live certificate; None for another serial."""
+    ari = o.state.ari if o.state is not None else None
+    return ari if ari is not None and o.live is not None and ari.serial == o.live.serial else None
+
+
+def window_passed(o: Observed) -> Verdict | None:
+    """The CA's window for the live certificate ended and it is still in place: it must be
+    replaced now (a mass-revocation drill, or a real one, moves windows into the past)."""
+    ari = ari_window(o)
+    if ari is not None and o.live is not None and not o.live.placeholder and ari.end <= o.now:
+        return Verdict(Reason.WINDOW_PASSED, f"the CA's renewal window ended {iso(ari.end)}")
+    return None
+
+
 def not_served(o: Observed) -> Verdict | None:
     p = o.presented
     if o.live is None or p is None or p.serial == o.live.serial:
@@ -260,7 +278,7 @@ def not_served(o: Observed) -> Verdict | None:
 
 REPLACE: tuple[Check, ...] = (missing, placeholder, revoked, other_directory, names_changed, key_type_changed,
                               profile_changed, expired)
-READY: tuple[Check, ...] = (revoked, failing, missing, placeholder, other_directory, names_changed,
+READY: tuple[Check, ...] = (revoked, window_passed, failing, missing, placeholder, other_directory, names_changed,
                             key_type_changed, profile_changed, expired, expiring, not_served)
 
 

@@ -34,6 +34,7 @@ from acmebox.serving import Serving
 from acmebox.state import StateStore
 from acmebox.statedir import StateDir
 from acmebox.store import CertStore
+from acmebox.tlsalpn import TlsAlpnResponder
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,13 @@ class Service:
         self.tokens = Http01Tokens()
         via = config.self_check_via
         self.self_check = SelfCheck((via.host, via.port) if via else None) if config.self_check else None
+        self.tls_alpn = TlsAlpnResponder() if config.tls_alpn_listen is not None else None
         self.metrics = Metrics()
+        self.metrics.watch_disks({"certs": config.certs_dir, "state": config.state_dir})
         self.ca = CA(config, AccountFiles.for_directory(self.statedir, config.directory), self.clock, self.metrics)
         dirs = (("certs dir", self.store.root), ("state dir", self.statedir.root))
-        self.issuer = Issuer(self.ca, self.tokens, self.self_check, self.clock, config.max_concurrent_orders, dirs)
+        self.issuer = Issuer(self.ca, self.tokens, self.self_check, self.clock, config.max_concurrent_orders, dirs,
+                             self.tls_alpn)
         self.reloader = Reloader(
             ReloadTarget.of(config.reload or ReloadSpec("none")), config.reload_verify,
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
@@ -189,6 +193,9 @@ class Service:
             routes.append(TokenService.from_settings(self.config.token_auth).install)
         app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=lambda: self.ready)
         runner = await webapp.start(app, self.config.listen)
+        alpn_at = self.config.tls_alpn_listen
+        if self.tls_alpn is not None and alpn_at is not None:
+            await self.tls_alpn.start(alpn_at.host, alpn_at.port)
         if once:
             self.reloader.attempts = ONCE_ATTEMPTS
         reloader = asyncio.ensure_future(self.reloader.run()) if once else None
@@ -198,4 +205,6 @@ class Service:
             if reloader is not None:
                 reloader.cancel()
             await self.ca.close()
+            if self.tls_alpn is not None:
+                await self.tls_alpn.close()
             await runner.cleanup()

@@ -60,7 +60,9 @@ def cert_names(cert: x509.Certificate) -> list[str]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    return [n.lower() for n in san.get_values_for_type(x509.DNSName)] + [
+        str(ip) for ip in san.get_values_for_type(x509.IPAddress)  # RFC 8738: canonical, as acmebox.names writes them
+    ]
 
 
 def split_chain(fullchain_pem: bytes) -> list[x509.Certificate]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings the registry stack up: ./start-registry.sh DOMAIN EMAIL
 # (or DOCKER_REGISTRY_DOMAIN_NAME and DOCKER_REGISTRY_CERT_EMAIL_ADDRESS in the environment).
+# DOMAIN may also be a public IPv4 or IPv6 address (a 6-day `shortlived` certificate).
 # Checks the arguments, writes .env next to the compose file, creates the data directories
 # with the owners and modes the containers need, and runs `docker compose up -d` (Compose v2)
 # or `docker-compose up -d` (v1) when there is no v2. It prints how to stop the stack.
@@ -17,7 +18,7 @@ for a in "$@"; do
   case "$a" in
     --staging) staging=1 ;;
     --prepare-only) prepare_only=1 ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $a (see --help)" ;;
     *) args+=("$a") ;;
   esac
@@ -28,20 +29,21 @@ email=${args[1]:-${DOCKER_REGISTRY_CERT_EMAIL_ADDRESS:-}}
 [ -n "$domain" ] || die "missing DOMAIN: usage: start-registry.sh DOMAIN EMAIL"
 [ -n "$email" ] || die "missing EMAIL: usage: start-registry.sh DOMAIN EMAIL"
 
-# The name's canonical form (lower case, IDNA 2008 A-labels) comes from acmebox itself, so
-# nginx's template points at the live/ directory acmebox writes, however the name was typed.
+# The name's canonical form (lower case, IDNA 2008 A-labels; an address as RFC 5952 writes it)
+# comes from acmebox itself, so nginx's template points at the live/ directory acmebox writes,
+# however the name was typed. --public-ca: Let's Encrypt certifies no private or reserved address.
 # python3 with the idna package runs acmebox/names.py from this checkout; without it, the
 # acmebox image does (built first).
 canonical_name() {
   local out rc=0
-  out=$(PYTHONPATH="$here/.." python3 -m acmebox.names "$1" 2>&1) || rc=$?
+  out=$(PYTHONPATH="$here/.." python3 -m acmebox.names --public-ca "$1" 2>&1) || rc=$?
   if [ $rc -eq 127 ] || { [ $rc -ne 0 ] && [ $rc -ne 2 ]; }; then
     command -v docker >/dev/null 2>&1 ||
       die "cannot check DOMAIN: need python3 with the idna package, or docker"
     (cd "$here" && { docker compose build -q acmebox 2>/dev/null || docker-compose build -q acmebox; }) >&2 ||
       die "cannot check DOMAIN: building the acmebox image failed"
     rc=0
-    out=$(docker run --rm --entrypoint python acmebox:local -m acmebox.names "$1" 2>&1) || rc=$?
+    out=$(docker run --rm --entrypoint python acmebox:local -m acmebox.names --public-ca "$1" 2>&1) || rc=$?
   fi
   [ $rc -eq 0 ] || die "bad DOMAIN '$1': ${out#acmebox: error: }"
   printf '%s\n' "$out"

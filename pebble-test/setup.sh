@@ -10,7 +10,8 @@ top=$(dirname "$here")
 packages=(ca-certificates curl openssl tzdata python3 python3-venv python3-pip
           nginx-light docker.io busybox-static docker-registry docker-compose gettext-base
           skopeo apache2-utils chromium faketime mmdebstrap iproute2 time
-          caddy wrk)  # caddy, wrk: bench/datapath.py (the peer proxy; the manifest load)
+          caddy wrk   # caddy, wrk: bench/datapath.py (the peer proxy; the manifest load)
+          prometheus libnginx-mod-stream)  # promtool: deploy/alerts.yml; stream: TLS-ALPN-01 routing
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -21,10 +22,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's nginx, docker.io and caddy packages may start system services; the tests run their own
+# Debian's nginx, docker.io, caddy and prometheus packages may start system services; the tests run their own
 # on loopback ports and sockets, so services this install started are stopped again.
 if [ ${#missing[@]} -gt 0 ]; then
-  for svc in nginx docker containerd caddy; do
+  for svc in nginx docker containerd caddy prometheus; do
     (systemctl disable --now "$svc" || service "$svc" stop) >/dev/null 2>&1 || true
   done
 fi

@@ -6,8 +6,13 @@
 # Environment (defaults in brackets):
 #   PEBBLE_RUN_DIR [pebble-test/run]    PEBBLE_PORT [14000]   PEBBLE_MGMT_PORT [15000]
 #   PEBBLE_HTTP_PORT [5002]: the port Pebble's VA dials for HTTP-01 (acmebox or nginx listens there)
+#   PEBBLE_TLS_PORT [5001]: the port it dials for TLS-ALPN-01 (nginx's stream server, or acmebox)
 #   PEBBLE_DNS_PORT [8053]   PEBBLE_CHALLTESTSRV_MGMT_PORT [8055]
-#   PEBBLE_WFE_NONCEREJECT [0]  PEBBLE_VA_NOSLEEP [1]  (Pebble's own variables, passed through)
+#   PEBBLE_WFE_NONCEREJECT [0]  PEBBLE_VA_NOSLEEP [1]  (Pebble's own variables, passed through;
+#     so is PEBBLE_AUTHZREUSE, the percentage of new orders that reuse a valid authorization [50])
+#   PEBBLE_PROFILES: the config's "profiles" object, e.g. Let's Encrypt's from 2027-02-10:
+#     '{"classic": {"description": "64 days", "validityPeriod": 5529600}}' (an order without a
+#     profile gets one of them at random) [default 90 days and shortlived 6 days]
 #   PEBBLE_EAB [0]: 1 requires external account binding, with key id kid-1 and the HMAC key
 #                   of Pebble's example config (printed as PEBBLE_EAB_KID / PEBBLE_EAB_HMAC_KEY)
 set -euo pipefail
@@ -46,6 +51,10 @@ eab_kid=kid-1
 eab_key=zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W
 eab_required=false
 [ "${PEBBLE_EAB:-0}" = 1 ] && eab_required=true
+profiles=${PEBBLE_PROFILES:-'{
+    "default": {"description": "The default profile", "validityPeriod": 7776000},
+    "shortlived": {"description": "A short-lived certificate profile", "validityPeriod": 518400}
+  }'}
 cat >"$run/pebble-config.json" <<JSON
 {"pebble": {
   "listenAddress": "127.0.0.1:$port",
@@ -53,15 +62,12 @@ cat >"$run/pebble-config.json" <<JSON
   "certificate": "$run/listener.pem",
   "privateKey": "$run/listener.key",
   "httpPort": $http,
-  "tlsPort": 5001,
+  "tlsPort": ${PEBBLE_TLS_PORT:-5001},
   "ocspResponderURL": "",
   "externalAccountBindingRequired": $eab_required,
   "externalAccountMACKeys": {"$eab_kid": "$eab_key"},
   "domainBlocklist": ["blocked.test"],
-  "profiles": {
-    "default": {"description": "The default profile", "validityPeriod": 7776000},
-    "shortlived": {"description": "A short-lived certificate profile", "validityPeriod": 518400}
-  }
+  "profiles": $profiles
 }}
 JSON
 

@@ -21,6 +21,8 @@ DAY = dt.timedelta(days=1)
 LIVE = Live("1a2b", ("a.test", "www.a.test"), "ec256", T0 - 10 * DAY, T0 + 80 * DAY, directory=PROD)
 WANTED = Wanted(CertSpec(("a.test", "www.a.test")), PROD)
 FAILED = CertState(failures=2, last_error="CA said no", next_attempt=T0 + dt.timedelta(minutes=10))
+# The CA's window for the live serial (1a2b) ended a day ago (a mass-revocation drill).
+PASSED = AriCache("1a2b", T0 - 2 * DAY, T0 - DAY, T0 - 1.5 * DAY, T0 + dt.timedelta(hours=6))
 
 
 def seen(live: Live | None = LIVE, **kw: object) -> Observed:
@@ -33,6 +35,13 @@ READY_TABLE = [
     ("revoked", seen(revoked=frozenset({"1a2b"})), Reason.REVOKED),
     ("revoked before failing", seen(revoked=frozenset({"1a2b"}), state=FAILED), Reason.REVOKED),
     ("failing", seen(state=FAILED), Reason.FAILING),
+    ("ARI window passed", seen(state=CertState(ari=PASSED)), Reason.WINDOW_PASSED),
+    ("window passed before failing", seen(state=replace(FAILED, ari=PASSED)), Reason.WINDOW_PASSED),
+    ("revoked before window passed", seen(revoked=frozenset({"1a2b"}), state=CertState(ari=PASSED)), Reason.REVOKED),
+    ("passed window of another serial", seen(state=CertState(ari=replace(PASSED, serial="ffff"))), Reason.READY),
+    ("a placeholder's passed window", seen(replace(LIVE, placeholder=True, directory=None),
+                                           state=CertState(ari=PASSED)), Reason.PLACEHOLDER),
+    ("window still open", seen(state=CertState(ari=replace(PASSED, end=T0 + DAY))), Reason.READY),
     ("failing before missing", seen(None, state=FAILED), Reason.FAILING),
     ("staging under production", seen(replace(LIVE, directory=STAGING)), Reason.OTHER_DIRECTORY),
     ("names", seen(replace(LIVE, names=("a.test",))), Reason.NAMES_CHANGED),
@@ -71,6 +80,9 @@ def test_messages_say_what_differs() -> None:
     assert policies.ready(seen(presented=Presented("ffff", door="d:1"))).message == "d:1 serves serial ffff, not 1a2b"
     assert "revoked (acmebox revoke)" in policies.ready(seen(revoked=frozenset({"1a2b"}))).message
     assert policies.ready(seen()).message.startswith("valid until ")
+    passed = policies.ready(seen(state=CertState(ari=PASSED)))
+    assert passed.message == "the CA's renewal window ended 2026-02-28T00:00:00Z"
+    assert policies.Verdict(Reason.WINDOW_PASSED, "").condition == "window passed"
 
 
 @pytest.mark.parametrize("reason", sorted(policies.SPEC_REASONS))
