@@ -141,7 +141,8 @@ def owner(store: CertStore, states: StateStore, name: str) -> str | None:
     return None
 
 
-def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeout: float) -> int:
+def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeout: float,
+          ignore_ledger: bool = False) -> int:
     """Ask the running service, then wait for its answer per certificate: nothing to do (and
     when it is due), ordered and what the server made of it, or failed and why. A certificate
     busy with an order answers when that order ends. Exit 1 when any failed."""
@@ -153,7 +154,7 @@ def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeo
         raise ConfigError(f"the service manages no certificate with the name {name}")
     if target is not None and target != name:
         print(f"{name} is a name of certificate {target}")
-    req = control.submit(state_dir, target, force)
+    req = control.submit(state_dir, target, force, ignore_ledger)
     control.wake_service(state_dir)
     pending = {target} if target is not None else set(_certificates(store, states)[0])
     if not pending:

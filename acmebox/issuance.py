@@ -9,7 +9,9 @@ keeps it and stores it (maintain.py).
 - Issuer: the preflight (the certs and state dirs can take a certificate, the local clock
   agrees with the CA's); one order at a time per slot (--max-concurrent-orders); a fresh key
   of the configured type and a CSR for the names; a new login when the CA no longer knows the
-  account; the CertMeta record (store.py) of what was ordered.
+  account; the CertMeta record (store.py) of what was ordered. Each order is recorded as in
+  flight (resume.py: its URL and key) the moment the CA creates it, and `resume` carries such
+  an order on after a crash instead of ordering anew.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from acme import crypto_util
@@ -32,6 +35,7 @@ from acmebox.errors import AccountRefused, AcmeboxError, CAProblem, CAUnreachabl
 from acmebox.fsutil import space_problem
 from acmebox.metrics import Metrics
 from acmebox.pending import Received
+from acmebox.resume import InFlight, InFlightOrders
 from acmebox.store import CertMeta
 
 log = logging.getLogger(__name__)
@@ -181,8 +185,9 @@ class Issuer:
     """Orders certificates through a CA, at most `slots` at once."""
 
     def __init__(self, ca: CA, tokens: Http01Tokens, self_check: SelfCheck | None, clock: Clock, slots: int,
-                 dirs: tuple[tuple[str, Path], ...] = ()) -> None:
+                 dirs: tuple[tuple[str, Path], ...] = (), inflight: InFlightOrders | None = None) -> None:
         self.ca = ca
+        self.inflight = inflight  # where orders in flight are recorded (None: nowhere, as in `check`)
         self.dirs = dirs  # (what, path) that must take a certificate: the certs and state dirs
         self.tokens = tokens
         self.self_check = self_check
@@ -206,25 +211,68 @@ class Issuer:
                 now + CLOCK_RECHECK,
             )
 
-    async def issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None = None) -> Received:
+    async def issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None = None,
+                    ledger_order: str = "") -> Received:
         """Order a certificate for `spec` (as the ARI successor of `replaces`, a certificate
-        id, when given). Raises what the CA or the network raised (errors.py)."""
+        id, when given; `ledger_order`: its line in the ledger, kept in the in-flight record).
+        Raises what the CA or the network raised (errors.py); DiskError when the order cannot
+        be recorded as in flight (it is then abandoned before it is finalized)."""
         async with self._slots:
-            return await self._issue(client, spec, replaces)
+            return await self._issue(client, spec, replaces, ledger_order)
 
-    async def _issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None) -> Received:
+    async def _issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None, ledger_order: str) -> Received:
         key_pem = keys.to_pem(keys.generate(spec.key_type))
         csr_pem = crypto_util.make_csr(key_pem, list(spec.names))
+
+        def record(url: str) -> None:
+            if self.inflight is None:
+                return
+            order = InFlight(url, key_pem, spec.names, spec.key_type, spec.profile, self.ca.config.directory,
+                             client.account_url, replaces, ledger_order, self.clock.now())
+            try:
+                self.inflight.record(spec.name, order)
+            except OSError as e:
+                now = self.clock.now()
+                raise DiskError(f"cannot record order {url} in {self.inflight.dir} ({e.strerror or e}); "
+                                "not finalizing it", now + DISK_RECHECK) from e
+
+        def order() -> Awaitable[str]:
+            return client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check, record)
+
         try:
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check)
+            fullchain = await order()
         except CAProblem as e:
             if e.short_type != "accountDoesNotExist" and not account_deactivated(e):
                 raise
             log.warning("the CA no longer knows account %s (%s); logging in again", client.account_url, e.detail)
             await self.ca.login(client)
-            fullchain = await client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check)
-        meta = CertMeta(names=spec.names, key_type=spec.key_type, profile=spec.profile,
-                        directory=self.ca.config.directory, account=client.account_url,
-                        issued_at=self.clock.now().isoformat(), replaced=replaces, placeholder=False)
+            fullchain = await order()
         log.info("%s: certificate issued by the CA", spec.name)
-        return Received(key_pem, fullchain.encode(), meta)
+        return Received(key_pem, fullchain.encode(), self._meta(spec, client.account_url, replaces))
+
+    def _meta(self, spec: CertSpec, account: str | None, replaces: str | None) -> CertMeta:
+        return CertMeta(names=spec.names, key_type=spec.key_type, profile=spec.profile,
+                        directory=self.ca.config.directory, account=account,
+                        issued_at=self.clock.now().isoformat(), replaced=replaces, placeholder=False)
+
+    async def resume(self, client: AcmeClient, spec: CertSpec, order: InFlight) -> Received | None:
+        """Carry on an order recorded as in flight (resume.py) with its kept key: its
+        certificate, or None when it cannot give one (invalid, expired or unknown at the CA; or
+        made for another CA directory, names or key type than `spec`). Raises what the CA or
+        the network raised: the record then stays for the next attempt."""
+        if (order.directory != self.ca.config.directory or sorted(order.names) != sorted(spec.names)
+                or order.key_type != spec.key_type):
+            log.info("%s: the order in flight (%s) was for another directory, names or key type; dropped",
+                     spec.name, order.url)
+            return None
+        csr_pem = crypto_util.make_csr(order.key_pem, list(spec.names))
+        async with self._slots:
+            fullchain = await client.resume(order.url, csr_pem, self.tokens, self.self_check)
+        if fullchain is None:
+            return None
+        log.info("%s: certificate of order %s (placed %s) fetched with its kept key", spec.name, order.url,
+                 iso(order.at))
+        meta = CertMeta(names=spec.names, key_type=order.key_type, profile=order.profile,
+                        directory=order.directory, account=order.account or client.account_url,
+                        issued_at=self.clock.now().isoformat(), replaced=order.replaces, placeholder=False)
+        return Received(order.key_pem, fullchain.encode(), meta)

@@ -15,8 +15,9 @@ presents, a time), verdicts out. Read by the loop (maintain.py), /healthz (Servi
   lifetime, before a later ARI window) or RenewalDue (the lifetime rule).
 - READY: Revoked, Failing, Missing, Placeholder, OtherDirectory, NamesChanged, KeyTypeChanged,
   ProfileChanged, Expired, Expiring (its last 1/20), NotServed, else Ready.
-- Gates, before TRIGGER: Pending (a received certificate waits to be stored), Forced (an
-  operator's --force), BackingOff (after failures); after it: Spacing (no loop of orders).
+- Gates, before TRIGGER: Pending (a received certificate waits to be stored), Resuming (an
+  order placed earlier is fetched again from the CA, resume.py), Forced (an operator's
+  --force), BackingOff (after failures); after it: Spacing (no loop of orders).
 
 The configuration-dependent checks (directory, names, key type, profile) need the configuration,
 which only the service has: it records its READY verdict in the state file (state.py), and
@@ -58,6 +59,7 @@ class Reason(StrEnum):
     ARI_WINDOW = "ARIWindow"
     LAST_CALL = "LastCall"
     PENDING = "Pending"
+    RESUMING = "Resuming"
     FORCED = "Forced"
     BACKING_OFF = "BackingOff"
     SPACING = "Spacing"
@@ -311,15 +313,23 @@ class Request:
     eager: bool = False  # `run --once`: install a received certificate whatever the wait
 
 
-def gate(o: Observed, state: CertState, request: Request, kept: bool) -> Plan | None:
-    """The gates before the trigger: a plan, or None when the trigger decides."""
+def gate(o: Observed, state: CertState, request: Request, kept: bool, in_flight: str | None = None) -> Plan | None:
+    """The gates before the trigger: a plan, or None when the trigger decides. `kept`: a
+    received certificate waits to be stored; `in_flight`: the URL of an order placed earlier
+    whose certificate never arrived (it is fetched before anything new is ordered)."""
     now = o.now
+    retry = state.next_attempt
+    waits = retry is not None and now < retry and not request.pending and not request.eager
     if kept:
-        retry = state.next_attempt
-        if retry is not None and now < retry and not request.pending and not request.eager:
+        if waits and retry is not None:
             why = f"a received certificate waits to be stored ({state.last_error})"
             return Plan(Verdict(Reason.PENDING, why), retry, retry)
         return Plan(Verdict(Reason.PENDING, "a certificate already received waits to be stored"), now, now)
+    if in_flight is not None:
+        why = f"order {in_flight}, placed earlier, is fetched again from the CA"
+        if waits and retry is not None:
+            return Plan(Verdict(Reason.RESUMING, f"{why} ({state.last_error})"), retry, retry)
+        return Plan(Verdict(Reason.RESUMING, why), now, now)
     if request.forced:
         return Plan(Verdict(Reason.FORCED, "renewal requested (--force)"), now, now)
     if state.next_attempt is not None and now < state.next_attempt:
@@ -363,6 +373,6 @@ def spaced(plan: Plan, state: CertState, request: Request) -> Plan:
 
 
 def plan(o: Observed, state: CertState, request: Request = Request(), kept: bool = False,
-         ari: AriCache | None = None, ari_retry_at: dt.datetime | None = None) -> Plan:
+         ari: AriCache | None = None, ari_retry_at: dt.datetime | None = None, in_flight: str | None = None) -> Plan:
     """The whole chain: gates, trigger, spacing (the loop runs the parts, fetching ARI between)."""
-    return gate(o, state, request, kept) or spaced(trigger(o, ari, ari_retry_at), state, request)
+    return gate(o, state, request, kept, in_flight) or spaced(trigger(o, ari, ari_retry_at), state, request)

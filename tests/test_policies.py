@@ -165,6 +165,31 @@ def test_gates(what: str, observed: Observed, state: CertState, request_: Reques
     assert plan.at == at
 
 
+ORDER = "https://ca.test/order/1"
+
+
+@pytest.mark.parametrize(
+    ("what", "observed", "state", "request_", "kept", "reason", "at"),
+    [
+        ("in flight, fetch it now", seen(), CertState(), Request(), False, Reason.RESUMING, T0),
+        ("in flight, before a forced order", seen(), CertState(), Request(pending=True, forced=True), False,
+         Reason.RESUMING, T0),
+        ("in flight, before a missing certificate", seen(None), RECENT, Request(), False, Reason.RESUMING, T0),
+        ("in flight, the CA failed", seen(), FAILED, Request(), False, Reason.RESUMING, FAILED.next_attempt),
+        ("in flight, the CA failed, --once", seen(), FAILED, Request(eager=True), False, Reason.RESUMING, T0),
+        ("in flight, received first", seen(), CertState(), Request(), True, Reason.PENDING, T0),
+    ],
+)
+def test_an_order_in_flight_is_fetched_before_anything_is_ordered(
+    what: str, observed: Observed, state: CertState, request_: Request, kept: bool, reason: Reason, at: dt.datetime
+) -> None:
+    plan = policies.plan(observed, state, request_, kept, in_flight=ORDER)
+    assert plan.verdict.reason is reason, plan
+    assert plan.at == at
+    if reason is Reason.RESUMING:
+        assert ORDER in plan.reason
+
+
 def test_gate_messages_are_the_logged_reasons() -> None:
     assert policies.plan(seen(), FAILED, Request(forced=True)).reason == "renewal requested (--force)"
     assert policies.plan(seen(), FAILED).reason == "backoff after 2 failure(s): CA said no"
