@@ -94,7 +94,7 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
     """One line per certificate (or `--json`), every configured one included (also one that
     never got a certificate). Exit 1 when any is not `ok` (policies.READY): missing, a
     placeholder, revoked, failing, not what the service is configured for (another CA directory,
-    other names, key type or profile), expired or in its last 1/20 of life, or served
+    other names, key type or profile, a profile the CA withdrew), expired or in its last 1/20 of life, or served
     differently from the live one. Leftovers of certificates no
     longer configured are listed as `not managed` and do not count."""
     if not state_dir.is_dir() and not certs_dir.is_dir():

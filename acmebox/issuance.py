@@ -2,16 +2,18 @@
 (Issuer). What an order brings is a `Received` (pending.py), not yet stored: the maintainer
 keeps it and stores it (maintain.py).
 
-- CA: connects to the directory, checks the configured profiles against what it offers, finds
-  or registers the account (a deactivated account's key is retired and a new one registered),
-  and records the account URL. The service connects at start, retrying while the CA cannot be
-  reached; `run --once` connects on first need, so a run with nothing due sends no request.
+- CA: connects to the directory, checks the configured profiles against what it offers (and
+  looks again every DIRECTORY_MAX_AGE: a CA may withdraw a profile), finds or registers the
+  account (a deactivated account's key is retired and a new one registered), and records the
+  account URL. The service connects at start, retrying while the CA cannot be reached; `run
+  --once` connects on first need, so a run with nothing due sends no request.
 - Issuer: the preflight (the certs and state dirs can take a certificate, the local clock
   agrees with the CA's); one order at a time per slot (--max-concurrent-orders); a fresh key
   of the configured type and a CSR for the names; a new login when the CA no longer knows the
-  account; the CertMeta record (store.py) of what was ordered. Each order is recorded as in
-  flight (resume.py: its URL and key) the moment the CA creates it, and `resume` carries such
-  an order on after a crash instead of ordering anew.
+  account; the configured profile, or the CA's default when the CA does not offer it; the
+  CertMeta record (store.py) of what was ordered. Each order is recorded as in flight
+  (resume.py: its URL and key) the moment the CA creates it, and `resume` carries such an
+  order on after a crash instead of ordering anew.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from acme import crypto_util
@@ -46,6 +49,7 @@ MAX_CLOCK_SKEW = dt.timedelta(hours=1)  # certificates are backdated by about th
 CLOCK_RECHECK = dt.timedelta(hours=1)
 CONNECT_RETRY = (5, 30, 120, 600)  # seconds between attempts to reach an unreachable CA
 TRANSIENT = {"badNonce", "serverInternal", "rateLimited"}  # problems at connect that waiting may fix
+DIRECTORY_MAX_AGE = 3600.0  # seconds: how often the service looks at what the CA offers again (profiles)
 
 
 # The dirs are shared by every certificate: one probe (a file written and fsynced) serves all
@@ -86,6 +90,29 @@ class CA:
         self._connected = asyncio.Event()
         self._connect_lock = asyncio.Lock()
         self._connect_error: AcmeboxError | None = None
+        self._directory_at = -math.inf  # time.monotonic() of the directory the client holds
+        # The profile of a certificate's live certificate (set by the service): a profile the CA
+        # stopped offering is then told apart from one it never offered (bad input in --once).
+        self.issued_profile: Callable[[str], str | None] = lambda name: None
+
+    @property
+    def offered(self) -> frozenset[str] | None:
+        """The profiles the CA offers, as of its directory; None when not known."""
+        profiles = self._client.profiles if self._client is not None else None
+        return frozenset(profiles) if profiles is not None else None
+
+    async def refresh(self, max_age: float = DIRECTORY_MAX_AGE) -> None:
+        """Fetch the directory again when it is older than `max_age` seconds (what the CA offers
+        changes: a withdrawn profile). Not connected yet: nothing. Never raises: the old one stays."""
+        client = self._client
+        if client is None or time.monotonic() - self._directory_at < max_age:
+            return
+        self._directory_at = time.monotonic()
+        try:
+            await client.connect()
+            self._check_profiles(client)
+        except AcmeboxError as e:
+            log.debug("cannot fetch the directory again (%s); keeping the one from before", e)
 
     async def client(self) -> AcmeClient:
         """The connected client. The service connects at start and maintainers wait for it;
@@ -113,6 +140,7 @@ class CA:
         client = AcmeClient(self.config.directory, self.config.ca_bundle)
         try:
             await client.connect()
+            self._directory_at = time.monotonic()
             self._check_profiles(client)
             await self.login(client)
         except BaseException:
@@ -170,13 +198,19 @@ class CA:
                 await asyncio.sleep(wait)
 
     def _check_profiles(self, client: AcmeClient) -> None:
+        """A profile the CA does not offer: bad input for `--once` when no live certificate has
+        it (a typo); otherwise (withdrawn by the CA, or in service mode) a warning, and orders
+        go with the CA's default profile (policies: ProfileWithdrawn)."""
         offered = client.profiles
         for spec in self.config.certs:
             if spec.profile and offered is not None and spec.profile not in offered:
-                raise ConfigError(
-                    f"profile {spec.profile!r} is not offered by {self.config.directory} "
-                    f"(it offers: {', '.join(sorted(offered)) or 'none'})"
-                )
+                withdrawn = self.issued_profile(spec.name) == spec.profile
+                listed = f"it offers: {', '.join(sorted(offered)) or 'none'}"
+                if self.once and not withdrawn:
+                    raise ConfigError(f"profile {spec.profile!r} is not offered by {self.config.directory} ({listed})")
+                log.warning("%s: %s %s profile %r (%s); ordering with its default profile, before the last tenth "
+                            "of the certificate's lifetime", spec.name, self.config.directory,
+                            "no longer offers" if withdrawn else "does not offer", spec.profile, listed)
             if spec.profile and offered is None:
                 log.warning("%s: the CA announces no profiles; asking for %r anyway", spec.name, spec.profile)
 
@@ -202,6 +236,7 @@ class Issuer:
             if problem is not None:
                 raise DiskError(f"{what} {path} is {problem}; not ordering until it can take a certificate",
                                 now + DISK_RECHECK)
+        await self.ca.refresh(PROBE_MAX_AGE)  # the profiles offered right now
         offset = await client.check_clock()
         if offset is not None and abs(offset) > MAX_CLOCK_SKEW.total_seconds():
             ca_now = now + dt.timedelta(seconds=offset)
@@ -223,11 +258,15 @@ class Issuer:
     async def _issue(self, client: AcmeClient, spec: CertSpec, replaces: str | None, ledger_order: str) -> Received:
         key_pem = keys.to_pem(keys.generate(spec.key_type))
         csr_pem = crypto_util.make_csr(key_pem, list(spec.names))
+        offered = client.profiles
+        profile = spec.profile if not spec.profile or offered is None or spec.profile in offered else None
+        if profile != spec.profile:
+            log.warning("%s: ordering with the CA's default profile: it does not offer %r", spec.name, spec.profile)
 
         def record(url: str) -> None:
             if self.inflight is None:
                 return
-            order = InFlight(url, key_pem, spec.names, spec.key_type, spec.profile, self.ca.config.directory,
+            order = InFlight(url, key_pem, spec.names, spec.key_type, profile, self.ca.config.directory,
                              client.account_url, replaces, ledger_order, self.clock.now())
             try:
                 self.inflight.record(spec.name, order)
@@ -237,7 +276,7 @@ class Issuer:
                                 "not finalizing it", now + DISK_RECHECK) from e
 
         def order() -> Awaitable[str]:
-            return client.issue(spec.names, csr_pem, self.tokens, spec.profile, replaces, self.self_check, record)
+            return client.issue(spec.names, csr_pem, self.tokens, profile, replaces, self.self_check, record)
 
         try:
             fullchain = await order()
@@ -248,12 +287,10 @@ class Issuer:
             await self.ca.login(client)
             fullchain = await order()
         log.info("%s: certificate issued by the CA", spec.name)
-        return Received(key_pem, fullchain.encode(), self._meta(spec, client.account_url, replaces))
-
-    def _meta(self, spec: CertSpec, account: str | None, replaces: str | None) -> CertMeta:
-        return CertMeta(names=spec.names, key_type=spec.key_type, profile=spec.profile,
-                        directory=self.ca.config.directory, account=account,
-                        issued_at=self.clock.now().isoformat(), replaced=replaces, placeholder=False)
+        meta = CertMeta(names=spec.names, key_type=spec.key_type, profile=profile, directory=self.ca.config.directory,
+                        account=client.account_url, issued_at=self.clock.now().isoformat(), replaced=replaces,
+                        placeholder=False)
+        return Received(key_pem, fullchain.encode(), meta)
 
     async def resume(self, client: AcmeClient, spec: CertSpec, order: InFlight) -> Received | None:
         """Carry on an order recorded as in flight (resume.py) with its kept key: its

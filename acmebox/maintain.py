@@ -122,7 +122,8 @@ class CertMaintainer:
         """The facts the policies decide on, as this maintainer sees them now (what the front
         door presents comes from the reloader's side: serving.py)."""
         return Observed(self.clock.now(), policies.Live.of(stored), Wanted(self.spec, self.directory),
-                        revoked=frozenset(self.states.revoked()), state=state, presented=presented)
+                        revoked=frozenset(self.states.revoked()), state=state, presented=presented,
+                        offered=self.issuer.ca.offered)
 
     def _asked(self, eager: bool = False) -> policies.Request:
         r = self._request
@@ -131,6 +132,7 @@ class CertMaintainer:
     async def plan(self, state: CertState, stored: StoredCert | None, kept: bool = False, eager: bool = False,
                    in_flight: InFlight | None = None) -> Plan:
         """Evaluate: the gates, then the trigger (with the ARI window fetched when it decides), then spacing."""
+        await self.issuer.ca.refresh()  # what the CA offers (profiles), looked at again now and then
         seen = self.observe(stored, state)
         self._publish_cert(stored)
         asked = self._asked(eager)

@@ -52,6 +52,7 @@ class Service:
         self.metrics = Metrics()
         self.ca = CA(config, AccountFiles.for_directory(self.statedir, config.directory), self.clock, self.metrics)
         dirs = (("certs dir", self.store.root), ("state dir", self.statedir.root))
+        self.ca.issued_profile = self._issued_profile
         self.issuer = Issuer(self.ca, self.tokens, self.self_check, self.clock, config.max_concurrent_orders, dirs,
                              InFlightOrders(self.statedir))
         self.reloader = Reloader(
@@ -94,6 +95,26 @@ class Service:
             ok &= verdict.ready
             lines.append(f"{spec.name}: {verdict.message}")
         return ok, "\n".join(lines)
+
+    def readiness(self) -> tuple[bool, str]:
+        """/readyz, compose's health check: ready once what nginx and the registry need to start
+        is written, and as long as no certificate runs out unrenewed (policies.renewable: in its
+        last tenth, and its renewal fails or the CA cannot be reached)."""
+        if not self.ready:
+            return False, "starting"
+        lines = []
+        for spec in self.config.certs:
+            m = self.maintainers[spec.name]
+            verdict = policies.renewable(m.observe(self.store.current(spec.name), m.state), self.ca.error)
+            if verdict is not None:
+                lines.append(f"{spec.name}: {verdict.message}")
+        if lines:
+            return False, "\n".join(lines)
+        return True, "ready: certificates (or placeholders) and the token certificate are written"
+
+    def _issued_profile(self, name: str) -> str | None:
+        stored = self.store.current(name)
+        return stored.meta.profile if stored is not None and not stored.placeholder else None
 
     # -- requests from `acmebox renew` ---------------------------------------------------------
 
@@ -190,7 +211,7 @@ class Service:
             from acmebox.registry.token import TokenService  # bcrypt and PyJWT only when the token service is on
 
             routes.append(TokenService.from_settings(self.config.token_auth).install)
-        app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=lambda: self.ready)
+        app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=self.readiness)
         runner = await webapp.start(app, self.config.listen)
         if once:
             self.reloader.attempts = ONCE_ATTEMPTS

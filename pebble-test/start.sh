@@ -10,6 +10,8 @@
 #   PEBBLE_WFE_NONCEREJECT [0]  PEBBLE_VA_NOSLEEP [1]  (Pebble's own variables, passed through)
 #   PEBBLE_EAB [0]: 1 requires external account binding, with key id kid-1 and the HMAC key
 #                   of Pebble's example config (printed as PEBBLE_EAB_KID / PEBBLE_EAB_HMAC_KEY)
+#   PEBBLE_PROFILES [default and shortlived]: the config's "profiles" object, as JSON (a CA
+#                   that withdraws a profile: restart with a set that lacks it)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin="$here/.pebble/usr/bin"
@@ -46,6 +48,10 @@ eab_kid=kid-1
 eab_key=zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W
 eab_required=false
 [ "${PEBBLE_EAB:-0}" = 1 ] && eab_required=true
+profiles=${PEBBLE_PROFILES:-'{
+    "default": {"description": "The default profile", "validityPeriod": 7776000},
+    "shortlived": {"description": "A short-lived certificate profile", "validityPeriod": 518400}
+  }'}
 cat >"$run/pebble-config.json" <<JSON
 {"pebble": {
   "listenAddress": "127.0.0.1:$port",
@@ -58,10 +64,7 @@ cat >"$run/pebble-config.json" <<JSON
   "externalAccountBindingRequired": $eab_required,
   "externalAccountMACKeys": {"$eab_kid": "$eab_key"},
   "domainBlocklist": ["blocked.test"],
-  "profiles": {
-    "default": {"description": "The default profile", "validityPeriod": 7776000},
-    "shortlived": {"description": "A short-lived certificate profile", "validityPeriod": 518400}
-  }
+  "profiles": $profiles
 }}
 JSON
 
