@@ -384,7 +384,8 @@ def gate(o: Observed, state: CertState, request: Request, kept: bool, in_flight:
         return Plan(Verdict(Reason.PENDING, "a certificate already received waits to be stored"), now, now)
     if in_flight is not None:
         why = f"order {in_flight}, placed earlier, is fetched again from the CA"
-        if waits and retry is not None:
+        # It costs no order, but it asks the CA: after a failure, only an operator's request is sooner.
+        if retry is not None and now < retry and not request.pending:
             return Plan(Verdict(Reason.RESUMING, f"{why} ({state.last_error})"), retry, retry)
         return Plan(Verdict(Reason.RESUMING, why), now, now)
     if request.forced:

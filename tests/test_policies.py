@@ -245,7 +245,9 @@ ORDER = "https://ca.test/order/1"
          Reason.RESUMING, T0),
         ("in flight, before a missing certificate", seen(None), RECENT, Request(), False, Reason.RESUMING, T0),
         ("in flight, the CA failed", seen(), FAILED, Request(), False, Reason.RESUMING, FAILED.next_attempt),
-        ("in flight, the CA failed, --once", seen(), FAILED, Request(eager=True), False, Reason.RESUMING, T0),
+        ("in flight, the CA failed, --once", seen(), FAILED, Request(eager=True), False, Reason.RESUMING,
+         FAILED.next_attempt),
+        ("in flight, the CA failed, asked to", seen(), FAILED, Request(pending=True), False, Reason.RESUMING, T0),
         ("in flight, received first", seen(), CertState(), Request(), True, Reason.PENDING, T0),
     ],
 )
