@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(run, "--once", "obtain or confirm the certificates, then exit", action="store_true")
     _opt(run, "--force-renew", "with --once: order new certificates even when valid ones exist "
          "(a running service: `acmebox renew --force`)", action="store_true")
+    _opt(run, "--ignore-ledger", "with --force-renew: order even past the order ledger's limits "
+         "(which forced runs otherwise keep)", action="store_true")
     _opt(run, "--max-concurrent-orders", "orders in flight at once (in --once and in the service)",
          str(MAX_CONCURRENT_ORDERS), type=int, metavar="N")
 
@@ -166,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     renew = sub.add_parser("renew", help="ask the running service to check (or with --force, renew) now")
     renew.add_argument("name", nargs="?", help="any name of the certificate; default: all")
     renew.add_argument("--force", action="store_true", help="renew even when not due")
+    renew.add_argument("--ignore-ledger", action="store_true",
+                       help="with --force: order even past the order ledger's limits")
     renew.add_argument("--timeout", type=seconds, default=300, help="seconds to wait for the outcome [default: 300]")
     _dirs(renew)
     revoke = sub.add_parser("revoke", help="revoke a certificate at its CA; the service then replaces it")
@@ -240,6 +244,7 @@ def sources_from_args(args: argparse.Namespace) -> Sources:
         max_concurrent_orders=args.max_concurrent_orders,
         once=args.once,
         force_renew=args.force_renew,
+        ignore_ledger=args.ignore_ledger,
         compose_domain=os.environ.get("DOCKER_REGISTRY_DOMAIN_NAME"),
         probe_listen=args.command != "check",  # check runs beside the service, whose port this is
     )
@@ -270,10 +275,10 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-async def _run_until_signalled(config: Config, once: bool, force: bool) -> int:
+async def _run_until_signalled(config: Config, once: bool, force: bool, ignore_ledger: bool = False) -> int:
     from acmebox.service import Service  # imported late: `--help` stays fast
 
-    task = asyncio.ensure_future(Service(config).run(once=once, force=force))
+    task = asyncio.ensure_future(Service(config).run(once=once, force=force, ignore_ledger=ignore_ledger))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
@@ -312,7 +317,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if args.command == "run":
             config = config_from_args(args)
-            return asyncio.run(_run_until_signalled(config, args.once, args.force_renew))
+            return asyncio.run(_run_until_signalled(config, args.once, args.force_renew, args.ignore_ledger))
         if args.command == "check":
             from acmebox import check
 
@@ -326,7 +331,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return commands.status(args.certs_dir, args.state_dir, args.json)
         name = canonical_name(args.name) if getattr(args, "name", None) else None  # as `run` wrote it
         if args.command == "renew":
-            return commands.renew(args.certs_dir, args.state_dir, name, args.force, args.timeout)
+            if args.ignore_ledger and not args.force:
+                print("acmebox: error: --ignore-ledger needs --force", file=sys.stderr)
+                return 2
+            return commands.renew(args.certs_dir, args.state_dir, name, args.force, args.timeout, args.ignore_ledger)
         if args.command == "revoke":
             assert name is not None
             return asyncio.run(commands.revoke(args.certs_dir, args.state_dir, name, args.reason, args.ca_bundle))

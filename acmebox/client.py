@@ -19,11 +19,10 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import requests
 from acme import challenges as acme_challenges
@@ -33,11 +32,11 @@ from acme import messages
 from cryptography import x509
 from josepy.errors import DeserializationError
 from josepy.interfaces import JSONDeSerializable
-from josepy.json_util import field
 from josepy.jwa import ES256
 from josepy.jwk import JWK
 
 from acmebox import __version__, identifiers
+from acmebox.ari import NewOrder, RenewalInfo, ari_cert_id
 from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, NotADirectory
 from acmebox.httpdate import http_date, parse_retry_after
@@ -51,18 +50,8 @@ BAD_NONCE_RETRIES = 4  # on top of the library's own single retry
 ORDER_TIMEOUT = 300.0  # seconds for one order, from newOrder to the certificate
 POLL_FIRST, POLL_MAX = 0.02, 5.0  # our poll interval doubles from the first to the max
 RETRY_AFTER_MAX = 60.0  # within one order; longer waits give the order up
+GONE = (403, 404, 410)  # HTTP statuses of an order URL the CA no longer serves to this account
 REQUEST_DEADLINE = 60.0  # seconds for one CA request, connect to last byte (requests' timeout is per read)
-
-
-class NewOrder(messages.NewOrder):
-    """newOrder with RFC 9773's `replaces` (the ARI CertID of the certificate being renewed)."""
-
-    replaces: str | None = field("replaces", omitempty=True)
-
-
-def ari_cert_id(cert: x509.Certificate) -> str:
-    """base64url(AKI keyIdentifier) "." base64url(serial), as RFC 9773 defines it."""
-    return acme_client._renewal_info_path_component(cert)
 
 
 def _problem(err: messages.Error, retry_after: float | None = None) -> CAProblem:
@@ -73,16 +62,6 @@ def _problem(err: messages.Error, retry_after: float | None = None) -> CAProblem
         sub_id = f"{sub.identifier.value}: " if sub.identifier is not None else ""
         detail += f" [{sub_id}{sub.typ.removeprefix(ACME_ERROR)}: {sub.detail}]"
     return CAProblem(err.typ, detail, retry_after)
-
-
-@dataclass(frozen=True)
-class RenewalInfo:
-    """An ARI answer: the suggested window and when to ask again."""
-
-    start: dt.datetime
-    end: dt.datetime
-    retry_after: float | None
-    explanation_url: str | None = None
 
 
 class AcmeClient:
@@ -298,39 +277,43 @@ class AcmeClient:
 
     # -- issuance ----------------------------------------------------------------------------
 
-    async def issue(
-        self,
-        names: tuple[str, ...],
-        csr_pem: bytes,
-        tokens: Http01Tokens,
-        profile: str | None = None,
-        replaces: str | None = None,
-        self_check: SelfCheck | None = None,
-        tls_alpn: TlsAlpnResponder | None = None,
-    ) -> str:
-        """Order, validate over HTTP-01 (after `self_check` when given) or, with `tls_alpn`,
-        over TLS-ALPN-01 for DNS names, finalize, download. Returns the PEM full chain."""
-        try:
-            async with asyncio.timeout(ORDER_TIMEOUT):
-                return await self._issue(names, csr_pem, tokens, profile, replaces, self_check, tls_alpn)
-        except TimeoutError:
-            raise AcmeboxError(f"order for {', '.join(names)} did not complete in {ORDER_TIMEOUT:.0f}s") from None
+    async def issue(self, names: tuple[str, ...], csr_pem: bytes, tokens: Http01Tokens, profile: str | None = None,
+                    replaces: str | None = None, self_check: SelfCheck | None = None,
+                    tls_alpn: TlsAlpnResponder | None = None, on_order: Callable[[str], None] | None = None) -> str:
+        """Order, validate over HTTP-01 (after `self_check` when given) or, with `tls_alpn`, over
+        TLS-ALPN-01 for DNS names, finalize, download: the PEM full chain. `on_order(order URL)`
+        runs as soon as the CA has made the order, before anything else is sent (resume.py); what
+        it raises abandons the order unfinalized."""
+        return await _within(self._issue(names, csr_pem, tokens, profile, replaces, self_check, tls_alpn, on_order),
+                             f"order for {', '.join(names)}")
 
-    async def _issue(
-        self,
-        names: tuple[str, ...],
-        csr_pem: bytes,
-        tokens: Http01Tokens,
-        profile: str | None,
-        replaces: str | None,
-        self_check: SelfCheck | None,
-        tls_alpn: TlsAlpnResponder | None = None,
-    ) -> str:
-        new = NewOrder(
-            identifiers=[identifiers.acme_identifier(n) for n in names],
-            profile=profile or "",
-            replaces=replaces,
-        )
+    async def resume(self, order_url: str, csr_pem: bytes, tokens: Http01Tokens,
+                     self_check: SelfCheck | None = None, tls_alpn: TlsAlpnResponder | None = None) -> str | None:
+        """Fetch an order placed earlier (POST-as-GET) and carry it on (download, validate and
+        finalize as its status needs; `csr_pem` from the key kept for it): the PEM full chain,
+        or None when the order cannot give one (invalid, expired, unknown to the CA or this
+        account). Raises what the CA or the network raised otherwise: it is fetched again later."""
+        def fetch() -> messages.Order | None:  # on the account thread, where the answer's status is known
+            try:
+                return _order(self._net.post(order_url, None, new_nonce_url=self.directory["newNonce"]))
+            except Exception:
+                if self._last_response is None or self._last_response.status_code not in GONE:
+                    raise  # translated by _in_thread
+                return None
+
+        order = await self._call(fetch)  # None: unknown to the CA (expired, removed, a CA restarted) or this account
+        if order is None or order.status == messages.STATUS_INVALID:
+            log.info("order %s is gone at the CA (%s)", order_url, "invalid" if order else "not found")
+            return None
+        log.info("order %s fetched again: %s", order_url, order.status.name)
+        return await _within(self._complete(order_url, order, csr_pem, tokens, self_check, tls_alpn),
+                             f"order {order_url}")
+
+    async def _issue(self, names: tuple[str, ...], csr_pem: bytes, tokens: Http01Tokens, profile: str | None,
+                     replaces: str | None, self_check: SelfCheck | None, tls_alpn: TlsAlpnResponder | None,
+                     on_order: Callable[[str], None] | None) -> str:
+        new = NewOrder(identifiers=[identifiers.acme_identifier(n) for n in names], profile=profile or "",
+                       replaces=replaces)
         def read_order(resp: requests.Response) -> tuple[str, messages.Order, Any]:
             location = resp.headers.get("Location")
             if not location:
@@ -339,18 +322,21 @@ class AcmeClient:
             return location, messages.Order.from_json(body), body.get("replaces")
 
         _, (order_url, order, echoed) = await self._post_parsed(self.directory["newOrder"], new, read_order)
-        log.info(
-            "order %s for %s sent%s%s",
-            order_url,
-            ", ".join(names),
-            f" with profile {profile}" if profile else "",
-            f" with replaces={replaces} (the CA echoed {echoed})" if replaces else " without replaces",
-        )
+        log.info("order %s for %s sent%s%s", order_url, ", ".join(names), f" with profile {profile}" if profile else "",
+                 f" with replaces={replaces} (the CA echoed {echoed})" if replaces else " without replaces")
+        if on_order is not None:
+            on_order(order_url)
+        return await self._complete(order_url, order, csr_pem, tokens, self_check, tls_alpn)
+
+    async def _complete(self, order_url: str, order: messages.Order, csr_pem: bytes, tokens: Http01Tokens,
+                        self_check: SelfCheck | None, tls_alpn: TlsAlpnResponder | None) -> str:
+        """From a new or fetched order to its certificate: validate what is pending, finalize
+        what is not yet, poll, download."""
         presented: list[str] = []
         presented_alpn: list[str] = []
         try:
             pending: list[str] = []
-            for authz_url in order.authorizations:
+            for authz_url in order.authorizations if order.status == messages.STATUS_PENDING else ():
                 _, authz = await self._poll(authz_url, _authorization)
                 if authz.status == messages.STATUS_VALID:
                     continue  # the CA reused an earlier validation
@@ -389,11 +375,12 @@ class AcmeClient:
                     tls_alpn.withdraw(name)
 
         csr = x509.load_pem_x509_csr(csr_pem)
-        try:
-            _, order = await self._post_parsed(order.finalize, messages.CertificateRequest(csr=csr), _order)
-        except CAProblem as e:
-            if e.short_type != "orderNotReady":
-                raise
+        if order.status in (messages.STATUS_PENDING, messages.STATUS_READY):
+            try:
+                _, order = await self._post_parsed(order.finalize, messages.CertificateRequest(csr=csr), _order)
+            except CAProblem as e:
+                if e.short_type != "orderNotReady":
+                    raise
         order = await self._poll_order(order_url, order, csr)
         assert order.certificate is not None
         return (await self._post(order.certificate, None)).text
@@ -478,14 +465,20 @@ class AcmeClient:
         await self._call(acme.revoke, cert, reason)
 
 
+async def _within(order: Coroutine[Any, Any, str], what: str) -> str:
+    """An order's whole course, from newOrder (or fetching it again) to the certificate, in ORDER_TIMEOUT."""
+    try:
+        return await asyncio.wait_for(order, ORDER_TIMEOUT)
+    except TimeoutError:
+        raise AcmeboxError(f"{what} did not complete in {ORDER_TIMEOUT:.0f}s") from None
+
+
 def _authorization(resp: requests.Response) -> messages.Authorization:
-    authz: messages.Authorization = messages.Authorization.from_json(resp.json())
-    return authz
+    return cast(messages.Authorization, messages.Authorization.from_json(resp.json()))
 
 
 def _order(resp: requests.Response) -> messages.Order:
-    order: messages.Order = messages.Order.from_json(resp.json())
-    return order
+    return cast(messages.Order, messages.Order.from_json(resp.json()))
 
 
 def _short(e: BaseException) -> str:

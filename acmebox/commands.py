@@ -98,9 +98,9 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
     """One line per certificate (or `--json`), every configured one included (also one that
     never got a certificate). Exit 1 when any is not `ok` (policies.READY): missing, a
     placeholder, revoked, past the CA's renewal window (ARI), failing, not what the service is
-    configured for (another CA directory, other names, key type or profile), expired or in its
-    last 1/20 of life, or served differently from the live one. Leftovers of certificates no
-    longer configured are listed as `not managed` and do not count."""
+    configured for (another CA directory, other names, key type or profile, a profile the CA
+    withdrew), expired or in its last 1/20 of life, or served differently from the live one.
+    Leftovers of certificates no longer configured are listed as `not managed` and do not count."""
     if not state_dir.is_dir() and not certs_dir.is_dir():
         raise ConfigError(f"neither {certs_dir} nor {state_dir} exists: point --certs-dir and --state-dir at acmebox's")
     store, states = CertStore(certs_dir), StateStore(state_dir)
@@ -148,7 +148,8 @@ def owner(store: CertStore, states: StateStore, name: str) -> str | None:
     return None
 
 
-def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeout: float) -> int:
+def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeout: float,
+          ignore_ledger: bool = False) -> int:
     """Ask the running service, then wait for its answer per certificate: nothing to do (and
     when it is due), ordered and what the server made of it, or failed and why. A certificate
     busy with an order answers when that order ends. Exit 1 when any failed."""
@@ -160,7 +161,7 @@ def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeo
         raise ConfigError(f"the service manages no certificate with the name {name}")
     if target is not None and target != name:
         print(f"{name} is a name of certificate {target}")
-    req = control.submit(state_dir, target, force)
+    req = control.submit(state_dir, target, force, ignore_ledger)
     control.wake_service(state_dir)
     pending = {target} if target is not None else set(_certificates(store, states)[0])
     if not pending:

@@ -196,6 +196,7 @@ class Sources:
     max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
     once: bool = False
     force_renew: bool = False
+    ignore_ledger: bool = False
     compose_domain: str | None = None  # DOCKER_REGISTRY_DOMAIN_NAME as typed: nginx's template uses it as is
     probe_listen: bool = True  # bind `listen` for a moment (`check` runs beside the service, whose port it is)
 
@@ -278,6 +279,8 @@ class Config:
         if raw.force_renew and not raw.once:
             raise ConfigError("--force-renew needs --once; to renew through a running service use "
                               "`acmebox renew --force`")
+        if raw.ignore_ledger and not raw.force_renew:
+            raise ConfigError("--ignore-ledger needs --force-renew (and --once)")
         check_profile(raw.profile)
         specs = [CertSpec.build(list(group), raw.key_type, raw.profile) for group in raw.cert_groups if group]
         if not specs and raw.config_file is None:

@@ -27,6 +27,7 @@ class Request:
     id: str
     name: str | None  # None: every certificate
     force: bool
+    ignore_ledger: bool = False  # with force: past the order ledger's limits
 
 
 def pid_file(state_dir: StateDir | Path) -> Path:
@@ -42,11 +43,11 @@ def running_pid(state_dir: StateDir | Path) -> int | None:
     return pid
 
 
-def submit(state_dir: StateDir | Path, name: str | None, force: bool) -> Request:
-    req = Request(uuid.uuid4().hex, name, force)
+def submit(state_dir: StateDir | Path, name: str | None, force: bool, ignore_ledger: bool = False) -> Request:
+    req = Request(uuid.uuid4().hex, name, force, ignore_ledger)
     d = StateDir.of(state_dir).requests
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    atomic_write_json(d / f"{req.id}.json", {"name": name, "force": force}, 0o600)
+    atomic_write_json(d / f"{req.id}.json", {"name": name, "force": force, "ignore_ledger": ignore_ledger}, 0o600)
     return req
 
 
@@ -57,7 +58,7 @@ def take_all(state_dir: StateDir | Path) -> list[Request]:
     for f in sorted(d.glob("*.json")) if d.exists() else []:
         try:
             data = json.loads(f.read_text())
-            out.append(Request(f.stem, data.get("name"), bool(data.get("force"))))
+            out.append(Request(f.stem, data.get("name"), bool(data.get("force")), data.get("ignore_ledger") is True))
         except (OSError, ValueError):
             pass
         f.unlink(missing_ok=True)

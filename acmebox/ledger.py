@@ -1,8 +1,8 @@
 """The order ledger: every order acmebox places at the CA and how it ended, one append-only
 file per certificate, <state>/ledger/<name>.jsonl. It is the last line of defence against a
 rate limit burned by a loop, whatever caused the loop (a bug, a wrong clock, a CA answer we
-misread, a state file lost): before each newOrder the maintainer asks `check()`, and nothing
-but an operator's `acmebox renew --force` goes past a refusal.
+misread, a state file lost): before each newOrder the maintainer asks `check()`, forced renewals included, and nothing
+but an operator's explicit `--ignore-ledger` goes past a refusal.
 
 The limits stay below Let's Encrypt's (https://letsencrypt.org/docs/rate-limits/):
 - ISSUED_PER_WEEK certificates for one exact set of names in any 7 days (LE: 5 duplicate

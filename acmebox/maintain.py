@@ -7,10 +7,12 @@ evaluate (policies.py: the gates, the trigger, spacing, and the READY verdict), 
 or order through issuance.py and store), report (state file with the verdict, log, metrics).
 
 An attempt goes: a certificate already received but not yet stored is installed first, and
-nothing is ordered while one is (pending.py). Otherwise the preflight checks that the certs
-and state dirs can take a certificate and that the local clock agrees with the CA's; the
-ledger (ledger.py) allows the order; the order is placed; what it brings is kept in the state
-dir, checked against the clock, and only then written to the store. Whatever fails along the
+nothing is ordered while one is (pending.py); an order placed earlier whose certificate never
+arrived (a crash, SIGKILL) is fetched again from the CA and carried on (resume.py). Otherwise
+the preflight checks that the certs and state dirs can take a certificate and that the local
+clock agrees with the CA's; the ledger (ledger.py) allows the order (forced ones too, unless
+--ignore-ledger); the order is placed and recorded as in flight; what it brings is kept in the
+state dir, checked against the clock, and only then written to the store. Whatever fails along the
 way, from the CA, the network, the disk or the clock, becomes this certificate's recorded
 failure with a persisted next attempt, never the end of the process.
 """
@@ -24,7 +26,8 @@ import random
 from collections.abc import Awaitable, Callable
 
 from acmebox import placeholder, policies, renewal
-from acmebox.client import AcmeClient, ari_cert_id
+from acmebox.ari import ari_cert_id
+from acmebox.client import AcmeClient
 from acmebox.clock import Clock, iso
 from acmebox.config import CertSpec
 from acmebox.errors import (
@@ -42,6 +45,8 @@ from acmebox.ledger import Ledger, LedgerRefusal
 from acmebox.metrics import Metrics
 from acmebox.pending import PendingStore, Received
 from acmebox.policies import Observed, Plan, Wanted
+from acmebox.report import Reporter
+from acmebox.resume import InFlight
 from acmebox.state import AriCache, CertState, StateStore
 from acmebox.store import CertMeta, CertStore, StoredCert, split_chain
 
@@ -84,13 +89,14 @@ class CertMaintainer:
         self.use_ari = use_ari
         self.rng = rng or random.Random()
         self.pending = pending
+        self.inflight = issuer.inflight
         self.ledger = ledger
         self.wake = asyncio.Event()
         self._state: CertState | None = None  # loaded once; the file is its persisted copy
         self._unsaved: Received | None = None  # received, and not even the pending copy could be written
-        self._request: tuple[str, bool] | None = None  # (request id, force)
+        self._request: tuple[str, bool, bool] | None = None  # (request id, force, past the ledger)
         self._refresh_ari = False
-        self._last_logged: tuple[dt.datetime, str] | None = None
+        self.report = Reporter(self.name, metrics)
         self._ari_retry_at: dt.datetime | None = None
 
     @property
@@ -100,12 +106,14 @@ class CertMaintainer:
 
     # -- requests from outside (SIGHUP, `acmebox renew`) ----------------------------------------
 
-    def request(self, request_id: str | None, force: bool) -> None:
-        """Check now, asking the CA for fresh renewal information; with `force`, renew now.
-        The outcome is recorded in the state under `request_id` (the latest one; force sticks)."""
+    def request(self, request_id: str | None, force: bool, ignore_ledger: bool = False) -> None:
+        """Check now, asking the CA for fresh renewal information; with `force`, renew now (and
+        with `ignore_ledger`, even past the order ledger's limits). The outcome is recorded in
+        the state under `request_id` (the latest one; force sticks)."""
         if request_id is not None:
-            pending_force = self._request is not None and self._request[1]
-            self._request = (request_id, force or pending_force)
+            before = self._request
+            self._request = (request_id, force or (before is not None and before[1]),
+                             ignore_ledger or (before is not None and before[2]))
         self._refresh_ari = True
         self.wake.set()
 
@@ -116,24 +124,27 @@ class CertMaintainer:
         """The facts the policies decide on, as this maintainer sees them now (what the front
         door presents comes from the reloader's side: serving.py)."""
         return Observed(self.clock.now(), policies.Live.of(stored), Wanted(self.spec, self.directory),
-                        revoked=frozenset(self.states.revoked()), state=state, presented=presented)
+                        revoked=frozenset(self.states.revoked()), state=state, presented=presented,
+                        offered=self.issuer.ca.offered)
 
     def _asked(self, eager: bool = False) -> policies.Request:
         r = self._request
         return policies.Request(pending=r is not None, forced=r is not None and r[1], eager=eager)
 
-    async def plan(self, state: CertState, stored: StoredCert | None, kept: bool = False, eager: bool = False) -> Plan:
+    async def plan(self, state: CertState, stored: StoredCert | None, kept: bool = False, eager: bool = False,
+                   in_flight: InFlight | None = None) -> Plan:
         """Evaluate: the gates, then the trigger (with the ARI window fetched when it decides), then spacing."""
+        await self.issuer.ca.refresh()  # what the CA offers (profiles), looked at again now and then
         seen = self.observe(stored, state)
-        self._publish_cert(stored)
+        self.report.cert(stored)
         asked = self._asked(eager)
-        gated = policies.gate(seen, state, asked, kept)
+        gated = policies.gate(seen, state, asked, kept, in_flight.url if in_flight is not None else None)
         if gated is not None:
             return gated
         ari = None
         if stored is not None and policies.replace(seen) is None:
             ari = await self._ari(stored, state, seen.now)
-        self._publish_ari(ari)
+        self.report.ari(ari)
         return policies.spaced(policies.trigger(seen, ari, self._ari_retry_at), state, asked)
 
     def record_verdict(self, stored: StoredCert | None = None, save: bool = True) -> policies.Verdict:
@@ -182,27 +193,6 @@ class CertMaintainer:
         self._save(state)
         return cache
 
-    def _publish_cert(self, stored: StoredCert | None) -> None:
-        self.metrics.set_time(self.metrics.expiry, self.name, stored.not_after if stored else None)
-        self.metrics.set_time(self.metrics.not_before, self.name, stored.not_before if stored else None)
-        self.metrics.placeholder.labels(self.name).set(1 if stored is None or stored.placeholder else 0)
-
-    def _publish_ari(self, ari: AriCache | None) -> None:
-        """The window the plan used: none once the certificate it was for is replaced."""
-        self.metrics.set_time(self.metrics.ari_start, self.name, ari.start if ari else None)
-        self.metrics.set_time(self.metrics.ari_end, self.name, ari.end if ari else None)
-
-    def _log_plan(self, plan: Plan, state: CertState) -> None:
-        state.next_renewal, state.renewal_reason = plan.at, plan.reason
-        self.metrics.set_time(self.metrics.next_renewal, self.name, plan.at)
-        # From the persisted state, so a restart does not hide failures from the alerts.
-        self.metrics.consecutive_failures.labels(self.name).set(state.failures)
-        self.metrics.set_time(self.metrics.last_success, self.name, state.last_success)
-        self.metrics.set_time(self.metrics.last_failure, self.name, state.last_failure)
-        if self._last_logged != (plan.at, plan.reason):
-            self._last_logged = (plan.at, plan.reason)
-            log.info("%s: renewal scheduled for %s because of %s", self.name, iso(plan.at), plan.reason)
-
     # -- acting --------------------------------------------------------------------------------
 
     async def step(self, eager: bool = False) -> Plan | None:
@@ -218,10 +208,11 @@ class CertMaintainer:
         state = self._state
         stored = self.store.current(self.name)
         kept = self._unsaved or self.pending.load(self.name)
+        in_flight = self.inflight.load(self.name) if kept is None and self.inflight is not None else None
         # evaluate
-        plan = await self.plan(state, stored, kept=kept is not None, eager=eager)
+        plan = await self.plan(state, stored, kept=kept is not None, eager=eager, in_flight=in_flight)
         # report
-        self._log_plan(plan, state)
+        self.report.plan(plan, state)
         self.record_verdict(stored, save=False)
         now = self.clock.now()
         if plan.at > now:
@@ -229,9 +220,16 @@ class CertMaintainer:
             self._save(state)
             return plan
         # act
-        log.info("%s: %s now (%s)", self.name, "installing" if kept else "renewing", plan.reason)
+        log.info("%s: %s now (%s)", self.name, "installing" if kept else "resuming" if in_flight else "renewing",
+                 plan.reason)
         try:
-            new = self._install(kept) if kept is not None else await self._attempt(stored)
+            new: StoredCert | None
+            if kept is not None:
+                new = self._install(kept)
+            elif in_flight is not None:
+                new = await self._resume(in_flight)
+            else:
+                new = await self._attempt(stored)
         except (ConfigError, AccountRefused):
             raise  # bad input (--once: no CA at that URL, EAB missing): nothing to back off from once fixed
         except AcmeboxError as e:
@@ -244,6 +242,8 @@ class CertMaintainer:
             self._failed(state, error)
             await self._record_next_plan(state)
             raise error from None
+        if new is None:  # the order in flight is gone at the CA: decide again without it
+            return await self.step(eager)
         await self._succeeded(state, new)
         await self._record_next_plan(state)
         return None
@@ -258,7 +258,7 @@ class CertMaintainer:
             log.debug("%s: no plan recorded after the attempt: %s", self.name, e)
             self.record_verdict(stored)
             return
-        self._log_plan(plan, state)
+        self.report.plan(plan, state)
         self.record_verdict(stored, save=False)
         self._save(state)
 
@@ -286,11 +286,27 @@ class CertMaintainer:
         self._keep(received)
         return self._install(received)
 
+    async def _resume(self, order: InFlight) -> StoredCert | None:
+        """Carry on an order in flight (issuance.Issuer.resume); None when it is gone, its
+        record dropped and its end recorded in the ledger."""
+        client = await self.issuer.ca.client()
+        received = await self.issuer.resume(client, self.spec, order)
+        self._ledger_end(order.ledger_order, "issued" if received is not None else "failed")
+        if received is None:
+            self._drop_in_flight()
+            return None
+        self._keep(received)
+        return self._install(received)
+
+    def _drop_in_flight(self) -> None:
+        if self.inflight is not None:
+            self.inflight.drop(self.name)
+
     async def _order(self, client: AcmeClient, replaces: str | None) -> Received:
-        """One order, through the ledger: only a forced request (`acmebox renew --force`) passes
-        a refusal, and an order that cannot be recorded is not placed."""
+        """One order, through the ledger: forced requests too; only an explicit
+        `--ignore-ledger` passes a refusal. An order that cannot be recorded is not placed."""
         now = self.clock.now()
-        if not (self._request is not None and self._request[1]):
+        if not (self._request is not None and self._request[2]):
             self.ledger.check(self.spec.names, now)
         try:
             order_id = self.ledger.ordered(self.spec.names, now)
@@ -299,7 +315,7 @@ class CertMaintainer:
             raise DiskError(why, now + DISK_RECHECK) from e
         self.metrics.orders.labels(self.name).inc()
         try:
-            received = await self.issuer.issue(client, self.spec, replaces)
+            received = await self.issuer.issue(client, self.spec, replaces, order_id)
         except AcmeboxError as e:
             self._ledger_end(order_id, "failed", e.invalid if isinstance(e, CAProblem) else ())
             raise
@@ -315,6 +331,7 @@ class CertMaintainer:
     def _keep(self, received: Received) -> None:
         try:
             self.pending.keep(self.name, received)
+            self._drop_in_flight()  # the kept copy has the key and the certificate
         except OSError as e:
             self._unsaved = received
             log.error("%s: cannot keep the new certificate in %s (%s); holding it in memory until it is stored",
@@ -354,6 +371,7 @@ class CertMaintainer:
                 now + dt.timedelta(minutes=1),
             ) from None
         self._unsaved = None
+        self._drop_in_flight()
         try:
             self.pending.drop(self.name)
         except OSError as e:
@@ -403,7 +421,7 @@ class CertMaintainer:
         self._save(state)
         self.metrics.set_time(self.metrics.last_success, self.name, now)
         self.metrics.held(self.name, "", None)
-        self._publish_cert(new)
+        self.report.cert(new)
         # An operator waiting in `acmebox renew` hears what nginx made of it, not just the order.
         served = await self._on_renewed(new, self._request is not None)
         self._finish_request(state, f"renewed: serial {new.serial:x}, valid until {iso(new.not_after)}; {served}")
@@ -414,10 +432,10 @@ class CertMaintainer:
             state.handled_request, state.request_result = self._request[0], result
             self._request = None
 
-    async def step_once(self, force: bool) -> AcmeboxError | None:
+    async def step_once(self, force: bool, ignore_ledger: bool = False) -> AcmeboxError | None:
         """`run --once`: one eager step; the error when this certificate is not in place after it."""
         if force:
-            self.request("run --force-renew", force=True)
+            self.request("run --force-renew", force=True, ignore_ledger=ignore_ledger)
         try:
             plan = await self.step(eager=True)
         except AcmeboxError as e:  # step() logged and recorded it

@@ -12,12 +12,17 @@ presents, a time), verdicts out. Read by the loop (maintain.py), /healthz (Servi
 - REPLACE: the certificate must be replaced now: Missing, Placeholder, Revoked, OtherDirectory,
   NamesChanged, KeyTypeChanged, ProfileChanged, Expired.
 - TRIGGER: REPLACE, else the renewal time: ARIWindow (RFC 9773), LastCall (the last 1/20 of the
-  lifetime, before a later ARI window) or RenewalDue (the lifetime rule).
+  lifetime, before a later ARI window) or RenewalDue (the lifetime rule); ProfileWithdrawn when
+  the CA no longer offers the configured profile: that time, but before the last tenth of the
+  lifetime, and with the CA's default profile (issuance.py).
 - READY: Revoked, WindowPassed (the CA's ARI window for it ended), Failing, Missing,
-  Placeholder, OtherDirectory, NamesChanged, KeyTypeChanged, ProfileChanged, Expired, Expiring
-  (its last 1/20), NotServed, else Ready.
-- Gates, before TRIGGER: Pending (a received certificate waits to be stored), Forced (an
-  operator's --force), BackingOff (after failures); after it: Spacing (no loop of orders).
+  Placeholder, OtherDirectory, NamesChanged, KeyTypeChanged, ProfileChanged, Expired,
+  ProfileWithdrawn, Expiring (its last 1/20), NotServed, else Ready.
+- RENEWABLE (/readyz, compose's health check): CannotRenew for a real certificate in its last
+  tenth whose renewal fails, or whose CA cannot be reached.
+- Gates, before TRIGGER: Pending (a received certificate waits to be stored), Resuming (an
+  order placed earlier is fetched again from the CA, resume.py), Forced (an operator's
+  --force), BackingOff (after failures); after it: Spacing (no loop of orders).
 
 The configuration-dependent checks (directory, names, key type, profile) need the configuration,
 which only the service has: it records its READY verdict in the state file (state.py), and
@@ -50,6 +55,8 @@ class Reason(StrEnum):
     NAMES_CHANGED = "NamesChanged"
     KEY_TYPE_CHANGED = "KeyTypeChanged"
     PROFILE_CHANGED = "ProfileChanged"
+    PROFILE_WITHDRAWN = "ProfileWithdrawn"
+    CANNOT_RENEW = "CannotRenew"
     EXPIRED = "Expired"
     EXPIRING = "Expiring"
     FAILING = "Failing"
@@ -60,6 +67,7 @@ class Reason(StrEnum):
     ARI_WINDOW = "ARIWindow"
     LAST_CALL = "LastCall"
     PENDING = "Pending"
+    RESUMING = "Resuming"
     FORCED = "Forced"
     BACKING_OFF = "BackingOff"
     SPACING = "Spacing"
@@ -80,14 +88,16 @@ CONDITIONS = {
     Reason.NAMES_CHANGED: "names changed",
     Reason.KEY_TYPE_CHANGED: "key type changed",
     Reason.PROFILE_CHANGED: "profile changed",
+    Reason.PROFILE_WITHDRAWN: "profile withdrawn",
 }
 SPEC_REASONS = frozenset({Reason.OTHER_DIRECTORY, Reason.NAMES_CHANGED, Reason.KEY_TYPE_CHANGED,
-                          Reason.PROFILE_CHANGED})
+                          Reason.PROFILE_CHANGED, Reason.PROFILE_WITHDRAWN})
 # Replacing does not end these by itself (a CA or clock that makes every certificate due or
 # expired at once, something deleting live/): they are spaced. The others end with the new
 # certificate, so they cannot loop.
 LOOP_PRONE = frozenset({Reason.MISSING, Reason.PLACEHOLDER, Reason.EXPIRED, Reason.RENEWAL_DUE,
-                        Reason.ARI_WINDOW, Reason.LAST_CALL})
+                        Reason.ARI_WINDOW, Reason.LAST_CALL, Reason.PROFILE_WITHDRAWN})
+LAST_TENTH = 0.9  # of the lifetime: a withdrawn profile's certificate is renewed before it; /readyz fails in it
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,13 @@ class Observed:
     revoked: frozenset[str] = frozenset()  # hex serials `acmebox revoke` revoked
     state: CertState | None = None  # failures and the next attempt
     presented: Presented | None = None  # None: not looked at
+    offered: frozenset[str] | None = None  # the profiles the CA offers; None: not known (not connected, none announced)
+
+    @property
+    def withdrawn(self) -> str | None:
+        """The configured profile, when the CA does not offer it (orders then go without one)."""
+        profile = self.wanted.spec.profile if self.wanted is not None else None
+        return profile if profile and self.offered is not None and profile not in self.offered else None
 
 
 Check = Callable[[Observed], Verdict | None]
@@ -229,7 +246,34 @@ def _profile(live: Live, wanted: Wanted) -> str | None:
 other_directory = _spec_check(Reason.OTHER_DIRECTORY, _other_directory)
 names_changed = _spec_check(Reason.NAMES_CHANGED, _names)
 key_type_changed = _spec_check(Reason.KEY_TYPE_CHANGED, _key_type)
-profile_changed = _spec_check(Reason.PROFILE_CHANGED, _profile)
+_profile_changed = _spec_check(Reason.PROFILE_CHANGED, _profile)
+
+
+def last_tenth(live: Live) -> dt.datetime:
+    return live.not_before + (live.not_after - live.not_before) * LAST_TENTH
+
+
+def profile_changed(o: Observed) -> Verdict | None:
+    # A withdrawn profile cannot be had: the certificate the CA's default gave is not "changed".
+    return None if o.withdrawn else _profile_changed(o)
+
+
+def profile_withdrawn(o: Observed) -> Verdict | None:
+    """The CA no longer offers the configured profile (or never did: a service keeps going with
+    the CA's default rather than with no certificate)."""
+    if o.live is None:
+        return None
+    if o.wanted is None:
+        return o.recorded if o.recorded is not None and o.recorded.reason is Reason.PROFILE_WITHDRAWN else None
+    profile = o.withdrawn
+    if profile is None:
+        return None
+    offered = ", ".join(sorted(o.offered or ())) or "none"
+    if o.live.profile == profile:
+        return Verdict(Reason.PROFILE_WITHDRAWN, f"the CA no longer offers profile {profile!r} (it offers: {offered}); "
+                       f"renewing with its default profile by {iso(last_tenth(o.live))}")
+    return Verdict(Reason.PROFILE_WITHDRAWN, f"the CA does not offer profile {profile!r} (it offers: {offered}); "
+                   "issued with its default profile, renewed with it until the CA offers the profile again")
 
 
 def expired(o: Observed) -> Verdict | None:
@@ -279,7 +323,7 @@ def not_served(o: Observed) -> Verdict | None:
 REPLACE: tuple[Check, ...] = (missing, placeholder, revoked, other_directory, names_changed, key_type_changed,
                               profile_changed, expired)
 READY: tuple[Check, ...] = (revoked, window_passed, failing, missing, placeholder, other_directory, names_changed,
-                            key_type_changed, profile_changed, expired, expiring, not_served)
+                            key_type_changed, profile_changed, expired, profile_withdrawn, expiring, not_served)
 
 
 def first(chain: tuple[Check, ...], o: Observed) -> Verdict | None:
@@ -302,6 +346,21 @@ def ready(o: Observed) -> Verdict:
         return found
     assert o.live is not None  # `missing` passed
     return Verdict(Reason.READY, f"valid until {o.live.not_after.isoformat()}")
+
+
+def renewable(o: Observed, ca_error: str | None = None) -> Verdict | None:
+    """CannotRenew when a real certificate is in its last tenth and its renewal fails (or its
+    CA cannot be reached: `ca_error`); None otherwise. What compose's health check (/readyz)
+    reports: not a passing failure, but a certificate that is running out."""
+    live = o.live
+    if live is None or live.placeholder or o.now < last_tenth(live):
+        return None
+    s = o.state
+    why = s.last_error if s is not None and s.last_error is not None and s.next_attempt is not None else ca_error
+    if why is None:
+        return None
+    why = f"in its last tenth (expires {iso(live.not_after)}) and not renewed: {why[:200]}"
+    return Verdict(Reason.CANNOT_RENEW, why)
 
 
 # -- the trigger and the gates ----------------------------------------------------------------
@@ -329,15 +388,24 @@ class Request:
     eager: bool = False  # `run --once`: install a received certificate whatever the wait
 
 
-def gate(o: Observed, state: CertState, request: Request, kept: bool) -> Plan | None:
-    """The gates before the trigger: a plan, or None when the trigger decides."""
+def gate(o: Observed, state: CertState, request: Request, kept: bool, in_flight: str | None = None) -> Plan | None:
+    """The gates before the trigger: a plan, or None when the trigger decides. `kept`: a
+    received certificate waits to be stored; `in_flight`: the URL of an order placed earlier
+    whose certificate never arrived (it is fetched before anything new is ordered)."""
     now = o.now
+    retry = state.next_attempt
+    waits = retry is not None and now < retry and not request.pending and not request.eager
     if kept:
-        retry = state.next_attempt
-        if retry is not None and now < retry and not request.pending and not request.eager:
+        if waits and retry is not None:
             why = f"a received certificate waits to be stored ({state.last_error})"
             return Plan(Verdict(Reason.PENDING, why), retry, retry)
         return Plan(Verdict(Reason.PENDING, "a certificate already received waits to be stored"), now, now)
+    if in_flight is not None:
+        why = f"order {in_flight}, placed earlier, is fetched again from the CA"
+        # It costs no order, but it asks the CA: after a failure, only an operator's request is sooner.
+        if retry is not None and now < retry and not request.pending:
+            return Plan(Verdict(Reason.RESUMING, f"{why} ({state.last_error})"), retry, retry)
+        return Plan(Verdict(Reason.RESUMING, why), now, now)
     if request.forced:
         return Plan(Verdict(Reason.FORCED, "renewal requested (--force)"), now, now)
     if state.next_attempt is not None and now < state.next_attempt:
@@ -363,6 +431,11 @@ def trigger(o: Observed, ari: AriCache | None = None, ari_retry_at: dt.datetime 
         decision = renewal.decide(live.not_before, live.not_after)
         reason = Reason.RENEWAL_DUE
         wake = min(decision.at, ari_retry_at) if ari_retry_at else decision.at
+    profile = o.withdrawn
+    if profile is not None and live.profile == profile:
+        at = min(decision.at, last_tenth(live))
+        why = f"{decision.reason}; profile {profile!r} is withdrawn by the CA: renewing with its default profile"
+        return Plan(Verdict(Reason.PROFILE_WITHDRAWN, why), at, min(wake, at))
     return Plan(Verdict(reason, decision.reason), decision.at, wake)
 
 
@@ -381,6 +454,6 @@ def spaced(plan: Plan, state: CertState, request: Request) -> Plan:
 
 
 def plan(o: Observed, state: CertState, request: Request = Request(), kept: bool = False,
-         ari: AriCache | None = None, ari_retry_at: dt.datetime | None = None) -> Plan:
+         ari: AriCache | None = None, ari_retry_at: dt.datetime | None = None, in_flight: str | None = None) -> Plan:
     """The whole chain: gates, trigger, spacing (the loop runs the parts, fetching ARI between)."""
-    return gate(o, state, request, kept) or spaced(trigger(o, ari, ari_retry_at), state, request)
+    return gate(o, state, request, kept, in_flight) or spaced(trigger(o, ari, ari_retry_at), state, request)

@@ -30,6 +30,7 @@ from acmebox.maintain import CertMaintainer
 from acmebox.metrics import Metrics
 from acmebox.pending import PendingStore
 from acmebox.reload import ONCE_ATTEMPTS, Reloader, ReloadTarget
+from acmebox.resume import InFlightOrders
 from acmebox.serving import Serving
 from acmebox.state import StateStore
 from acmebox.statedir import StateDir
@@ -54,8 +55,9 @@ class Service:
         self.metrics.watch_disks({"certs": config.certs_dir, "state": config.state_dir})
         self.ca = CA(config, AccountFiles.for_directory(self.statedir, config.directory), self.clock, self.metrics)
         dirs = (("certs dir", self.store.root), ("state dir", self.statedir.root))
+        self.ca.issued_profile = self._issued_profile
         self.issuer = Issuer(self.ca, self.tokens, self.self_check, self.clock, config.max_concurrent_orders, dirs,
-                             self.tls_alpn)
+                             InFlightOrders(self.statedir), self.tls_alpn)
         self.reloader = Reloader(
             ReloadTarget.of(config.reload or ReloadSpec("none")), config.reload_verify,
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
@@ -97,6 +99,26 @@ class Service:
             lines.append(f"{spec.name}: {verdict.message}")
         return ok, "\n".join(lines)
 
+    def readiness(self) -> tuple[bool, str]:
+        """/readyz, compose's health check: ready once what nginx and the registry need to start
+        is written, and as long as no certificate runs out unrenewed (policies.renewable: in its
+        last tenth, and its renewal fails or the CA cannot be reached)."""
+        if not self.ready:
+            return False, "starting"
+        lines = []
+        for spec in self.config.certs:
+            m = self.maintainers[spec.name]
+            verdict = policies.renewable(m.observe(self.store.current(spec.name), m.state), self.ca.error)
+            if verdict is not None:
+                lines.append(f"{spec.name}: {verdict.message}")
+        if lines:
+            return False, "\n".join(lines)
+        return True, "ready: certificates (or placeholders) and the token certificate are written"
+
+    def _issued_profile(self, name: str) -> str | None:
+        stored = self.store.current(name)
+        return stored.meta.profile if stored is not None and not stored.placeholder else None
+
     # -- requests from `acmebox renew` ---------------------------------------------------------
 
     def handle_requests(self) -> None:
@@ -114,12 +136,13 @@ class Service:
                 log.error("renew request for unknown certificate %s ignored", req.name)
                 continue
             for m in targets:
-                log.info("%s: renew request%s", m.name, " (--force)" if req.force else "")
-                m.request(req.id, req.force)
+                log.info("%s: renew request%s%s", m.name, " (--force)" if req.force else "",
+                         " (--ignore-ledger)" if req.ignore_ledger else "")
+                m.request(req.id, req.force, req.ignore_ledger)
 
     # -- running ------------------------------------------------------------------------------
 
-    async def run_once(self, force: bool) -> int:
+    async def run_once(self, force: bool, ignore_ledger: bool = False) -> int:
         """One step of every maintainer, concurrently (orders bounded by --max-concurrent-orders),
         so the polling waits of one order overlap with the others'. Each certificate's failure is
         logged on its own; the first failing certificate in configuration order sets the exit code."""
@@ -131,7 +154,7 @@ class Service:
                     self.reloader.request(spec.name, stored.serial)
         try:
             async with asyncio.TaskGroup() as tasks:
-                steps = [tasks.create_task(m.step_once(force)) for m in self.maintainers.values()]
+                steps = [tasks.create_task(m.step_once(force, ignore_ledger)) for m in self.maintainers.values()]
         except ExceptionGroup as group:  # not a certificate's failure (those are returned): the CLI reports it
             raise group.exceptions[0] from None
         failures = [(m.name, e) for m, e in zip(self.maintainers.values(), (t.result() for t in steps), strict=True)
@@ -173,7 +196,7 @@ class Service:
             pid_file.unlink(missing_ok=True)
         return 0
 
-    async def run(self, once: bool = False, force: bool = False) -> int:
+    async def run(self, once: bool = False, force: bool = False, ignore_ledger: bool = False) -> int:
         self.statedir.create()
         with InstanceLock(self.statedir):
             self.store.prepare()  # after the lock: it removes what an interrupted save left
@@ -183,15 +206,15 @@ class Service:
                 log.warning("cannot record the configured certificates for `status` (%s)", e.strerror or e)
             for m in self.maintainers.values():  # `status` judges by the configuration from now on
                 m.record_verdict()
-            return await self._run(once, force)
+            return await self._run(once, force, ignore_ledger)
 
-    async def _run(self, once: bool, force: bool) -> int:
+    async def _run(self, once: bool, force: bool, ignore_ledger: bool) -> int:
         routes: list[webapp.RouteInstaller] = []
         if self.config.token_auth is not None:
             from acmebox.registry.token import TokenService  # bcrypt and PyJWT only when the token service is on
 
             routes.append(TokenService.from_settings(self.config.token_auth).install)
-        app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=lambda: self.ready)
+        app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=self.readiness)
         runner = await webapp.start(app, self.config.listen)
         alpn_at = self.config.tls_alpn_listen
         if self.tls_alpn is not None and alpn_at is not None:
@@ -200,7 +223,7 @@ class Service:
             self.reloader.attempts = ONCE_ATTEMPTS
         reloader = asyncio.ensure_future(self.reloader.run()) if once else None
         try:
-            return await (self.run_once(force) if once else self.run_forever())
+            return await (self.run_once(force, ignore_ledger) if once else self.run_forever())
         finally:
             if reloader is not None:
                 reloader.cancel()

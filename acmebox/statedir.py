@@ -14,6 +14,7 @@ yet stored, and the token service's signing key.
         revoked.json                 serials `acmebox revoke` revoked (state.py)
         ledger/<name>.jsonl          the order ledger (ledger.py)
         pending/<name>.json          received from the CA, not yet stored (pending.py)
+        orders/<name>.json           an order placed at the CA, its URL and key, until kept (resume.py)
         token-signing.key token.crt  the registry token service's key pair (unless given elsewhere)
 """
 
@@ -88,6 +89,10 @@ class StateDir:
     @property
     def pending(self) -> Path:
         return self.root / "pending"
+
+    @property
+    def orders(self) -> Path:
+        return self.root / "orders"
 
     @property
     def token_key(self) -> Path:

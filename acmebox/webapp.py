@@ -51,10 +51,11 @@ def build_app(
     health: HealthCheck,
     metrics: Metrics | None = None,
     routes: Sequence[RouteInstaller] = (),
-    ready: Callable[[], bool] | None = None,
+    ready: Callable[[], tuple[bool, str]] | None = None,
 ) -> web.Application:
     """`health` backs /healthz (200 while every certificate is good, else 503); `ready` backs
-    /readyz (200 once what nginx and the registry need to start is on disk, else 503)."""
+    /readyz (200 once what nginx and the registry need to start is on disk and no certificate
+    runs out unrenewed, else 503; the body says which)."""
     app = web.Application()
     challenges.add_routes(app, tokens)
     for install in routes:
@@ -67,9 +68,8 @@ def build_app(
     app.router.add_get("/healthz", healthz)
 
     async def readyz(request: web.Request) -> web.Response:
-        if ready is not None and ready():
-            return web.Response(text="ready: certificates (or placeholders) and the token certificate are written\n")
-        return web.Response(status=503, text="starting\n")
+        ok, text = ready() if ready is not None else (False, "starting")
+        return web.Response(status=200 if ok else 503, text=text + "\n")
 
     app.router.add_get("/readyz", readyz)
 

@@ -15,6 +15,8 @@
 #     profile gets one of them at random) [default 90 days and shortlived 6 days]
 #   PEBBLE_EAB [0]: 1 requires external account binding, with key id kid-1 and the HMAC key
 #                   of Pebble's example config (printed as PEBBLE_EAB_KID / PEBBLE_EAB_HMAC_KEY)
+#   PEBBLE_PROFILES [default and shortlived]: the config's "profiles" object, as JSON (a CA
+#                   that withdraws a profile: restart with a set that lacks it)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin="$here/.pebble/usr/bin"

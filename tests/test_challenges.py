@@ -83,7 +83,8 @@ async def test_readyz_is_separate_from_healthz() -> None:
     """Ready (what nginx and the registry need is on disk) while not yet healthy (no real
     certificate): compose starts them on /readyz, /healthz stays about the certificate."""
     state = {"ready": False}
-    app = webapp.build_app(Http01Tokens(), lambda: (False, "a.test: no certificate yet"), ready=lambda: state["ready"])
+    app = webapp.build_app(Http01Tokens(), lambda: (False, "a.test: no certificate yet"),
+                           ready=lambda: (state["ready"], "ready: written" if state["ready"] else "starting"))
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:

@@ -23,7 +23,7 @@ import pytest
 from cryptography import x509
 
 from acmebox import identifiers, placeholder
-from acmebox.client import ari_cert_id
+from acmebox.ari import ari_cert_id
 from acmebox.config import LE_PRODUCTION, LE_STAGING, CertSpec, Config, HostPort, ReloadSpec
 from acmebox.errors import ConfigError
 from acmebox.issuance import profile_for

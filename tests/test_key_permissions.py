@@ -47,7 +47,7 @@ def key_files(dirs: Dirs) -> list[Path]:
 
 def renew_three_times(args: list[str]) -> None:
     for _ in range(3):
-        result = run_acmebox(*args, "--force-renew")
+        result = run_acmebox(*args, "--force-renew", "--ignore-ledger")  # 5 in a week in all: past the ledger
         assert result.returncode == 0, result.stderr
 
 
@@ -77,7 +77,7 @@ def test_key_group_flag(pebble: Pebble, open_dirs: Dirs) -> None:
         assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, READER_GID), path
         assert reader_can_read(path), path
     # --key-mode narrows it again on the next write; the group stays what the flag says
-    again = run_acmebox(*args, "--force-renew", "--key-mode", "0600")
+    again = run_acmebox(*args, "--force-renew", "--ignore-ledger", "--key-mode", "0600")
     assert again.returncode == 0, again.stderr
     for path in key_files(open_dirs):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from acmebox.client import ari_cert_id
+from acmebox.ari import ari_cert_id
 from acmebox.config import CertSpec, Config, HostPort
 from acmebox.policies import MIN_SPACING
 from acmebox.service import Service

@@ -130,7 +130,7 @@ def test_every_mount_style_after_four_renewals(pebble: Pebble, dirs: Dirs, tmp_p
             assert serving(ports[style.id]) == first_serial, style.id
         serials = [first_serial]
         for renewal in range(1, 5):
-            again = run_acmebox(*args, "--force-renew")
+            again = run_acmebox(*args, "--force-renew", "--ignore-ledger")  # 5 in a week: past the ledger
             assert again.returncode == 0, again.stderr
             newest = live_serial(dirs.certs, NAME)
             assert newest not in serials

@@ -18,6 +18,8 @@ PROD = "https://ca.test/production"
 STAGING = "https://ca.test/staging"
 DAY = dt.timedelta(days=1)
 
+SHORT = Wanted(CertSpec(("a.test", "www.a.test"), profile="shortlived"), PROD)
+DEFAULT_ONLY = frozenset({"default"})
 LIVE = Live("1a2b", ("a.test", "www.a.test"), "ec256", T0 - 10 * DAY, T0 + 80 * DAY, directory=PROD)
 WANTED = Wanted(CertSpec(("a.test", "www.a.test")), PROD)
 FAILED = CertState(failures=2, last_error="CA said no", next_attempt=T0 + dt.timedelta(minutes=10))
@@ -48,6 +50,8 @@ READY_TABLE = [
     ("key type", seen(replace(LIVE, key_type="rsa2048")), Reason.KEY_TYPE_CHANGED),
     ("profile", seen(wanted=Wanted(CertSpec(WANTED.spec.names, profile="shortlived"), PROD)), Reason.PROFILE_CHANGED),
     ("expired", seen(replace(LIVE, not_after=T0 - DAY)), Reason.EXPIRED),
+    ("profile withdrawn", seen(replace(LIVE, profile="shortlived"), wanted=SHORT, offered=DEFAULT_ONLY),
+     Reason.PROFILE_WITHDRAWN),
     ("last 1/20", seen(replace(LIVE, not_before=T0 - 89 * DAY, not_after=T0 + 2 * DAY)), Reason.EXPIRING),
     ("other serial served", seen(presented=Presented("ffff", door="127.0.0.1:443")), Reason.NOT_SERVED),
     ("no answer", seen(presented=Presented(None, "refused")), Reason.NOT_SERVED),
@@ -175,6 +179,98 @@ def test_gates(what: str, observed: Observed, state: CertState, request_: Reques
     plan: Plan = policies.plan(observed, state, request_, kept)
     assert plan.verdict.reason is reason, plan
     assert plan.at == at
+
+
+# -- a withdrawn profile --------------------------------------------------------------------------
+
+SHORT_LIVE = replace(LIVE, profile="shortlived")  # 90 days: the last tenth begins at T0 + 71 days
+
+
+@pytest.mark.parametrize(
+    ("what", "observed", "reason"),
+    [
+        ("withdrawn: the live one has it", seen(SHORT_LIVE, wanted=SHORT, offered=DEFAULT_ONLY),
+         Reason.PROFILE_WITHDRAWN),
+        ("withdrawn: renewed with the default since", seen(replace(LIVE, profile=None), wanted=SHORT,
+                                                             offered=DEFAULT_ONLY), Reason.PROFILE_WITHDRAWN),
+        ("withdrawn, and expired", seen(replace(SHORT_LIVE, not_after=T0 - DAY), wanted=SHORT, offered=DEFAULT_ONLY),
+         Reason.EXPIRED),
+        ("offered", seen(SHORT_LIVE, wanted=SHORT, offered=frozenset({"default", "shortlived"})), Reason.READY),
+        ("offered again: back to it", seen(replace(LIVE, profile=None), wanted=SHORT,
+                                           offered=frozenset({"shortlived"})), Reason.PROFILE_CHANGED),
+        ("not known (not connected)", seen(SHORT_LIVE, wanted=SHORT), Reason.READY),
+        ("no profile configured", seen(offered=DEFAULT_ONLY), Reason.READY),
+    ],
+)
+def test_a_withdrawn_profile_is_a_verdict_not_a_change(what: str, observed: Observed, reason: Reason) -> None:
+    assert policies.ready(observed).reason is reason
+
+
+def test_a_withdrawn_profile_renews_before_the_last_tenth() -> None:
+    """ARI puts the renewal late; the withdrawn profile moves it to the last tenth at the latest,
+    under its own token; a certificate already renewed with the default follows the usual rules."""
+    observed = seen(SHORT_LIVE, wanted=SHORT, offered=DEFAULT_ONLY)
+    assert policies.replace(observed) is None, "not a change to order at once"
+    late = policies.trigger(observed, LATE_ARI)
+    assert late.verdict.reason is Reason.PROFILE_WITHDRAWN
+    assert (late.at, late.wake) == (T0 + 71 * DAY, LATE_ARI.next_fetch)
+    assert "renewing with its default profile" in late.reason
+    early = policies.trigger(observed)  # the lifetime rule comes first
+    assert (early.verdict.reason, early.at) == (Reason.PROFILE_WITHDRAWN, T0 + 50 * DAY)
+    renewed = seen(replace(LIVE, profile=None), wanted=SHORT, offered=DEFAULT_ONLY)
+    assert policies.trigger(renewed).verdict.reason is Reason.RENEWAL_DUE
+    assert policies.trigger(seen(SHORT_LIVE, wanted=SHORT, offered=None)).verdict.reason is Reason.RENEWAL_DUE
+    assert Reason.PROFILE_WITHDRAWN in policies.LOOP_PRONE
+    assert "renewing with its default profile by 2026-05-11" in policies.ready(observed).message
+
+
+IN_LAST_TENTH = replace(LIVE, not_before=T0 - 82 * DAY, not_after=T0 + 8 * DAY)
+
+
+@pytest.mark.parametrize(
+    ("what", "observed", "ca_error", "reason"),
+    [
+        ("last tenth, failing", seen(IN_LAST_TENTH, state=FAILED), None, Reason.CANNOT_RENEW),
+        ("last tenth, CA unreachable", seen(IN_LAST_TENTH), "connection refused", Reason.CANNOT_RENEW),
+        ("expired, failing", seen(replace(LIVE, not_after=T0 - DAY), state=FAILED), None, Reason.CANNOT_RENEW),
+        ("last tenth, renewal not failing", seen(IN_LAST_TENTH), None, None),
+        ("failing, with time left", seen(state=FAILED), "connection refused", None),
+        ("placeholder", seen(replace(IN_LAST_TENTH, placeholder=True), state=FAILED), None, None),
+        ("nothing live", seen(None, state=FAILED), "connection refused", None),
+    ],
+)
+def test_renewable(what: str, observed: Observed, ca_error: str | None, reason: Reason | None) -> None:
+    verdict = policies.renewable(observed, ca_error)
+    assert (verdict.reason if verdict else None) is reason
+    if verdict is not None:
+        assert "last tenth" in verdict.message and (ca_error or "CA said no") in verdict.message
+
+
+ORDER = "https://ca.test/order/1"
+
+
+@pytest.mark.parametrize(
+    ("what", "observed", "state", "request_", "kept", "reason", "at"),
+    [
+        ("in flight, fetch it now", seen(), CertState(), Request(), False, Reason.RESUMING, T0),
+        ("in flight, before a forced order", seen(), CertState(), Request(pending=True, forced=True), False,
+         Reason.RESUMING, T0),
+        ("in flight, before a missing certificate", seen(None), RECENT, Request(), False, Reason.RESUMING, T0),
+        ("in flight, the CA failed", seen(), FAILED, Request(), False, Reason.RESUMING, FAILED.next_attempt),
+        ("in flight, the CA failed, --once", seen(), FAILED, Request(eager=True), False, Reason.RESUMING,
+         FAILED.next_attempt),
+        ("in flight, the CA failed, asked to", seen(), FAILED, Request(pending=True), False, Reason.RESUMING, T0),
+        ("in flight, received first", seen(), CertState(), Request(), True, Reason.PENDING, T0),
+    ],
+)
+def test_an_order_in_flight_is_fetched_before_anything_is_ordered(
+    what: str, observed: Observed, state: CertState, request_: Request, kept: bool, reason: Reason, at: dt.datetime
+) -> None:
+    plan = policies.plan(observed, state, request_, kept, in_flight=ORDER)
+    assert plan.verdict.reason is reason, plan
+    assert plan.at == at
+    if reason is Reason.RESUMING:
+        assert ORDER in plan.reason
 
 
 def test_gate_messages_are_the_logged_reasons() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from acmebox.client import ari_cert_id
+from acmebox.ari import ari_cert_id
 from acmebox.config import CertSpec, Config, HostPort
 from acmebox.reload import served_serial
 from acmebox.service import Service

@@ -11,7 +11,9 @@ actions: "status" (answer `status` itself: a problem+json document of `problem` 
 HTML page with html=True, plus Retry-After when given), "reset" (close the connection
 without an answer), "badjson" (forward, then replace the body with invalid JSON),
 "drop-location" (forward, then remove the Location header), "trickle" (forward, then send the
-body one byte every `every` seconds), "pass" (forward, to count).
+body one byte every `every` seconds), "hold" (keep the request unanswered, not forwarded,
+until `release()`: a client waiting for it can be killed at that point), "pass" (forward, to
+count).
 
 Every request is recorded in `proxy.log` as (method, path, action), so tests count orders.
 Runs in a thread of its own with its own event loop; `stop()` ends it.
@@ -56,6 +58,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
+        self._released: asyncio.Event | None = None  # made on the proxy's loop
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self.port = 0
 
@@ -74,6 +77,12 @@ class FaultProxy:
     def add(self, rule: Rule) -> None:
         with self._lock:
             self.rules.append(rule)
+
+    def release(self) -> None:
+        """Let held requests go on to Pebble (and later ones matching a "hold" rule through)."""
+        loop, event = self._loop, self._released
+        if event is not None:
+            loop.call_soon_threadsafe(event.set)
 
     def clear(self) -> None:
         with self._lock:
@@ -103,6 +112,7 @@ class FaultProxy:
         self._loop.run_until_complete(self._session.close())
 
     async def _start(self) -> None:
+        self._released = asyncio.Event()
         upstream_tls = ssl.create_default_context(cafile=str(self.run_dir / "listener-ca.pem"))
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=upstream_tls))
         app = web.Application()
@@ -131,6 +141,9 @@ class FaultProxy:
             self.log.append((request.method, request.path, action))
         if rule is not None and action == "status":
             return self._answer(rule)
+        if rule is not None and action == "hold":
+            assert self._released is not None
+            await self._released.wait()
         if rule is not None and action == "reset":
             assert request.transport is not None
             request.transport.abort()
