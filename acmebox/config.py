@@ -14,13 +14,14 @@ import logging
 import re
 import socket
 import ssl
-import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from acmebox.configfile import PROFILE_NAME, read_config_file
 from acmebox.errors import ConfigError
+from acmebox.fleetspec import FleetSpec
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name, canonical_names
 from acmebox.statedir import StateDir
@@ -193,6 +194,8 @@ class Sources:
     auth_acl: Path | None = None
     auth_trusted_proxies: tuple[str, ...] | None = None  # None: not given (an empty flag counts as given)
     max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
+    fleet_frontends: str | None = None  # --fleet-frontends: the name of every frontend (Swarm: tasks.nginx)
+    fleet_secret_file: Path | None = None
     once: bool = False
     force_renew: bool = False
     compose_domain: str | None = None  # DOCKER_REGISTRY_DOMAIN_NAME as typed: nginx's template uses it as is
@@ -247,6 +250,7 @@ class Config:
     key_mode: int | None = None  # None: keep the previous key's mode (0600 for a first key)
     key_group: int | None = None  # None: keep the previous key's group
     max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
+    fleet: FleetSpec | None = None  # frontends on other nodes, fed by followers (Swarm)
 
     def __post_init__(self) -> None:
         seen: dict[str, CertSpec] = {}
@@ -281,8 +285,8 @@ class Config:
             CertSpec.build([])  # raises the "no domain given" error
         email = raw.email
         if raw.config_file is not None:
-            file_specs, file_email = certs_from_toml(raw.config_file, raw.key_type, raw.profile)
-            specs += file_specs
+            entries, file_email = read_config_file(raw.config_file, raw.key_type, raw.profile)
+            specs += [CertSpec.build(names, kt, pr) for names, kt, pr in entries]
             email = email or file_email
         specs = merged(specs)
         warn_if_not_canonical(raw.compose_domain, specs[0].names)
@@ -311,6 +315,7 @@ class Config:
             key_mode=key_mode,
             key_group=key_group,
             max_concurrent_orders=raw.max_concurrent_orders,
+            fleet=FleetSpec.parse(raw.fleet_frontends, raw.fleet_secret_file),
         )
         if raw.probe_listen:
             check_listen(config.listen)
@@ -402,78 +407,6 @@ def check_ca_bundle(path: Path | None) -> None:
 
 # Limits of the --config file: generous for any real registry, small enough that a hostile or
 # broken file is refused in one line instead of exhausting memory or the stack.
-TOML_MAX_BYTES = 64 * 1024 * 1024
-TOML_MAX_STRING = 1024
-# ACME profile names (draft-aaron-acme-profiles) are short tokens such as `shortlived`.
-PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_CERT_KEYS = {"names": "a list of domain names", "key_type": f"one of {', '.join(KEY_TYPES)}",
-              "profile": "a profile name such as shortlived"}
-
-
-def _toml_str(value: object, where: str, want: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > TOML_MAX_STRING:
-        raise ConfigError(f"{where} must be {want}")
-    return value
-
-
-def certs_from_toml(path: Path, key_type: str, profile: str | None) -> tuple[list[CertSpec], str | None]:
-    """Certificates (and optionally the email) from a small TOML file:
-
-    email = "you@example.com"
-    [[certificate]]
-    names = ["registry.example.com", "ui.example.com"]
-    key_type = "ec384"        # optional, default --key-type
-    profile = "shortlived"    # optional, default --profile
-
-    Checked against that schema (types, unknown keys, sizes): a ConfigError of one line names
-    the first thing wrong.
-    """
-    try:
-        with path.open("rb") as f:
-            raw = f.read(TOML_MAX_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
-    if len(raw) > TOML_MAX_BYTES:
-        raise ConfigError(f"config file {path}: larger than {TOML_MAX_BYTES // 2**20} MiB")
-    try:
-        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path}: not UTF-8 (byte {e.start})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: {' '.join(str(e).split())}") from None
-    except RecursionError:
-        raise ConfigError(f"config file {path}: nested too deeply") from None
-    where = f"config file {path}"
-    unknown = set(data) - {"email", "certificate"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))[:200]}")
-    email = data.get("email")
-    if email is not None:
-        _toml_str(email, f"{where}: email", "an email address")
-    entries = data.get("certificate", [])
-    if not isinstance(entries, list):
-        raise ConfigError(f"{where}: certificate must be an array of tables ([[certificate]])")
-    specs = []
-    for i, entry in enumerate(entries, 1):
-        at = f"{where}: certificate {i}"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{at} must be a table with names = [...]")
-        extra = set(entry) - set(_CERT_KEYS)
-        if extra:
-            raise ConfigError(f"{at}: unknown key(s) {', '.join(sorted(extra))[:200]}")
-        names = entry.get("names")
-        if not isinstance(names, list) or not names:
-            raise ConfigError(f"{at} needs names = [...] with at least one domain name")
-        for n in names:
-            _toml_str(n, f"{at}: names", "a list of domain names (strings)")
-        kt = _toml_str(entry.get("key_type", key_type), f"{at}: key_type", _CERT_KEYS["key_type"])
-        pr = entry.get("profile", profile)
-        if pr is not None and not (isinstance(pr, str) and PROFILE_NAME.match(pr)):
-            raise ConfigError(f"{at}: profile must be {_CERT_KEYS['profile']}")
-        specs.append(CertSpec.build(list(names), kt, pr))
-    return specs, email
-
-
 def parse_key_mode(raw: str) -> int:
     """`--key-mode`: octal permissions for privkey.pem and combined.pem, e.g. 0640. The owner
     keeps read access; "other" never gets any (certbot's rule since its PR 6480)."""
