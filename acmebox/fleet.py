@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import socket
 import urllib.request
@@ -35,17 +36,15 @@ from acmebox.challenges import SelfCheck
 from acmebox.errors import ConfigError
 from acmebox.fsutil import atomic_write_json
 from acmebox.reload import ReloadFailed, served_certificate
-from acmebox.sealed import Bundle, FleetKeys, Refused, read_secret
+from acmebox.sealed import BUNDLE_PATH, LONG_POLL_MAX, Bundle, FleetKeys, Refused, read_secret
 from acmebox.store import CertStore
 
 log = logging.getLogger(__name__)
 
 NODE_PATH = "/.well-known/acmebox-frontend"  # nginx answers its host name (the node's, in the Swarm overlay)
-BUNDLE_PATH = "/fleet/v1/bundle/"
 FAST, OBSERVE = 2.0, 30.0  # seconds between looks while a frontend lags / while all agree
 GRACE = 4.0  # seconds a frontend may lag before it is asked to reload (its follower is fetching)
 RETRY_FIRST, RETRY_MAX = 2.0, 300.0  # backoff between reload requests to one frontend
-LONG_POLL_MAX = 25.0  # seconds a follower's poll is held while nothing changes
 LOOK_TIMEOUT = 5.0  # seconds for one handshake or one node-name fetch
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # frontends are never behind a proxy
 
@@ -340,3 +339,34 @@ class Fleet:
         bundle = Bundle(name, key_pem, fullchain, dict(stored.meta), self.reloads.get(node, 0))
         return web.Response(body=self.spec.keys.seal(bundle.to_bytes(), nonce),
                             content_type="application/octet-stream")  # fmt: skip
+
+
+# -- for `acmebox status` (another process: it reads what the service recorded) -----------------
+
+
+def recorded(state_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per certificate name, what each frontend presented at the service's last look (from
+    <state>/fleet.json): [{"node", "address", "serial", "serves_live", "missing_since",
+    "checked"}]. Empty when the service runs without frontends."""
+    try:
+        data = json.loads((state_dir / "fleet.json").read_text())
+        wanted, fronts = dict(data["wanted"]), list(data["frontends"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, serial in wanted.items():
+        out[name] = [{"node": f.get("node"), "address": f.get("address"), "serial": (f.get("serials") or {}).get(name),
+                      "serves_live": f.get("missing_since") is None and (f.get("serials") or {}).get(name) == serial,
+                      "missing_since": f.get("missing_since"), "checked": f.get("checked")}
+                     for f in fronts]  # fmt: skip
+    return out
+
+
+def describe(front: dict[str, Any]) -> str:
+    """One line of `acmebox status` for a frontend entry of `recorded`."""
+    where = f"frontend {front['node']} ({front['address']})"
+    if front["missing_since"]:
+        return f"{where}: missing since {front['missing_since']}"
+    if front["serves_live"]:
+        return f"{where}: serves the live certificate"
+    return f"{where}: presents {front['serial'] or 'nothing (no TLS answer)'}, not the live one"
