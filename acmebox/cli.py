@@ -20,7 +20,7 @@ import sys
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from acmebox import __version__
 from acmebox.config import (
@@ -41,6 +41,9 @@ from acmebox.errors import AcmeboxError, ConfigError
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name
 from acmebox.reload import KINDS, ReloadTarget
+
+if TYPE_CHECKING:
+    from acmebox.fleet import FleetSpec
 
 log = logging.getLogger("acmebox")
 TRUE = {"1", "true", "yes", "on"}
@@ -153,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
          action="store_true")
     _opt(run, "--reload-verify", "after reloading, check by TLS handshake that HOST:PORT serves the new certificate",
          metavar="HOST:PORT")  # fmt: skip
+    fleet = run.add_argument_group("frontends on other nodes (Docker Swarm; README \"Swarm\")")
+    _opt(fleet, "--fleet-frontends", "the name that resolves to every frontend (e.g. tasks.nginx); each is checked "
+         "by TLS handshake on 443 (NAME:PORT for another) and fed by an `acmebox follow` on its node")  # fmt: skip
+    _opt(fleet, "--fleet-secret-file", "the secret followers authenticate with (a Swarm secret)", type=Path)
     auth = run.add_argument_group("registry token service (enabled by --auth-htpasswd)")
     _opt(auth, "--auth-htpasswd", "htpasswd file with bcrypt entries of the users who may push", type=Path)
     _opt(auth, "--auth-key", "token signing key, created once (default: <state-dir>/token-signing.key)", type=Path)
@@ -179,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     renew.add_argument("--force", action="store_true", help="renew even when not due")
     renew.add_argument("--timeout", type=seconds, default=300, help="seconds to wait for the outcome [default: 300]")
     _dirs(renew)
+    from acmebox import follow
+
+    follow.add_parser(sub)
     revoke = sub.add_parser("revoke", help="revoke a certificate at its CA; the service then replaces it")
     revoke.add_argument("name", help="any name of the certificate")
     revoke.add_argument("--reason", type=int, default=0, choices=[0, 1, 3, 4, 5],
@@ -286,10 +296,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
         key_mode=key_mode,
         key_group=key_group,
         max_concurrent_orders=args.max_concurrent_orders,
+        fleet=_fleet(args),
     )
     if args.command != "check":  # check runs beside the service, whose port this is
         check_listen(config.listen)
     return config
+
+
+def _fleet(args: argparse.Namespace) -> FleetSpec | None:
+    from acmebox.fleet import FleetSpec  # imported late: `--help` stays fast
+
+    return FleetSpec.parse(args.fleet_frontends, args.fleet_secret_file)
 
 
 def _certificates(args: argparse.Namespace) -> list[CertSpec]:
@@ -426,6 +443,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
             config = config_from_args(args)
             return check.report(asyncio.run(check.run(config)), args.json)
+        if args.command == "follow":
+            from acmebox import follow
+
+            return asyncio.run(follow.main(follow.spec_from_args(args)))
         from acmebox import commands
 
         if args.command == "status":

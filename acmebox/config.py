@@ -18,6 +18,7 @@ from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name, canonical_names
 
 if TYPE_CHECKING:
+    from acmebox.fleet import FleetSpec
     from acmebox.reload import ReloadTarget
 
 LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
@@ -117,6 +118,7 @@ class Config:
     key_mode: int | None = None  # None: keep the previous key's mode (0600 for a first key)
     key_group: int | None = None  # None: keep the previous key's group
     max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
+    fleet: FleetSpec | None = None  # frontends on other nodes, fed by followers (Swarm)
 
     def __post_init__(self) -> None:
         seen: dict[str, CertSpec] = {}
