@@ -52,6 +52,14 @@ class Service:
         via = config.self_check_via
         self.self_check = SelfCheck((via.host, via.port) if via else None) if config.self_check else None
         self.metrics = Metrics()
+        self.fleet = None
+        if config.fleet is not None:
+            from acmebox.fleet import Fleet
+
+            self.fleet = Fleet(config.fleet, self.store, config.state_dir, [s.name for s in config.certs],
+                               self.metrics.registry, self.self_check)  # fmt: skip
+            if self.self_check is not None:
+                self.self_check = self.fleet.self_check  # type: ignore[assignment]  # same call
         self.account = AccountFiles.for_directory(config.state_dir, config.directory)
         self.reloader = Reloader(
             config.reload or ReloadTarget("none"), config.reload_verify,
@@ -117,6 +125,9 @@ class Service:
                 ok = False
                 line += f"; failing: {state.last_error[:200]} (next attempt {state.next_attempt.isoformat()})"
             lines.append(line)
+        if self.fleet is not None:
+            fleet_ok, fleet_lines = self.fleet.health()
+            ok, lines = ok and fleet_ok, lines + fleet_lines
         return ok, "\n".join(lines)
 
     # -- the CA -------------------------------------------------------------------------------
@@ -256,6 +267,8 @@ class Service:
         """Tell the reloader; with `confirm` (someone waits in `acmebox renew`), wait a while for
         its outcome and say it. Returns what is known about nginx, in a few words."""
         self.reloader.request(stored.name, stored.serial)
+        if self.fleet is not None:
+            return await self._fleet_took(stored, confirm)
         if self.reloader.target.kind == "none" and self.reloader.verify is None:
             return "no reload configured"
         if not confirm:
@@ -273,6 +286,19 @@ class Service:
                 return f"but not served: the server does not present it after {CONFIRM_WAIT:.0f}s (see the log)"
             await asyncio.sleep(0.2)
         return "the server serves it (verified)"
+
+    async def _fleet_took(self, stored: StoredCert, confirm: bool) -> str:
+        assert self.fleet is not None
+        self.fleet.want(stored.name, stored.serial)
+        if not confirm:
+            return "the frontends' followers fetch it"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONFIRM_WAIT
+        while not self.fleet.all_serve(stored.name):
+            if loop.time() > deadline:
+                return f"but not every frontend serves it after {CONFIRM_WAIT:.0f}s (see /healthz)"
+            await asyncio.sleep(0.5)
+        return "every frontend serves it (verified)"
 
     def write_placeholders(self) -> None:
         for spec in self.config.certs:
@@ -362,6 +388,8 @@ class Service:
             stored = self.store.current(spec.name)
             if stored is not None:
                 self.reloader.request(spec.name, stored.serial)
+                if self.fleet is not None and not stored.placeholder:
+                    self.fleet.want(spec.name, stored.serial)
         self.ready = True
         pid_file = control.pid_file(self.config.state_dir)
         try:
@@ -375,6 +403,8 @@ class Service:
             log.info("managing %d certificate(s)", len(self.maintainers))
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.reloader.run())
+                if self.fleet is not None:
+                    tasks.create_task(self.fleet.run())
                 for m in self.maintainers.values():
                     tasks.create_task(m.run_forever())
         finally:
@@ -403,7 +433,8 @@ class Service:
             t = self.config.token_auth
             token_service = registry_token.build(t.htpasswd, t.key, t.cert, t.service, t.issuer, t.ttl, t.acl,
                                                  t.trusted_proxies)  # fmt: skip
-        app = webapp.build_app(self.tokens, self.health, self.metrics, token_service, ready=lambda: self.ready)
+        app = webapp.build_app(self.tokens, self.health, self.metrics, token_service, ready=lambda: self.ready,
+                               routes=[self.fleet.add_routes] if self.fleet is not None else [])  # fmt: skip
         runner = await webapp.start(app, self.config.listen)
         if once:
             self.reloader.attempts = ONCE_ATTEMPTS

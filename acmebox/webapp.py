@@ -17,7 +17,7 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
@@ -50,11 +50,15 @@ def build_app(
     metrics: Metrics | None = None,
     token_service: registry_token.TokenService | None = None,
     ready: Callable[[], bool] | None = None,
+    routes: Sequence[Callable[[web.Application], None]] = (),
 ) -> web.Application:
     """`health` backs /healthz (200 while every certificate is good, else 503); `ready` backs
-    /readyz (200 once what nginx and the registry need to start is on disk, else 503)."""
+    /readyz (200 once what nginx and the registry need to start is on disk, else 503);
+    `routes` add more (e.g. the fleet's route for followers)."""
     app = web.Application()
     challenges.add_routes(app, tokens)
+    for install in routes:
+        install(app)
     if token_service is not None:
         from acmebox import registry_token
 
