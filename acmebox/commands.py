@@ -19,6 +19,7 @@ from acmebox import control
 from acmebox.account import AccountFiles
 from acmebox.client import AcmeClient
 from acmebox.errors import AcmeboxError, ConfigError
+from acmebox.fleet import describe, recorded
 from acmebox.state import StateStore
 from acmebox.store import CertStore, StoredCert
 
@@ -105,6 +106,12 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
     rows = [_status_of(name, store, states, served) for name in managed]
     for name in leftovers:
         rows.append({**_status_of(name, store, states, served), "condition": "not managed"})
+    fleet = recorded(state_dir)
+    for r in rows:  # frontends on other nodes (Swarm): each must serve the live certificate
+        if r["name"] in fleet:
+            r["frontends"] = fleet[r["name"]]
+            if r["condition"] == "ok" and not all(f["serves_live"] for f in r["frontends"]):
+                r["condition"] = "not served"
     if as_json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -121,6 +128,9 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
         widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]
         for t in table:
             print("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=False)) + "  " + t[-1])
+        for r in rows:
+            for front in r.get("frontends", []):
+                print(f"{r['name']}: {describe(front)}")
     return 0 if all(r["condition"] in ("ok", "not managed") for r in rows) else 1
 
 
