@@ -106,7 +106,9 @@ if [ "$swarm" = 1 ]; then
   export SWARM_CONFIG_HASH
   render=(python3 "$here/swarm-render.py")
   command -v python3 >/dev/null || render=(docker run --rm -i --entrypoint python "${ACMEBOX_IMAGE:-acmebox:local}" -c "$(cat "$here/swarm-render.py")")
-  docker compose -f docker-compose.yml -f docker-compose.swarm.yml config --format json | "${render[@]}" >"$here/.swarm-stack.json"
+  files=(-f docker-compose.yml -f docker-compose.swarm.yml)
+  [ -z "${COMPOSE_FILE:-}" ] || files=()   # COMPOSE_FILE names the files (more overlays, e.g. a test's)
+  docker compose "${files[@]}" config --format json | "${render[@]}" >"$here/.swarm-stack.json"
   detach=(); docker stack deploy --help 2>/dev/null | grep -q -- --detach && detach=(--detach=true)
   docker stack deploy "${detach[@]}" --prune -c "$here/.swarm-stack.json" "$stack"
   echo "start-registry.sh: deployed stack $stack; stop with: docker stack rm $stack (volumes and data stay)"
