@@ -285,10 +285,15 @@ class Fleet:
 
     async def self_check(self, name: str, token: str, key_authorization: str) -> bool:
         """Fetch the challenge through every frontend (any may be the one the CA reaches)."""
-        addresses = await asyncio.to_thread(self._discover)
-        if not addresses:
-            log.warning("%s: self-check: %s resolves to no frontend; asking the CA anyway", name, self.spec.frontends)
-            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._check.bound
+        while not (addresses := await asyncio.to_thread(self._discover)):
+            # at the stack's start acmebox runs before any nginx: a validation now would fail
+            if loop.time() > deadline:
+                log.warning("%s: self-check: %s resolves to no frontend; asking the CA anyway", name,
+                            self.spec.frontends)  # fmt: skip
+                return False
+            await asyncio.sleep(1.0)
         checks = [SelfCheck((a, self.spec.http_port), self._check.bound, self._check.first_delay) for a in addresses]
         results = await asyncio.gather(*(c(name, token, key_authorization) for c in checks))
         if all(results):

@@ -23,16 +23,17 @@ import socket
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from acmebox import placeholder
 from acmebox.config import CertSpec, HostPort
 from acmebox.errors import ConfigError
-from acmebox.fleet import BUNDLE_PATH, LONG_POLL_MAX
 from acmebox.reload import ReloadFailed, ReloadTarget
-from acmebox.sealed import Bundle, FleetKeys, Refused, read_secret
+from acmebox.sealed import BUNDLE_PATH, LONG_POLL_MAX, NONCE_HEADER, Bundle, FleetKeys, Refused, read_secret
 from acmebox.store import CertStore, split_chain
+
+if TYPE_CHECKING:  # imported when following: `acmebox --help` stays fast
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Follower:
             if resp.status != 200:
                 raise Refused(f"acmebox answered HTTP {resp.status}: {(await resp.text())[:100].strip()}")
             blob = await resp.read()
-        bundle = Bundle.from_bytes(self.spec.keys.open(blob, headers["X-Acmebox-Fleet-Nonce"]))
+        bundle = Bundle.from_bytes(self.spec.keys.open(blob, headers[NONCE_HEADER]))
         if bundle.name != name:
             raise Refused(f"asked for {name}, got {bundle.name}")
         first = name not in self.applied
@@ -133,6 +134,8 @@ class Follower:
         return True
 
     async def follow(self, name: str) -> None:
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=LONG_POLL_MAX + 15, connect=10)
         failures = 0
         async with aiohttp.ClientSession(timeout=timeout) as session:

@@ -39,6 +39,8 @@ MAX_SKEW = 300.0  # seconds a request's time may differ from acmebox's clock
 NODE_HEADER, TIME_HEADER = "X-Acmebox-Fleet-Node", "X-Acmebox-Fleet-Time"
 NONCE_HEADER, AUTH_HEADER = "X-Acmebox-Fleet-Nonce", "X-Acmebox-Fleet-Auth"
 MAX_NODE = 253  # a node name is a host name
+BUNDLE_PATH = "/fleet/v1/bundle/"  # + the certificate's name; query: have, reload, wait
+LONG_POLL_MAX = 25.0  # seconds acmebox holds a follower's poll while nothing changes
 
 
 class Refused(Exception):
