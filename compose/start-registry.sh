@@ -93,7 +93,7 @@ if [ "$swarm" = 1 ]; then
   # One node holds acmebox's state and the registry's data: this one, unless another is labelled.
   labelled=$(docker node ls -q | xargs docker node inspect -f '{{if eq (index .Spec.Labels "acmebox") "true"}}{{.Description.Hostname}}{{end}}' | tr -d '\n')
   if [ -z "$labelled" ]; then
-    docker node update -q --label-add acmebox=true "$(docker info -f '{{.Swarm.NodeID}}')" >/dev/null
+    docker node update --label-add acmebox=true "$(docker info -f '{{.Swarm.NodeID}}')" >/dev/null
     labelled=$(docker info -f '{{.Name}}')
   fi
   echo "start-registry.sh: acmebox and the registry run on $labelled (label acmebox=true)"
