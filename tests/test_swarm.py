@@ -65,9 +65,23 @@ class Deployed:
         return json.loads(self.acmebox("acmebox", "status", "--json", check=False).stdout)  # type: ignore[no-any-return]
 
     def live_serial(self) -> int | None:
-        serial = self.status()[0]["serial"]
-        row = self.status()[0]
-        return int(serial, 16) if serial and row["issuer"] != "(self-signed placeholder)" else None
+        if self.s.node(1).container(f"{STACK}_acmebox") is None:
+            return None
+        rows = self.status()  # [] until the service recorded its configuration
+        if not rows:
+            return None
+        row = rows[0]
+        return int(row["serial"], 16) if row["serial"] and row["issuer"] != "(self-signed placeholder)" else None
+
+    def diagnose(self) -> str:
+        """What the stack's tasks and logs say (for a failure's message)."""
+        first = next(n for n in self.nodes)
+        out = [first.docker("stack", "ps", "--no-trunc", STACK, check=False)]
+        for svc in ("acmebox", "follower", "nginx", "registry"):
+            logs = first.engine.run("docker", "service", "logs", "--tail", "40", f"{STACK}_{svc}", check=False,
+                                    timeout=60)  # fmt: skip
+            out.append(f"--- {svc}\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
+        return "\n".join(out)
 
     def served(self) -> dict[str, int | None]:
         return {n.name: served_serial(self.s, n) for n in self.nodes}
@@ -111,8 +125,11 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             deploy_started = time.monotonic()
             up = first.in_ns("bash", script, "--swarm", DOMAIN, "ops@example.com", env=env, timeout=300)
             d.deploy_output = up.stdout + up.stderr  # type: ignore[attr-defined]
-            wait(lambda: d.live_serial() is not None, 240, "the first certificate")
-            wait(lambda: d.all_serve(d.live_serial()), 120, "every node to serve the certificate")
+            try:
+                wait(lambda: d.live_serial() is not None, 240, "the first certificate")
+                wait(lambda: d.all_serve(d.live_serial()), 120, "every node to serve the certificate")
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{d.diagnose()}") from None
             d.measured["seconds_deploy_to_every_node_serving"] = round(time.monotonic() - deploy_started, 1)
             yield d
     except NotPrepared as err:
