@@ -13,85 +13,17 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from containers import ROOT, NotPrepared, compose_v2, wait
-from swarm import DOMAIN, FABRIC_IP, Swarm, build_images, busybox_tar, served_serial, swarm
+from swarm import DOMAIN, busybox_tar
+from swarm_stack import PASSWORD, STACK, USER, Deployed, deployed_stack, memory_mib, start_client, stop_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swarm]
-STACK = "registry"
-USER, PASSWORD = "alice", "alice-s3cret"
 ARTIFACT = ROOT / "test-artifacts" / "swarm.json"
-
-# Test-only additions (COMPOSE_FILE=docker-compose.yml:docker-compose.swarm.yml:<this>): acmebox
-# trusts Pebble's listener certificate.
-TEST_OVERLAY = """\
-services:
-  acmebox:
-    environment: {ACMEBOX_CA_BUNDLE: /pebble/listener-ca.pem}
-    volumes: ["${PEBBLE_DIR:?}:/pebble:ro"]
-"""
-
-
-class Deployed:
-    def __init__(self, s: Swarm, repo: Path) -> None:
-        self.s, self.repo = s, repo
-        self.measured: dict[str, Any] = {}
-
-    @property
-    def nodes(self) -> list[Any]:
-        return [n for n in self.s.nodes if n.proc is not None]
-
-    def acmebox(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        first = self.s.node(1)
-        cid = first.container(f"{STACK}_acmebox")
-        assert cid is not None, "acmebox is not running on node1"
-        return first.engine.run("docker", "exec", cid, *args, check=check, timeout=300)
-
-    def health(self) -> tuple[int, str]:
-        code = ("import urllib.request, urllib.error\ntry:\n r = urllib.request.urlopen('http://127.0.0.1:8080/healthz')"
-                "\n print(r.status); print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n print(e.code);"
-                " print(e.read().decode())")  # fmt: skip
-        out = self.acmebox("python", "-c", code).stdout
-        status, _, text = out.partition("\n")
-        return int(status), text
-
-    def status(self) -> list[dict[str, Any]]:
-        return json.loads(self.acmebox("acmebox", "status", "--json", check=False).stdout)  # type: ignore[no-any-return]
-
-    def live_serial(self) -> int | None:
-        if self.s.node(1).container(f"{STACK}_acmebox") is None:
-            return None
-        rows = self.status()  # [] until the service recorded its configuration
-        if not rows:
-            return None
-        row = rows[0]
-        return int(row["serial"], 16) if row["serial"] and row["issuer"] != "(self-signed placeholder)" else None
-
-    def diagnose(self) -> str:
-        """What the stack's tasks and logs say (for a failure's message)."""
-        first = next(n for n in self.nodes)
-        out = [first.docker("stack", "ps", "--no-trunc", STACK, check=False)]
-        for svc in ("acmebox", "follower", "nginx", "registry"):
-            logs = first.engine.run("docker", "service", "logs", "--tail", "40", f"{STACK}_{svc}", check=False,
-                                    timeout=60)  # fmt: skip
-            out.append(f"--- {svc}\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
-        return "\n".join(out)
-
-    def served(self) -> dict[str, int | None]:
-        return {n.name: served_serial(self.s, n) for n in self.nodes}
-
-    def all_serve(self, serial: int | None, names: list[str] | None = None) -> bool:
-        served = self.served()
-        return serial is not None and all(served[n] == serial for n in (names or list(served)))
-
-    def containers(self) -> dict[str, str | None]:
-        return {f"{n.name}/{svc}": n.container(f"{STACK}_{svc}") for n in self.nodes for svc in ("nginx", "follower")}
 
 
 @pytest.fixture(scope="module")
@@ -101,48 +33,21 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             pytest.skip(f"{tool} is not installed")
     if compose_v2() is None:
         pytest.skip("no Compose v2 binary (pebble-test/container-setup.sh)")
-    work = tmp_path_factory.mktemp("swarm")
-    work.chmod(0o755)
+    measured: dict[str, Any] = {}
     try:
-        with swarm(work) as s:
-            pebble = s.pebble_up()
-            started = time.monotonic()
-            repo = build_images(s)
-            d = Deployed(s, repo)
-            d.measured["seconds_images"] = round(time.monotonic() - started, 1)
-            (repo / "compose" / "docker-compose.swarmtest.yml").write_text(TEST_OVERLAY)
-            config = work / "docker-config"
-            (config / "cli-plugins").mkdir(parents=True)
-            (config / "cli-plugins" / "docker-compose").symlink_to(compose_v2() or "")
-            first = s.node(1)
-            env = {"DOCKER_CONFIG": str(config), "PEBBLE_DIR": str(pebble),
-                   "COMPOSE_FILE": "docker-compose.yml:docker-compose.swarm.yml:docker-compose.swarmtest.yml",
-                   "ACMEBOX_DIRECTORY": f"https://{FABRIC_IP}:14000/dir"}  # fmt: skip
-            script = str(repo / "compose" / "start-registry.sh")
-            first.in_ns("bash", script, "--prepare-only", DOMAIN, "ops@example.com", env=env, timeout=300)
-            subprocess.run(["htpasswd", "-Bb", str(repo / "compose" / "data" / "auth" / "htpasswd"), USER,
-                            PASSWORD], check=True, capture_output=True)  # fmt: skip
-            deploy_started = time.monotonic()
-            up = first.in_ns("bash", script, "--swarm", DOMAIN, "ops@example.com", env=env, timeout=300)
-            d.deploy_output = up.stdout + up.stderr  # type: ignore[attr-defined]
-            try:
-                wait(lambda: d.live_serial() is not None, 240, "the first certificate")
-                wait(lambda: d.all_serve(d.live_serial()), 120, "every node to serve the certificate")
-            except AssertionError as e:
-                raise AssertionError(f"{e}\n{d.diagnose()}") from None
-            d.measured["seconds_deploy_to_every_node_serving"] = round(time.monotonic() - deploy_started, 1)
+        with deployed_stack(tmp_path_factory.mktemp("swarm")) as d:
+            measured = d.measured
             yield d
     except NotPrepared as err:
         pytest.fail(str(err))
     finally:
         ARTIFACT.parent.mkdir(exist_ok=True)
-        if "d" in locals():
-            ARTIFACT.write_text(json.dumps(d.measured, indent=2) + "\n")
+        ARTIFACT.write_text(json.dumps(measured, indent=2) + "\n")
 
 
 def test_one_order_every_node_serves(deployed: Deployed) -> None:
     d = deployed
-    assert "start-registry.sh: deployed stack registry" in d.deploy_output  # type: ignore[attr-defined]
+    assert "start-registry.sh: deployed stack registry" in d.deploy_output
     assert d.s.orders() == 1
     live = d.live_serial()
     assert d.served() == {"node1": live, "node2": live, "node3": live}
@@ -165,25 +70,7 @@ def test_one_order_every_node_serves(deployed: Deployed) -> None:
             assert cid is not None
             mounts = n.engine.inspect(cid)["Mounts"]
             assert not any("docker.sock" in m.get("Source", "") for m in mounts)
-    d.measured["memory_mib_per_node"] = {n.name: pss_mib(n.proc.pid) for n in d.nodes if n.proc is not None}
-
-
-def pss_mib(pid: int) -> int:
-    """PSS of every process in the network namespace of `pid` (dockerd, containerd, tasks)."""
-    ns = Path(f"/proc/{pid}/ns/net").readlink()
-    total = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if (proc / "ns" / "net").readlink() != ns:
-                continue
-            for line in (proc / "smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total // 1024
+    d.measured["memory_mib_per_node"] = {n.name: memory_mib(n) for n in d.nodes}
 
 
 def test_push_node1_pull_node3(deployed: Deployed) -> None:
@@ -205,30 +92,13 @@ def test_push_node1_pull_node3(deployed: Deployed) -> None:
     assert anonymous.returncode != 0 and "denied" in anonymous.stderr.lower(), anonymous.stderr
 
 
-def _client(d: Deployed, name: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
-    stop, result = d.s.work / f"{name}.stop", d.s.work / f"{name}.json"
-    ca = d.s.work / "pebble-root.pem"
-    ca.write_text(d.s.pebble_root())
-    assert d.s.fabric_proc is not None
-    proc = subprocess.Popen(["nsenter", "-t", str(d.s.fabric_proc.pid), "-n", sys.executable,
-                             str(Path(__file__).parent / "swarm_client.py"), str(ca), DOMAIN, str(stop), str(result),
-                             *(n.ip for n in d.s.nodes)])  # fmt: skip
-    return proc, stop, result
-
-
-def _stop_client(proc: subprocess.Popen[bytes], stop: Path, result: Path) -> dict[str, Any]:
-    stop.touch()
-    proc.wait(timeout=60)
-    return json.loads(result.read_text())  # type: ignore[no-any-return]
-
-
 def test_renew_rolls_over_every_node_without_failures(deployed: Deployed) -> None:
     d = deployed
     old = d.live_serial()
     before = d.containers()
     orders = d.s.orders()
     d.s.point_dns_at(3)  # this time the CA validates through node3
-    proc, stop, result = _client(d, "rollover")
+    proc, stop, result = start_client(d, "rollover")
     try:
         time.sleep(2)  # the loop has seen the old certificate on every node
         started = time.monotonic()
@@ -239,7 +109,7 @@ def test_renew_rolls_over_every_node_without_failures(deployed: Deployed) -> Non
         d.measured["seconds_renew_to_every_node_serving"] = round(time.monotonic() - started, 1)
         time.sleep(2)  # a few more rounds on the new certificate
     finally:
-        seen = _stop_client(proc, stop, result)
+        seen = stop_client(proc, stop, result)
     assert d.s.orders() == orders + 1
     assert "every frontend serves it (verified)" in out.stdout + out.stderr, out.stdout + out.stderr
     assert seen["failed"] == 0, seen["errors"]
