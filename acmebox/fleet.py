@@ -186,6 +186,13 @@ class Fleet:
     def _agrees(self, f: Frontend, name: str) -> bool:
         return f.missing_since is None and f.serials.get(name) == self.wanted.get(name)
 
+    def recheck(self) -> None:
+        """Look now, and ask lagging frontends at once (an operator fixed one: `acmebox renew`)."""
+        for f in self.frontends.values():
+            if f.lag_since is not None:
+                f.next_ask = 0.0
+        self._wake.set()
+
     def lagging(self) -> list[Frontend]:
         return [f for f in self.frontends.values()
                 if f.missing_since is None and not all(self._agrees(f, n) for n in self.wanted)]  # fmt: skip
