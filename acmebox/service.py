@@ -316,6 +316,8 @@ class Service:
 
     def handle_requests(self) -> None:
         requests = control.take_all(self.config.state_dir)
+        if self.fleet is not None:  # whoever asks wants the frontends looked at too
+            self.fleet.recheck()
         if not requests:
             log.info("SIGHUP: checking every certificate now")
             for m in self.maintainers.values():
