@@ -26,7 +26,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from containers import ROOT, Engine, build_standins, project_copy, wait
+from containers import ROOT, STANDINS, Engine, project_copy, rootfs, wait
 
 NET = "192.168.77"
 FABRIC_IP = f"{NET}.1"
@@ -260,21 +260,24 @@ def served_serial(s: Swarm, target: Node) -> int | None:
 
 
 def load_images(swarm: Swarm, images: list[str]) -> None:
-    """`docker save` on node1 into `docker load` on every other node."""
+    """`docker save` on node1 into `docker load` on every other node (in parallel)."""
     first = swarm.node(1)
-    for node in swarm.nodes[1:]:
-        save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE,
-                                env={**os.environ, **first.engine.env})  # fmt: skip
-        subprocess.run(["docker", "load", "-q"], stdin=save.stdout, check=True, capture_output=True,
-                       env={**os.environ, **node.engine.env})  # fmt: skip
-        assert save.wait() == 0
+    tar = swarm.work / "images.tar"
+    first.docker("save", "-o", str(tar), *images)
+    loads = [subprocess.Popen(["docker", "load", "-q", "-i", str(tar)], stdout=subprocess.DEVNULL,
+                              env={**os.environ, **node.engine.env}) for node in swarm.nodes[1:]]  # fmt: skip
+    assert all(p.wait() == 0 for p in loads)
+    tar.unlink()
 
 
 def build_images(swarm: Swarm) -> Path:
     """The stand-ins and acmebox:local (offline, from the wheelhouse) on node1, loaded into
     the other nodes; returns the repo copy the stack is deployed from."""
     first = swarm.node(1)
-    build_standins(first.engine, swarm.work)
+    for name in ("python", "nginx", "registry"):
+        first.docker("import", str(rootfs(name)), f"local/bookworm-{name}:base")
+    for tag, standin in (("python:3.12-slim", "python"), ("nginx:1.27", "nginx"), ("registry:2", "registry")):
+        first.docker("build", "-q", "-t", tag, str(STANDINS / standin))
     repo = project_copy(swarm.work)
     first.docker("build", "-q", "-t", "acmebox:local", "--build-arg", "PIP_NO_INDEX=1",
                  "--build-arg", "PIP_FIND_LINKS=/src/wheelhouse", str(repo))  # fmt: skip
