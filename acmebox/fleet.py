@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import logging
 import socket
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,10 @@ class Follower:
     address: str
     last_poll: str
     has: str  # the serial (hex) the follower holds
+    at: float = 0.0  # monotonic time of the last poll
+
+
+FOLLOWER_FRESH = 2 * LONG_POLL_MAX + 10  # seconds a follower counts as running after its last poll
 
 
 class Fleet:
@@ -186,6 +191,13 @@ class Fleet:
     def _agrees(self, f: Frontend, name: str) -> bool:
         return f.missing_since is None and f.serials.get(name) == self.wanted.get(name)
 
+    def unseen(self) -> list[str]:
+        """Nodes whose follower polls but whose nginx is not among the frontends (not started,
+        not healthy, or not in DNS yet)."""
+        now = time.monotonic()
+        return sorted(n for n, f in self.followers.items()
+                      if now - f.at < FOLLOWER_FRESH and n not in self.frontends)  # fmt: skip
+
     def recheck(self) -> None:
         """Look now, and ask lagging frontends at once (an operator fixed one: `acmebox renew`)."""
         for f in self.frontends.values():
@@ -235,7 +247,7 @@ class Fleet:
                     self._record()
                 except Exception:  # nothing a frontend does may end the service
                     log.exception("looking at the frontends failed")
-            wait = FAST if (self.lagging() or not self.looked) else OBSERVE
+            wait = FAST if (self.lagging() or self.unseen() or not self.looked) else OBSERVE
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
@@ -250,6 +262,10 @@ class Fleet:
         if not any(f.missing_since is None for f in self.frontends.values()):
             ok = False
             lines.append(f"frontends: {self.spec.frontends} resolves to none")
+        for node in self.unseen():
+            ok = False
+            lines.append(f"frontend {node}: not found (its follower polls, but {self.spec.frontends} does not "
+                         "list its nginx)")  # fmt: skip
         for node in sorted(self.frontends):
             f = self.frontends[node]
             if f.missing_since is not None:
@@ -278,7 +294,7 @@ class Fleet:
                 "serves_live": all(self._agrees(f, n) for n in self.wanted), "error": f.error,
                 "reloads_asked": f.asks,
             })  # fmt: skip
-        followers = [vars(self.followers[n]) for n in sorted(self.followers)]
+        followers = [{k: v for k, v in vars(self.followers[n]).items() if k != "at"} for n in sorted(self.followers)]
         return {"frontends_name": self.spec.frontends, "wanted": {n: f"{s:x}" for n, s in sorted(self.wanted.items())},
                 "frontends": fronts, "followers": followers}  # fmt: skip
 
@@ -334,7 +350,7 @@ class Fleet:
             stored = self.store.current(name)
             current = f"{stored.serial:x}" if stored is not None and not stored.placeholder else ""
             self.followers[node] = Follower(node, str(request.remote), dt.datetime.now(dt.UTC).isoformat(
-                timespec="seconds"), have)  # fmt: skip
+                timespec="seconds"), have, time.monotonic())  # fmt: skip
             if stored is not None and current and (current != have or self.reloads.get(node, 0) != applied):
                 break
             left = deadline - loop.time()

@@ -51,7 +51,8 @@ def test_one_order_every_node_serves(deployed: Deployed) -> None:
     assert d.s.orders() == 1
     live = d.live_serial()
     assert d.served() == {"node1": live, "node2": live, "node3": live}
-    wait(lambda: d.health()[0] == 200, 60, "/healthz to turn healthy")
+    # every follower's node has its frontend listed (a follower polls from each node)
+    wait(lambda: d.health()[0] == 200, 90, "/healthz to turn healthy")
     _, text = d.health()
     for node in ("node1", "node2", "node3"):
         assert f"frontend {node} (" in text and "serves the live certificate" in text, text
