@@ -5,7 +5,9 @@ Deploys the stack with compose/start-registry.sh --swarm, then renews N times wi
 `acmebox renew --force` (Pebble validating through node 1, 2, 3 in turn) while a client
 loops over the three nodes' port 443, a new TLS connection per request. Per renewal: seconds
 from the renew command to every node presenting the new serial (looked at by TLS handshake
-from outside the nodes, every ~0.3 s), and the client's failed requests. Then memory (PSS)
+from outside the nodes, which adds about a second), split by the services' own log times into
+issuing (acmebox's "renewing now" to "certificate stored") and spreading ("certificate
+stored" to the last follower's "installed serial"); and the client's failed requests. Then memory (PSS)
 per node and per service. Prints a Markdown table; --json writes the raw figures.
 
     .venv/bin/python bench/swarm.py [--renewals 5] [--json out.json]
@@ -14,7 +16,9 @@ per node and per service. Prints a Markdown table; --json writes the raw figures
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -25,7 +29,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from containers import wait  # noqa: E402
-from swarm_stack import deployed_stack, memory_mib, start_client, stop_client  # noqa: E402
+from swarm_stack import STACK, Deployed, deployed_stack, memory_mib, start_client, stop_client  # noqa: E402
+
+LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
+
+
+def _logged(d: Deployed, service: str) -> list[tuple[dt.datetime, str]]:
+    out = d.s.node(1).engine.run("docker", "service", "logs", "--raw", f"{STACK}_{service}", check=False).stdout
+    found = []
+    for line in out.splitlines():
+        m = LINE.match(line.strip())
+        if m:
+            found.append((dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), m.group(2)))
+    return found
+
+
+def split(d: Deployed, serial: int) -> tuple[float, float]:
+    """(seconds issuing, seconds spreading to every follower) of the renewal to `serial`."""
+    acmebox, followers = _logged(d, "acmebox"), _logged(d, "follower")
+    stored = next(t for t, text in acmebox if f"certificate stored: serial {serial:x}" in text)
+    renewing = max(t for t, text in acmebox if "renewing now" in text and t <= stored)
+    installed = [t for t, text in followers if f"installed serial {serial:x}" in text]
+    assert len(installed) == len(d.nodes), installed
+    return (stored - renewing).total_seconds(), (max(installed) - stored).total_seconds()
 
 
 def main() -> int:
@@ -50,7 +76,9 @@ def main() -> int:
                 time.sleep(1)
             finally:
                 seen = stop_client(proc, stop, result)
-            runs.append({"seconds_to_every_node": round(seconds, 2), "ok": seen["ok"], "failed": seen["failed"]})
+            issuing, spreading = split(d, new)
+            runs.append({"seconds_to_every_node": round(seconds, 2), "seconds_issuing": issuing,
+                         "seconds_spreading": spreading, "ok": seen["ok"], "failed": seen["failed"]})  # fmt: skip
             print(f"renewal {i + 1}: {runs[-1]}", file=sys.stderr)
         memory = {n.name: memory_mib(n) for n in d.nodes}
         deploy = dict(d.measured)
@@ -58,6 +86,10 @@ def main() -> int:
     print(f"| Swarm, 3 nodes, {len(runs)} renewals | figure |\n|---|---|")
     print(f"| `renew --force` to every node serving the new serial | median {statistics.median(times):.1f} s "
           f"(min {min(times):.1f}, max {max(times):.1f}) |")
+    for key, what in (("seconds_issuing", "issuing (renewing now to stored)"),
+                      ("seconds_spreading", "spreading (stored to the last follower installing it)")):
+        values = [r[key] for r in runs]
+        print(f"| {what} | median {statistics.median(values):.2f} s (min {min(values):.2f}, max {max(values):.2f}) |")
     print(f"| requests failed during the rollovers | {sum(r['failed'] for r in runs)} of "
           f"{sum(r['ok'] + r['failed'] for r in runs)} |")
     first = deploy["seconds_deploy_to_every_node_serving"]
