@@ -35,7 +35,8 @@ LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
 
 
 def _logged(d: Deployed, service: str) -> list[tuple[dt.datetime, str]]:
-    out = d.s.node(1).engine.run("docker", "service", "logs", "--raw", f"{STACK}_{service}", check=False).stdout
+    got = d.s.node(1).engine.run("docker", "service", "logs", "--raw", f"{STACK}_{service}", check=False)
+    out = got.stdout + got.stderr  # the services log to stderr
     found = []
     for line in out.splitlines():
         m = LINE.match(line.strip())
