@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
          metavar="HOST:PORT")
     _opt(run, "--reload-verify", "after reloading, check by TLS handshake that HOST:PORT serves the new certificate",
          metavar="HOST:PORT")
+    fleet = run.add_argument_group("frontends on other nodes (Docker Swarm; docs/swarm.md)")
+    _opt(fleet, "--fleet-frontends", "the name that resolves to every frontend (e.g. tasks.nginx); each is checked "
+         "by TLS handshake on 443 (NAME:PORT for another) and fed by an `acmebox follow` on its node")
+    _opt(fleet, "--fleet-secret-file", "the secret followers authenticate with (a Swarm secret)", type=Path)
     auth = run.add_argument_group("registry token service (enabled by --auth-htpasswd)")
     _opt(auth, "--auth-htpasswd", "htpasswd file with bcrypt entries of the users who may push", type=Path)
     _opt(auth, "--auth-key", "token signing key, created once (default: <state-dir>/token-signing.key)", type=Path)
@@ -172,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --force: order even past the order ledger's limits")
     renew.add_argument("--timeout", type=seconds, default=300, help="seconds to wait for the outcome [default: 300]")
     _dirs(renew)
+    from acmebox import follow
+
+    follow.add_parser(sub)
     revoke = sub.add_parser("revoke", help="revoke a certificate at its CA; the service then replaces it")
     revoke.add_argument("name", help="any name of the certificate")
     revoke.add_argument("--reason", type=int, default=0, choices=[0, 1, 3, 4, 5],
@@ -242,6 +249,8 @@ def sources_from_args(args: argparse.Namespace) -> Sources:
         auth_acl=args.auth_acl,
         auth_trusted_proxies=None if proxies is None else tuple(_split(proxies)),
         max_concurrent_orders=args.max_concurrent_orders,
+        fleet_frontends=args.fleet_frontends,
+        fleet_secret_file=args.fleet_secret_file,
         once=args.once,
         force_renew=args.force_renew,
         ignore_ledger=args.ignore_ledger,
@@ -325,6 +334,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return check.report(asyncio.run(check.run(config)), args.json)
         if args.command == "token-key":
             return _token_key(args)
+        if args.command == "follow":
+            from acmebox import follow
+
+            return asyncio.run(follow.main(follow.spec_from_args(args)))
         from acmebox import commands
 
         if args.command == "status":

@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography.x509.oid import NameOID
 
-from acmebox import control, policies
+from acmebox import control, fleet, policies
 from acmebox.account import AccountFiles
 from acmebox.client import AcmeClient
 from acmebox.errors import AcmeboxError, ConfigError
@@ -109,6 +109,7 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
     rows = [_status_of(name, store, states, served) for name in managed]
     for name in leftovers:
         rows.append({**_status_of(name, store, states, served), "condition": "not managed"})
+    _frontends(rows, fleet.recorded(state_dir))
     if as_json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -129,7 +130,32 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
         widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]
         for t in table:
             print("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=False)) + "  " + t[-1])
+        for r in rows:
+            for front in r.get("frontends", []):
+                print(f"{r['name']}: {fleet.describe(front)}")
     return 0 if all(r["condition"] in ("ok", "not managed") for r in rows) else 1
+
+
+def _frontends(rows: list[dict[str, Any]], recorded: dict[str, list[dict[str, Any]]]) -> None:
+    """Frontends on other nodes (Swarm), as the service last saw them: each is a front door, judged
+    by the same rule as the one (policies.not_served); an `ok` certificate one of them does not
+    serve becomes `not served`."""
+    for r in rows:
+        if r["name"] not in recorded or r["serial"] is None:
+            continue
+        r["frontends"] = recorded[r["name"]]
+        live = policies.Live(r["serial"], (), "", dt.datetime.min, dt.datetime.max)
+        for front in r["frontends"]:
+            door = f"frontend {front['node']} ({front['address']})"
+            if front["missing_since"]:
+                verdict: policies.Verdict | None = policies.Verdict(policies.Reason.NOT_SERVED,
+                                                                    f"{door} missing since {front['missing_since']}")
+            else:
+                presented = policies.Presented(front["serial"], "no TLS answer", door)
+                verdict = policies.not_served(policies.Observed(dt.datetime.now(dt.UTC), live, presented=presented))
+            if verdict is not None and r["condition"] == "ok":
+                r["condition"] = verdict.condition
+                r["verdict"] = {**r["verdict"], "reason": str(verdict.reason), "message": verdict.message}
 
 
 def _when_iso(value: str | None) -> str:

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from acmebox.configfile import PROFILE_NAME, certificates_from_toml
 from acmebox.errors import ConfigError
+from acmebox.fleetspec import FleetSpec
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name, canonical_names, check_addresses
 from acmebox.statedir import StateDir
@@ -194,6 +195,8 @@ class Sources:
     auth_acl: Path | None = None
     auth_trusted_proxies: tuple[str, ...] | None = None  # None: not given (an empty flag counts as given)
     max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
+    fleet_frontends: str | None = None  # --fleet-frontends: the name of every frontend (Swarm: tasks.nginx)
+    fleet_secret_file: Path | None = None
     once: bool = False
     force_renew: bool = False
     ignore_ledger: bool = False
@@ -250,6 +253,7 @@ class Config:
     key_group: int | None = None  # None: keep the previous key's group
     max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
     tls_alpn_listen: HostPort | None = None  # TLS-ALPN-01 instead of HTTP-01 (RFC 8737), opt-in
+    fleet: FleetSpec | None = None  # frontends on other nodes, fed by followers (Swarm)
 
     def __post_init__(self) -> None:
         seen: dict[str, CertSpec] = {}
@@ -319,6 +323,7 @@ class Config:
             max_concurrent_orders=raw.max_concurrent_orders,
             tls_alpn_listen=HostPort.parse(raw.tls_alpn_listen, "--tls-alpn-listen address") if raw.tls_alpn_listen
             else None,
+            fleet=FleetSpec.parse(raw.fleet_frontends, raw.fleet_secret_file),
         )
         if raw.probe_listen:
             check_listen(config.listen)

@@ -22,6 +22,7 @@ from acmebox.challenges import Http01Tokens, SelfCheck
 from acmebox.clock import Clock
 from acmebox.config import Config, ReloadSpec
 from acmebox.errors import AcmeboxError
+from acmebox.fleet import Fleet
 from acmebox.fsutil import atomic_write
 from acmebox.issuance import CA, Issuer
 from acmebox.ledger import Ledger
@@ -53,6 +54,12 @@ class Service:
         self.tls_alpn = TlsAlpnResponder() if config.tls_alpn_listen is not None else None
         self.metrics = Metrics()
         self.metrics.watch_disks({"certs": config.certs_dir, "state": config.state_dir})
+        self.fleet = None  # frontends on other nodes (Swarm): fleet.py
+        if config.fleet is not None:
+            self.fleet = Fleet(config.fleet, self.store, self.statedir, [s.name for s in config.certs],
+                               self.metrics.registry, self.self_check)
+            if self.self_check is not None:
+                self.self_check = self.fleet.self_check  # type: ignore[assignment]  # the same call, every frontend
         self.ca = CA(config, AccountFiles.for_directory(self.statedir, config.directory), self.clock, self.metrics)
         dirs = (("certs dir", self.store.root), ("state dir", self.statedir.root))
         self.ca.issued_profile = self._issued_profile
@@ -63,7 +70,7 @@ class Service:
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
             on_observed=lambda name, matches: self.serving.observed(name, matches),
         )
-        self.serving = Serving(self.reloader, self.metrics, self.statedir, self.clock)
+        self.serving = Serving(self.reloader, self.metrics, self.statedir, self.clock, self.fleet)
         self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -97,6 +104,9 @@ class Service:
             verdict = policies.ready(m.observe(self.store.current(spec.name), m.state, presented))
             ok &= verdict.ready
             lines.append(f"{spec.name}: {verdict.message}")
+        if self.fleet is not None:
+            fleet_ok, fleet_lines = self.fleet.health()
+            ok, lines = ok and fleet_ok, lines + fleet_lines
         return ok, "\n".join(lines)
 
     def readiness(self) -> tuple[bool, str]:
@@ -123,6 +133,8 @@ class Service:
 
     def handle_requests(self) -> None:
         requests = control.take_all(self.statedir)
+        if self.fleet is not None:  # whoever asks wants the frontends looked at too
+            self.fleet.recheck()
         if not requests:
             log.info("SIGHUP: checking every certificate now")
             for m in self.maintainers.values():
@@ -175,7 +187,7 @@ class Service:
         for spec in self.config.certs:  # what the server should present from the start
             stored = self.store.current(spec.name)
             if stored is not None:
-                self.reloader.request(spec.name, stored.serial)
+                self.serving.present(stored)
         self.ready = True
         pid_file = self.statedir.pid
         try:
@@ -189,6 +201,8 @@ class Service:
             log.info("managing %d certificate(s)", len(self.maintainers))
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.reloader.run())
+                if self.fleet is not None:
+                    tasks.create_task(self.fleet.run())
                 for m in self.maintainers.values():
                     tasks.create_task(m.run_forever())
         finally:
@@ -214,6 +228,8 @@ class Service:
             from acmebox.registry.token import TokenService  # bcrypt and PyJWT only when the token service is on
 
             routes.append(TokenService.from_settings(self.config.token_auth).install)
+        if self.fleet is not None:
+            routes.append(self.fleet.add_routes)
         app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=self.readiness)
         runner = await webapp.start(app, self.config.listen)
         alpn_at = self.config.tls_alpn_listen

@@ -1,7 +1,9 @@
 """Between the maintainers and the reloader: what the front door serves. A maintainer's new
 certificate goes to the reloader (and, when someone waits in `acmebox renew`, the outcome comes
 back in a few words); what the reloader observes is published (metrics), recorded for `status`
-in another process (control.write_served), and given to the policies as `Presented`."""
+in another process (control.write_served), and given to the policies as `Presented`. With
+frontends on other nodes (a `Fleet`, Swarm), a new certificate is also wanted from every frontend
+and `acmebox renew` is answered once each of them presents it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import logging
 
 from acmebox import control, policies
 from acmebox.clock import Clock
+from acmebox.fleet import Fleet
 from acmebox.metrics import Metrics
 from acmebox.reload import Reloader
 from acmebox.statedir import StateDir
@@ -21,8 +24,10 @@ CONFIRM_WAIT = 60.0  # seconds `acmebox renew` is kept waiting for the reload's 
 
 
 class Serving:
-    def __init__(self, reloader: Reloader, metrics: Metrics, statedir: StateDir, clock: Clock) -> None:
+    def __init__(self, reloader: Reloader, metrics: Metrics, statedir: StateDir, clock: Clock,
+                 fleet: Fleet | None = None) -> None:
         self.reloader = reloader
+        self.fleet = fleet
         self.metrics = metrics
         self.statedir = statedir
         self.clock = clock
@@ -52,6 +57,8 @@ class Serving:
         """Tell the reloader; with `confirm` (someone waits in `acmebox renew`), wait a while for
         its outcome and say it. Returns what is known about nginx, in a few words."""
         self.reloader.request(stored.name, stored.serial)
+        if self.fleet is not None:
+            return await self._fleet_took(stored, confirm)
         if self.reloader.target.kind == "none" and self.reloader.verify is None:
             return "no reload configured"
         if not confirm:
@@ -69,3 +76,22 @@ class Serving:
                 return f"but not served: the server does not present it after {CONFIRM_WAIT:.0f}s (see the log)"
             await asyncio.sleep(0.2)
         return "the server serves it (verified)"
+
+    def present(self, stored: StoredCert) -> None:
+        """What the front door(s) should present from the start (the service's first step)."""
+        self.reloader.request(stored.name, stored.serial)
+        if self.fleet is not None and not stored.placeholder:
+            self.fleet.want(stored.name, stored.serial)
+
+    async def _fleet_took(self, stored: StoredCert, confirm: bool) -> str:
+        assert self.fleet is not None
+        self.fleet.want(stored.name, stored.serial)
+        if not confirm:
+            return "the frontends' followers fetch it"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONFIRM_WAIT
+        while not self.fleet.all_serve(stored.name):
+            if loop.time() > deadline:
+                return f"but not every frontend serves it after {CONFIRM_WAIT:.0f}s (see /healthz)"
+            await asyncio.sleep(0.5)
+        return "every frontend serves it (verified)"

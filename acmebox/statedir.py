@@ -8,6 +8,7 @@ yet stored, and the token service's signing key.
         requests/<id>.json           `acmebox renew` requests waiting for the service (control.py)
         served.json                  what the front door presented, per name (control.py)
         configured.json              the certificates the service was started with (control.py)
+        fleet.json                   what each frontend on other nodes presented (fleet.py, Swarm)
         accounts/<ca-host>/<directory-path>/
             key.pem account.json key.pem.deactivated-<time>   the ACME account (account.py)
         certs/<name>.json            a certificate's state and recorded verdict (state.py)
@@ -58,6 +59,10 @@ class StateDir:
     @property
     def served(self) -> Path:
         return self.root / "served.json"
+
+    @property
+    def fleet(self) -> Path:
+        return self.root / "fleet.json"
 
     @property
     def configured(self) -> Path:

@@ -226,9 +226,9 @@ class Frontend:
 def upstreams(stack: Stack) -> tuple[str, str]:
     """The registry's and acmebox's addresses, as the rendered nginx config names them."""
     conf = (stack.run / "nginx" / "conf.d" / "registry.conf").read_text()
-    registry = re.search(r"upstream docker-registry \{[^}]*server ([0-9.:]+)", conf)
-    acmebox = re.search(r"upstream acmebox \{[^}]*server ([0-9.:]+)", conf)
-    assert registry and acmebox, "the template's upstream blocks moved"
+    registry = re.search(r"set \$registry ([0-9.:]+);", conf)
+    acmebox = re.search(r"set \$acmebox ([0-9.:]+);", conf)
+    assert registry and acmebox, "the template's upstream variables moved"
     return registry.group(1), acmebox.group(1)
 
 

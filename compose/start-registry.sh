@@ -7,18 +7,24 @@
 # or `docker-compose up -d` (v1) when there is no v2. It prints how to stop the stack.
 #   --staging        use Let's Encrypt's staging CA (recommended for a first try)
 #   --prepare-only   do everything but start the containers
+#   --swarm          deploy to the Docker Swarm this node manages (docs/swarm.md): creates the
+#                    fleet secret, labels this node acmebox=true (acmebox, its state and the
+#                    registry live here), merges docker-compose.swarm.yml over docker-compose.yml
+#                    (needs Compose v2) and runs `docker stack deploy` (stack name: $STACK_NAME,
+#                    default registry). Stop with `docker stack rm registry`; the data stays.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 ACMEBOX_UID=10001   # the user the acmebox image runs as
 
 die() { echo "start-registry.sh: $*" >&2; exit 2; }
 
-staging=0 prepare_only=0 args=()
+staging=0 prepare_only=0 swarm=0 args=()
 for a in "$@"; do
   case "$a" in
     --staging) staging=1 ;;
     --prepare-only) prepare_only=1 ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --swarm) swarm=1 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $a (see --help)" ;;
     *) args+=("$a") ;;
   esac
@@ -81,6 +87,35 @@ echo "start-registry.sh: wrote $here/.env for $domain ($email)$([ $staging = 1 ]
 cd "$here"
 # compose prefers the environment over .env: hand it the canonical form, not what was typed.
 export DOCKER_REGISTRY_DOMAIN_NAME=$domain DOCKER_REGISTRY_CERT_EMAIL_ADDRESS=$email
+if [ "$swarm" = 1 ]; then
+  stack=${STACK_NAME:-registry}
+  [ "$(docker info -f '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true ] ||
+    die "--swarm: this Docker engine is not a Swarm manager (docker swarm init, or run this on a manager)"
+  docker compose version >/dev/null 2>&1 || die "--swarm needs Compose v2 (docker compose) to merge the files"
+  # One node holds acmebox's state and the registry's data: this one, unless another is labelled.
+  labelled=$(docker node ls -q | xargs docker node inspect -f '{{if eq (index .Spec.Labels "acmebox") "true"}}{{.Description.Hostname}}{{end}}' | tr -d '\n')
+  if [ -z "$labelled" ]; then
+    docker node update --label-add acmebox=true "$(docker info -f '{{.Swarm.NodeID}}')" >/dev/null
+    labelled=$(docker info -f '{{.Name}}')
+  fi
+  echo "start-registry.sh: acmebox and the registry run on $labelled (label acmebox=true)"
+  # The fleet secret: followers authenticate with it, acmebox seals the key with it.
+  docker secret inspect acmebox_fleet >/dev/null 2>&1 ||
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | docker secret create acmebox_fleet - >/dev/null
+  # Swarm configs cannot change: name them after their content.
+  SWARM_CONFIG_HASH=$(cat ../nginx/templates/registry.conf.template ../nginx/reload-on-change.sh ../nginx/ui/* |
+    sha256sum | cut -c1-12)
+  export SWARM_CONFIG_HASH
+  render=(python3 "$here/swarm-render.py")
+  command -v python3 >/dev/null || render=(docker run --rm -i --entrypoint python "${ACMEBOX_IMAGE:-acmebox:local}" -c "$(cat "$here/swarm-render.py")")
+  files=(-f docker-compose.yml -f docker-compose.swarm.yml)
+  [ -z "${COMPOSE_FILE:-}" ] || files=()   # COMPOSE_FILE names the files (more overlays, e.g. a test's)
+  docker compose "${files[@]}" config --format json | "${render[@]}" >"$here/.swarm-stack.json"
+  detach=(); docker stack deploy --help 2>/dev/null | grep -q -- --detach && detach=(--detach=true)
+  docker stack deploy "${detach[@]}" --prune -c "$here/.swarm-stack.json" "$stack"
+  echo "start-registry.sh: deployed stack $stack; stop with: docker stack rm $stack (volumes and data stay)"
+  exit 0
+fi
 if docker compose version >/dev/null 2>&1; then
   compose=(docker compose)
 else

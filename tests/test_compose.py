@@ -3,6 +3,7 @@ start-registry.sh checks its arguments and prepares .env and the data directorie
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -176,3 +177,26 @@ def test_start_script_prepares_env_and_data(compose_copy: Path) -> None:
     check = subprocess.run(["docker-compose", "config", "-q"], cwd=here, capture_output=True, text=True,
                            env=user_free_env())
     assert check.returncode == 0, check.stderr
+
+
+def test_swarm_overlay_renders_a_stack_without_the_blob_redirect(compose_copy: Path) -> None:
+    """What `start-registry.sh --swarm` hands `docker stack deploy`: the registry without the
+    `redirect` middleware (nginx on other nodes cannot read its disk), nginx without the storage
+    mount, every nginx looking its upstreams up through Docker's DNS."""
+    from tests.helpers.containers import compose_v2  # the cached Compose v2 (container-setup.sh)
+
+    v2 = compose_v2()
+    if v2 is None:
+        pytest.fail("no Compose v2: run pebble-test/container-setup.sh")
+    merged = subprocess.run([str(v2), "-f", "docker-compose.yml", "-f", "docker-compose.swarm.yml", "config",
+                             "--format", "json"], capture_output=True, text=True, cwd=compose_copy,
+                            env=user_free_env(**STACK_ENV))
+    assert merged.returncode == 0, merged.stderr
+    rendered = subprocess.run(["python3", str(compose_copy / "swarm-render.py")], input=merged.stdout,
+                              capture_output=True, text=True, check=True)
+    services = json.loads(rendered.stdout)["services"]
+    assert services["registry"]["environment"]["REGISTRY_MIDDLEWARE_STORAGE"] == "[]"
+    assert [v["target"] for v in services["nginx"]["volumes"]] == ["/etc/letsencrypt"]
+    assert services["nginx"]["environment"]["NGINX_RESOLVER"] == "127.0.0.11"
+    assert services["nginx"]["deploy"]["mode"] == "global"
+    assert not any("depends_on" in s for s in services.values())

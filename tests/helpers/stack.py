@@ -344,6 +344,7 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "NGINX_LISTEN_HTTPS": f"127.0.0.1:{https_port}",
         "ACMEBOX_UPSTREAM": f"127.0.0.1:{acmebox_port}",
         "REGISTRY_UPSTREAM": f"127.0.0.1:{registry_port}",
+        "NGINX_RESOLVER": "127.0.0.1",  # never asked: the upstreams are addresses
         "CERTS_DIR": str(certs),
         "UI_ROOT": str(ui_root or nginx_host_path("UI_ROOT")),
         "ACMEBOX_RELOAD_FILE": str(generation),
