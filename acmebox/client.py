@@ -39,7 +39,7 @@ from josepy.jwk import JWK
 
 from acmebox import __version__
 from acmebox.challenges import Http01Tokens, SelfCheck
-from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, NotADirectory
+from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, NotADirectory, ReplacesRefused, refuses_replaces
 from acmebox.httpdate import http_date, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -335,7 +335,12 @@ class AcmeClient:
             body = resp.json()
             return location, messages.Order.from_json(body), body.get("replaces")
 
-        _, (order_url, order, echoed) = await self._post_parsed(self.directory["newOrder"], new, read_order)
+        try:
+            _, (order_url, order, echoed) = await self._post_parsed(self.directory["newOrder"], new, read_order)
+        except CAProblem as e:
+            if replaces is not None and refuses_replaces(e):
+                raise ReplacesRefused(e.typ, e.detail, e.retry_after) from None
+            raise
         log.info(
             "order %s for %s sent%s%s",
             order_url,

@@ -36,6 +36,7 @@ from acmebox.errors import (
     ConfigError,
     Deferred,
     DiskError,
+    ReplacesRefused,
 )
 from acmebox.issuance import CLOCK_RECHECK, DISK_RECHECK, Issuer
 from acmebox.ledger import Ledger, LedgerRefusal
@@ -256,26 +257,27 @@ class CertMaintainer:
     async def _attempt(self, stored: StoredCert | None) -> StoredCert:
         client = await self.issuer.ca.client()
         await self.issuer.preflight(client)
-        replaces = None
-        if (self.use_ari and client.has_ari and stored is not None and not stored.placeholder
-                and stored.meta.directory == self.directory):
-            replaces = ari_cert_id(stored.cert)
+        replaces = await self._replaces(client, stored)
         try:
             received = await self._order(client, replaces)
-        except CAProblem as e:
-            # RFC 9773 section 5 leaves the refusal's form open; Pebble, for one, answers
-            # serverInternal "could not find an order for the given certificate".
-            detail = e.detail.lower()
-            refused = e.short_type == "alreadyReplaced" or (
-                e.short_type in ("unauthorized", "malformed", "conflict", "serverInternal")
-                and ("replace" in detail or "given certificate" in detail)
-            )
-            if replaces is None or not refused:
-                raise
+        except ReplacesRefused as e:  # raised only when replaces was sent: this retry is the one
             log.warning("%s: the CA refused replaces=%s (%s); ordering again without it", self.name, replaces, e)
             received = await self._order(client, None)
         self._keep(received)
         return self._install(received)
+
+    async def _replaces(self, client: AcmeClient, stored: StoredCert | None) -> str | None:
+        """The ARI CertID to send as `replaces`: only for an issued certificate of this CA
+        directory whose renewalInfo the CA answers. A CA that answers it with an error does not
+        know the certificate (e.g. after losing its issuer) and would refuse the order."""
+        if not (self.use_ari and client.has_ari and stored is not None and not stored.placeholder
+                and stored.meta.directory == self.directory and self._state is not None):
+            return None
+        await self._ari(stored, self._state, self.clock.now())  # the cached answer, or a fresh one
+        if self._ari_retry_at is not None:  # the latest renewalInfo request for it failed
+            log.info("%s: ordering without replaces: the CA's renewalInfo for it failed", self.name)
+            return None
+        return ari_cert_id(stored.cert)
 
     async def _order(self, client: AcmeClient, replaces: str | None) -> Received:
         """One order, through the ledger: only a forced request (`acmebox renew --force`) passes

@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,6 @@ from tests.helpers.pebble import Dirs, Pebble
 from tests.helpers.process import ServiceProcess, acmebox_env, healthz, run_acmebox, wait_for, wait_sync
 
 pytestmark = pytest.mark.e2e  # Pebble behind a fault proxy
-
-
-@pytest.fixture
-def proxy(pebble: Pebble) -> Iterator[FaultProxy]:
-    p = FaultProxy(pebble.directory.rsplit("/", 1)[0], pebble.run_dir).start()
-    yield p
-    p.stop()
 
 
 def args_via(proxy: FaultProxy, pebble: Pebble, dirs: Dirs, name: str) -> list[str]:
