@@ -38,7 +38,7 @@ from acmebox.errors import (
     DiskError,
     ReplacesRefused,
 )
-from acmebox.issuance import CLOCK_RECHECK, DISK_RECHECK, Issuer
+from acmebox.issuance import CLOCK_RECHECK, DISK_RECHECK, MAX_CLOCK_SKEW, Issuer
 from acmebox.ledger import Ledger, LedgerRefusal
 from acmebox.metrics import Metrics
 from acmebox.pending import PendingStore, Received
@@ -49,7 +49,6 @@ from acmebox.store import CertMeta, CertStore, StoredCert, split_chain
 log = logging.getLogger(__name__)
 
 ARI_RETRY_ON_ERROR = dt.timedelta(hours=1)
-NOT_BEFORE_TOLERANCE = dt.timedelta(minutes=5)
 
 
 class CertMaintainer:
@@ -326,7 +325,7 @@ class CertMaintainer:
             self._discard("for other names than configured")
             raise AcmeboxError(f"{self.name}: the certificate received earlier is for other names; ordering anew")
         valid_from, valid_to = cert.not_valid_before_utc, cert.not_valid_after_utc
-        if not valid_from - NOT_BEFORE_TOLERANCE <= now < valid_to:
+        if not valid_from - MAX_CLOCK_SKEW <= now < valid_to:
             self._discard("not valid by the local clock")
             raise ClockError(
                 f"the certificate received is valid from {iso(valid_from)} to {iso(valid_to)}, but the local clock "
