@@ -23,7 +23,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from acmebox import placeholder, policies, renewal
+from acmebox import control, placeholder, policies, renewal
 from acmebox.client import AcmeClient, ari_cert_id
 from acmebox.clock import Clock, iso
 from acmebox.config import CertSpec
@@ -402,6 +402,7 @@ class CertMaintainer:
     def _finish_request(self, state: CertState, result: str) -> None:
         if self._request is not None:
             state.handled_request, state.request_result = self._request[0], result
+            control.answer(self.states.statedir, self._request[0], self.name, result)  # heard even if not saved
             self._request = None
 
     async def step_once(self, force: bool) -> AcmeboxError | None:

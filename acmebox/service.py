@@ -58,6 +58,7 @@ class Service:
             on_observed=lambda name, matches: self.serving.observed(name, matches),
         )
         self.serving = Serving(self.reloader, self.metrics, self.statedir, self.clock)
+        self._taken_requests: set[str] = set()  # carried out, though their files could not be removed
         self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -96,7 +97,7 @@ class Service:
     # -- requests from `acmebox renew` ---------------------------------------------------------
 
     def handle_requests(self) -> None:
-        requests = control.take_all(self.statedir)
+        requests = control.take_all(self.statedir, self._taken_requests)
         if not requests:
             log.info("SIGHUP: checking every certificate now")
             for m in self.maintainers.values():
