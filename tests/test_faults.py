@@ -1,5 +1,5 @@
 """Reliability against the real world, with a real Pebble: CA faults through the fault proxy
-(tests/faultproxy.py), a full certs volume (a tmpfs in a private mount namespace), a clock 100
+(tests/helpers/faultproxy.py), a full certs volume (a tmpfs in a private mount namespace), a clock 100
 days ahead (faketime around the acmebox process), damaged state files, a second instance, a
 deactivated account, and a loop of orders stopped by the ledger. Assertions are on what the CA
 saw (orders in the proxy's or Pebble's log) and on what is on disk, never on timing."""
