@@ -20,7 +20,6 @@ import math
 import re
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -38,9 +37,10 @@ from josepy.jwk import JWK
 from acmebox import __version__, identifiers
 from acmebox.ari import NewOrder, RenewalInfo, ari_cert_id
 from acmebox.challenges import Http01Tokens, SelfCheck
-from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, NotADirectory
+from acmebox.errors import AcmeboxError, CAProblem, CAUnreachable, NotADirectory, ReplacesRefused, refuses_replaces
 from acmebox.httpdate import http_date, parse_retry_after
 from acmebox.tlsalpn import EmptyResponse, TlsAlpnResponder
+from acmebox.worker import Worker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,7 +75,7 @@ class AcmeClient:
         # Seconds the CA's clock (its Date header) is ahead of ours, from the latest answer.
         self.ca_clock_offset: float | None = None
         self._clock_seen = -math.inf  # time.monotonic() of the Date header behind the offset
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acme")
+        self._executor = Worker()
         self._net = self._new_network()
         self._last_response: requests.Response | None = None
         self._directory: messages.Directory | None = None
@@ -156,8 +156,12 @@ class AcmeClient:
 
     def _replace_worker(self) -> None:
         log.warning("a request to the CA is stuck; continuing on a new connection and worker thread")
+        stuck = self._last_response  # set once the headers are in: a body still trickling
+        shutdown = getattr(stuck.raw, "shutdown", None) if stuck is not None else None  # urllib3 >= 2.3
+        if shutdown is not None:
+            shutdown()  # its read fails now, so the abandoned thread ends now
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acme")
+        self._executor = Worker()
         self._net = self._new_network(self._net)
 
     async def _post(self, url: str, obj: JSONDeSerializable | None) -> requests.Response:
@@ -321,7 +325,12 @@ class AcmeClient:
             body = resp.json()
             return location, messages.Order.from_json(body), body.get("replaces")
 
-        _, (order_url, order, echoed) = await self._post_parsed(self.directory["newOrder"], new, read_order)
+        try:
+            _, (order_url, order, echoed) = await self._post_parsed(self.directory["newOrder"], new, read_order)
+        except CAProblem as e:
+            if replaces is not None and refuses_replaces(e):
+                raise ReplacesRefused(e.typ, e.detail, e.retry_after) from None
+            raise
         log.info("order %s for %s sent%s%s", order_url, ", ".join(names), f" with profile {profile}" if profile else "",
                  f" with replaces={replaces} (the CA echoed {echoed})" if replaces else " without replaces")
         if on_order is not None:

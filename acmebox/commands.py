@@ -187,23 +187,27 @@ def renew(certs_dir: Path, state_dir: Path, name: str | None, force: bool, timeo
         raise ConfigError(f"the service manages no certificate with the name {name}")
     if target is not None and target != name:
         print(f"{name} is a name of certificate {target}")
-    req = control.submit(state_dir, target, force, ignore_ledger)
-    control.wake_service(state_dir)
-    pending = {target} if target is not None else set(_certificates(store, states)[0])
-    if not pending:
-        raise AcmeboxError("the service has no certificate yet; see `acmebox status` or its log")
-    deadline = time.monotonic() + timeout
-    failed = False
-    while pending and time.monotonic() < deadline:
-        for n in sorted(pending):
-            state = states.load(n, owner=False)
-            if state.handled_request == req.id:
-                print(f"{n}: {state.request_result}")
-                failed |= (state.request_result or "").startswith("failed") or "but not served" in (
-                    state.request_result or ""
-                )
-                pending.discard(n)
-        time.sleep(0.1)
+    req = control.submit(state_dir, target, force, ignore_ledger, pipe=True)
+    answers = control.AnswerReader(state_dir, req.id)
+    try:
+        control.wake_service(state_dir)
+        pending = {target} if target is not None else set(_certificates(store, states)[0])
+        if not pending:
+            raise AcmeboxError("the service has no certificate yet; see `acmebox status` or its log")
+        deadline = time.monotonic() + timeout
+        failed = False
+        while pending and time.monotonic() < deadline:
+            piped = answers.read()  # the service answers here too when it cannot write its state
+            for n in sorted(pending):
+                state = states.load(n, owner=False)
+                result = state.request_result if state.handled_request == req.id else piped.get(n)
+                if result is not None:
+                    print(f"{n}: {result}")
+                    failed |= result.startswith("failed") or "but not served" in result
+                    pending.discard(n)
+            time.sleep(0.1)
+    finally:
+        answers.close()
     if pending:
         raise AcmeboxError(f"no answer from the service for {', '.join(sorted(pending))} within {timeout:.0f}s "
                            "(it may be busy with an order; see `acmebox status`)")

@@ -7,6 +7,7 @@ user as a traceback.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 
 class AcmeboxError(Exception):
@@ -47,6 +48,29 @@ class CAProblem(AcmeboxError):
     def short_type(self) -> str:
         """`rateLimited` for `urn:ietf:params:acme:error:rateLimited`."""
         return self.typ.rsplit(":", 1)[-1]
+
+
+# Problem types a CA may use to refuse the `replaces` field of a newOrder (RFC 9773 section 5
+# leaves the form open): Let's Encrypt says alreadyReplaced or malformed, Pebble malformed
+# ("parsing ARI CertID failed: ... no known issuer matches the provided Authority Key
+# Identifier") or conflict. Whatever their wording, these mean the order as sent cannot be
+# placed; the same order without `replaces` can.
+REPLACES_REFUSAL_TYPES = frozenset({"malformed", "alreadyReplaced", "conflict"})
+# Other types count when their text is about the certificate named (Pebble: serverInternal
+# "could not find an order for the given certificate").
+_ABOUT_REPLACES = re.compile(r"replace|certid|\bari\b|given certificate|issuer|authority key", re.IGNORECASE)
+
+
+def refuses_replaces(e: CAProblem) -> bool:
+    """Whether `e`, the refusal of a newOrder sent with `replaces`, may be about `replaces`."""
+    if e.short_type in REPLACES_REFUSAL_TYPES:
+        return True
+    return e.short_type in ("unauthorized", "serverInternal", "badRequest") and bool(_ABOUT_REPLACES.search(e.detail))
+
+
+class ReplacesRefused(CAProblem):
+    """The CA refused a newOrder that carried `replaces`, in a way that may be about that field
+    (refuses_replaces): the caller orders once more without it."""
 
 
 class AccountRefused(CAProblem):

@@ -47,7 +47,11 @@ log = logging.getLogger(__name__)
 
 MIN_FREE = 64 * 1024  # bytes free in the certs and state dirs before ordering: a renewal writes ~12 files
 DISK_RECHECK = dt.timedelta(minutes=5)
-MAX_CLOCK_SKEW = dt.timedelta(hours=1)  # certificates are backdated by about that much
+# The one clock threshold: the preflight orders only while the local clock is within it of the
+# CA's, and the install (maintain.py) takes a certificate whose notBefore is up to that far in
+# the local future, so no order is placed whose certificate would be set aside (a CA that does
+# not backdate, and a local clock up to this much slow). Let's Encrypt backdates by about an hour.
+MAX_CLOCK_SKEW = dt.timedelta(hours=1)
 CLOCK_RECHECK = dt.timedelta(hours=1)
 CONNECT_RETRY = (5, 30, 120, 600)  # seconds between attempts to reach an unreachable CA
 ADDRESS_PROFILE = "shortlived"  # the default profile of a certificate with an IP address

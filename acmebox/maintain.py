@@ -25,7 +25,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from acmebox import placeholder, policies, renewal
+from acmebox import control, placeholder, policies, renewal
 from acmebox.ari import ari_cert_id
 from acmebox.client import AcmeClient
 from acmebox.clock import Clock, iso
@@ -39,8 +39,9 @@ from acmebox.errors import (
     ConfigError,
     Deferred,
     DiskError,
+    ReplacesRefused,
 )
-from acmebox.issuance import CLOCK_RECHECK, DISK_RECHECK, Issuer
+from acmebox.issuance import CLOCK_RECHECK, DISK_RECHECK, MAX_CLOCK_SKEW, Issuer
 from acmebox.ledger import Ledger, LedgerRefusal
 from acmebox.metrics import Metrics
 from acmebox.pending import PendingStore, Received
@@ -53,7 +54,6 @@ from acmebox.store import CertMeta, CertStore, StoredCert, split_chain
 log = logging.getLogger(__name__)
 
 ARI_RETRY_ON_ERROR = dt.timedelta(hours=1)
-NOT_BEFORE_TOLERANCE = dt.timedelta(minutes=5)
 
 
 class CertMaintainer:
@@ -265,22 +265,10 @@ class CertMaintainer:
     async def _attempt(self, stored: StoredCert | None) -> StoredCert:
         client = await self.issuer.ca.client()
         await self.issuer.preflight(client)
-        replaces = None
-        if (self.use_ari and client.has_ari and stored is not None and not stored.placeholder
-                and stored.meta.directory == self.directory):
-            replaces = ari_cert_id(stored.cert)
+        replaces = await self._replaces(client, stored)
         try:
             received = await self._order(client, replaces)
-        except CAProblem as e:
-            # RFC 9773 section 5 leaves the refusal's form open; Pebble, for one, answers
-            # serverInternal "could not find an order for the given certificate".
-            detail = e.detail.lower()
-            refused = e.short_type == "alreadyReplaced" or (
-                e.short_type in ("unauthorized", "malformed", "conflict", "serverInternal")
-                and ("replace" in detail or "given certificate" in detail)
-            )
-            if replaces is None or not refused:
-                raise
+        except ReplacesRefused as e:  # raised only when replaces was sent: this retry is the one
             log.warning("%s: the CA refused replaces=%s (%s); ordering again without it", self.name, replaces, e)
             received = await self._order(client, None)
         self._keep(received)
@@ -301,6 +289,19 @@ class CertMaintainer:
     def _drop_in_flight(self) -> None:
         if self.inflight is not None:
             self.inflight.drop(self.name)
+
+    async def _replaces(self, client: AcmeClient, stored: StoredCert | None) -> str | None:
+        """The ARI CertID to send as `replaces`: only for an issued certificate of this CA
+        directory whose renewalInfo the CA answers. A CA that answers it with an error does not
+        know the certificate (e.g. after losing its issuer) and would refuse the order."""
+        if not (self.use_ari and client.has_ari and stored is not None and not stored.placeholder
+                and stored.meta.directory == self.directory and self._state is not None):
+            return None
+        await self._ari(stored, self._state, self.clock.now())  # the cached answer, or a fresh one
+        if self._ari_retry_at is not None:  # the latest renewalInfo request for it failed
+            log.info("%s: ordering without replaces: the CA's renewalInfo for it failed", self.name)
+            return None
+        return ari_cert_id(stored.cert)
 
     async def _order(self, client: AcmeClient, replaces: str | None) -> Received:
         """One order, through the ledger: forced requests too; only an explicit
@@ -350,7 +351,7 @@ class CertMaintainer:
             self._discard("for other names than configured")
             raise AcmeboxError(f"{self.name}: the certificate received earlier is for other names; ordering anew")
         valid_from, valid_to = cert.not_valid_before_utc, cert.not_valid_after_utc
-        if not valid_from - NOT_BEFORE_TOLERANCE <= now < valid_to:
+        if not valid_from - MAX_CLOCK_SKEW <= now < valid_to:
             self._discard("not valid by the local clock")
             raise ClockError(
                 f"the certificate received is valid from {iso(valid_from)} to {iso(valid_to)}, but the local clock "
@@ -430,6 +431,7 @@ class CertMaintainer:
     def _finish_request(self, state: CertState, result: str) -> None:
         if self._request is not None:
             state.handled_request, state.request_result = self._request[0], result
+            control.answer(self.states.statedir, self._request[0], self.name, result)  # heard even if not saved
             self._request = None
 
     async def step_once(self, force: bool, ignore_ledger: bool = False) -> AcmeboxError | None:

@@ -71,6 +71,7 @@ class Service:
             on_observed=lambda name, matches: self.serving.observed(name, matches),
         )
         self.serving = Serving(self.reloader, self.metrics, self.statedir, self.clock, self.fleet)
+        self._taken_requests: set[str] = set()  # carried out, though their files could not be removed
         self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -132,7 +133,7 @@ class Service:
     # -- requests from `acmebox renew` ---------------------------------------------------------
 
     def handle_requests(self) -> None:
-        requests = control.take_all(self.statedir)
+        requests = control.take_all(self.statedir, self._taken_requests)
         if self.fleet is not None:  # whoever asks wants the frontends looked at too
             self.fleet.recheck()
         if not requests:

@@ -6,6 +6,7 @@ yet stored, and the token service's signing key.
         acmebox.lock                 the instance lock, with its holder's PID (lock.py)
         acmebox.pid                  the running service's PID, for `acmebox renew` (control.py)
         requests/<id>.json           `acmebox renew` requests waiting for the service (control.py)
+        requests/<id>.answer         the named pipe the service answers that request through
         served.json                  what the front door presented, per name (control.py)
         configured.json              the certificates the service was started with (control.py)
         fleet.json                   what each frontend on other nodes presented (fleet.py, Swarm)
@@ -55,6 +56,12 @@ class StateDir:
     @property
     def requests(self) -> Path:
         return self.root / "requests"
+
+    def request(self, request_id: str) -> Path:
+        return self.requests / f"{request_id}.json"
+
+    def answer_pipe(self, request_id: str) -> Path:
+        return self.requests / f"{request_id}.answer"
 
     @property
     def served(self) -> Path:

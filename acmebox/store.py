@@ -31,6 +31,7 @@ a directory of symlinks) are converted by prepare() without a new order.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -194,10 +195,15 @@ class CertStore:
         try:
             for d in (self.root, self.live, self.archive):
                 d.mkdir(mode=0o755, parents=True, exist_ok=True)
+            self._remove_temp_files()  # first: on a full volume they may hold the last inodes
             probe = self.root / f".acmebox-probe-{uuid.uuid4().hex}"
             probe.write_bytes(b"")
         except OSError as e:
-            raise ConfigError(f"certs dir {self.root} is not usable: {e.strerror or e}") from None
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):  # full is a disk fault: the preflight waits for room
+                raise ConfigError(f"certs dir {self.root} is not usable: {e.strerror or e}") from None
+            log.error("certs dir %s is full (%s): the certificates on it stay served; nothing is ordered "
+                      "until it has room", self.root, e.strerror or e)
+            return
         try:
             if self.key_group is not None:
                 os.chown(probe, -1, self.key_group)
@@ -208,9 +214,6 @@ class CertStore:
             ) from None
         finally:
             probe.unlink(missing_ok=True)
-        for name_dir in self.archive.iterdir():
-            for leftover in name_dir.glob(".new-*"):
-                shutil.rmtree(leftover, ignore_errors=True)
         names = {p.name for p in self.live.iterdir() if not p.name.startswith(".")}
         names |= {p.name[1 : -len(_OLD_LAYOUT)] for p in self.live.glob(f".*{_OLD_LAYOUT}")}
         for name in sorted(names):
@@ -219,6 +222,13 @@ class CertStore:
             except (OSError, ValueError) as e:
                 log.warning("certificate %s: could not convert or repair live/%s (%s); leaving it", name, name, e)
         self._clean_leftovers()
+
+    def _remove_temp_files(self) -> None:
+        """What an interrupted or failed save() left, by acmebox's own temporary names only."""
+        for leftover in (*self.archive.glob("*/.new-*"), *self.live.glob(".*.new-*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for tmp in self.live.glob("*/.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def _repair(self, name: str) -> None:
         live = self.live / name
@@ -342,13 +352,17 @@ class CertStore:
         version = f"{(int(versions[-1]) + 1) if versions else 1:04d}"
         tmp = name_dir / f".new-{uuid.uuid4().hex}"
         tmp.mkdir(mode=0o755)
-        write_new(tmp / "privkey.pem", key_pem, perms.mode, perms.gid)
-        write_new(tmp / "cert.pem", pem[0], 0o644)
-        write_new(tmp / "chain.pem", b"".join(pem[1:]), 0o644)
-        write_new(tmp / "fullchain.pem", b"".join(pem), 0o644)
-        write_new(tmp / "meta.json", _json(meta), 0o644)
-        fsync_dir(tmp)
-        os.rename(tmp, name_dir / version)
+        try:
+            write_new(tmp / "privkey.pem", key_pem, perms.mode, perms.gid)
+            write_new(tmp / "cert.pem", pem[0], 0o644)
+            write_new(tmp / "chain.pem", b"".join(pem[1:]), 0o644)
+            write_new(tmp / "fullchain.pem", b"".join(pem), 0o644)
+            write_new(tmp / "meta.json", _json(meta), 0o644)
+            fsync_dir(tmp)
+            os.rename(tmp, name_dir / version)
+        except BaseException:  # a full volume: what was written must not hold its last inodes
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         fsync_dir(name_dir)
         self._install(name, version, key_pem, pem, meta, perms)
         self._prune(name, keep=version)
@@ -366,16 +380,24 @@ class CertStore:
         if live.is_dir() and not live.is_symlink():
             for fname, data, is_key in files:
                 tmp = live / f".{fname}.{uuid.uuid4().hex}.tmp"
-                write_new(tmp, data, perms.mode if is_key else 0o644, perms.gid if is_key else None)
-                os.rename(tmp, live / fname)
+                try:
+                    write_new(tmp, data, perms.mode if is_key else 0o644, perms.gid if is_key else None)
+                    os.rename(tmp, live / fname)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
             fsync_dir(live)
             return
         # A new name, or the previous layout's symlink: a complete directory goes in with renames.
         tmp_dir = self.live / f".{name}.new-{uuid.uuid4().hex}"
         tmp_dir.mkdir(mode=0o755)
-        for fname, data, is_key in files:
-            write_new(tmp_dir / fname, data, perms.mode if is_key else 0o644, perms.gid if is_key else None)
-        fsync_dir(tmp_dir)
+        try:
+            for fname, data, is_key in files:
+                write_new(tmp_dir / fname, data, perms.mode if is_key else 0o644, perms.gid if is_key else None)
+            fsync_dir(tmp_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
         if live.is_symlink():
             # rename() cannot put a directory over a symlink: move the link aside first. A crash
             # in between leaves the aside link, which prepare() puts back and converts again.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.other_user import as_user
 from tests.helpers.pebble import Dirs, Pebble, pebble_args
 from tests.helpers.process import acmebox_env, assert_usage_error, run_acmebox
 
@@ -131,9 +132,9 @@ def test_key_group_acmebox_may_not_use() -> None:
 
 
 def _refused_as_nobody(top: Path) -> None:
-    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "acmebox",
-               "run", "--once", "--domain", "a.test", "--key-group", "101", "--certs-dir", str(top / "c"),
-               "--state-dir", str(top / "s"), "--directory", "https://127.0.0.1:1/dir"]
+    command = as_user(65534, 65534, [sys.executable, "-m", "acmebox", "run", "--once", "--domain", "a.test",
+                                     "--key-group", "101", "--certs-dir", str(top / "c"), "--state-dir", str(top / "s"),
+                                     "--directory", "https://127.0.0.1:1/dir"])
     result = subprocess.run(command, capture_output=True, text=True, env=acmebox_env(), cwd=top, timeout=60)
     assert_usage_error(result, "--key-group 101: acmebox (uid 65534) may not give files to that group")
 

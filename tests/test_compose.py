@@ -39,7 +39,7 @@ def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load(out.stdout)
     services = resolved["services"]
-    assert set(services) == {"nginx", "registry", "acmebox"}
+    assert set(services) == {"nginx", "registry", "acmebox", "data-init"}
     assert services["nginx"]["environment"]["REGISTRY_DOMAIN"] == "registry.example.com"
     assert services["acmebox"]["environment"]["DOCKER_REGISTRY_DOMAIN_NAME"] == "registry.example.com"
     assert services["registry"]["environment"]["REGISTRY_HTTP_SECRET"] == "s3cret"
@@ -111,6 +111,22 @@ def test_docker_reload_overlay_adds_the_socket_only_there(compose_copy: Path) ->
     assert compose()["services"]["nginx"]["labels"]["acmebox.reload"] == "nginx"
     assert any("/var/run/docker.sock" in str(v) for v in acmebox["volumes"])
     assert [str(g) for g in acmebox["group_add"]] == ["106"]
+
+
+def test_the_seeds_two_variables_are_all_compose_needs(compose_copy: Path) -> None:
+    """`export DOCKER_REGISTRY_DOMAIN_NAME=... DOCKER_REGISTRY_CERT_EMAIL_ADDRESS=...;
+    docker-compose up`, as the seed's README says: no .env, no other variable. The registry
+    then makes its own HTTP secret; data-init prepares what start-registry.sh would, before
+    acmebox starts."""
+    seed = {"DOCKER_REGISTRY_DOMAIN_NAME": "Registry.Example.COM", "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "a@b.example"}
+    out = compose_config(compose_copy, user_free_env(**seed))
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    assert services["registry"]["environment"]["REGISTRY_HTTP_SECRET"] == ""
+    assert services["acmebox"]["depends_on"]["data-init"]["condition"] == "service_completed_successfully"
+    assert "/data/acmebox" in services["data-init"]["command"][0]
+    assert any(str(v).endswith(":/docker-entrypoint.d/15-acmebox-canonical-name.envsh:ro")
+               for v in services["nginx"]["volumes"])
 
 
 def test_compose_refuses_a_missing_domain(compose_copy: Path) -> None:

@@ -196,3 +196,28 @@ def _run_the_stack(s: Project, tmp_path: Path, upgrade: bool) -> None:
     out.mkdir(exist_ok=True)
     (out / f"container-stack-{s.flavor}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(result)
+
+
+# -- the seed's way: no start-registry.sh ----------------------------------------------------------
+
+
+def test_the_seeds_way_needs_only_its_two_variables(images: Engine, tmp_path: Path) -> None:
+    """`export DOCKER_REGISTRY_DOMAIN_NAME=... DOCKER_REGISTRY_CERT_EMAIL_ADDRESS=...;
+    docker-compose up` in compose/ of a fresh checkout (no .env, no data/), as the seed's README
+    said: the stack comes up and gets its certificate."""
+    s = Project(images, tmp_path, "v1")
+    s.env.update(DOCKER_REGISTRY_DOMAIN_NAME=DOMAIN, DOCKER_REGISTRY_CERT_EMAIL_ADDRESS="ops@example.com")
+    assert not (s.dir / ".env").exists() and not (s.dir / "data").exists()
+    try:
+        s.compose("up", "-d", "--build")
+        wait(lambda: "now presents the new certificate(s)" in s.logs("acmebox"), 300, "the first certificate")
+        for service in ("acmebox", "registry", "nginx"):
+            wait(lambda svc=service: s.health(svc) == "healthy", 120, f"{service} to be healthy")  # type: ignore[misc]
+        assert images.inspect(s.container("data-init"))["State"]["ExitCode"] == 0
+        acmebox_data = (s.dir / "data" / "acmebox").stat()
+        assert acmebox_data.st_uid == 10001 and (acmebox_data.st_mode & 0o777) == 0o700
+        assert (s.dir / "data" / "auth" / "htpasswd").is_file()
+        assert "Pebble" in s.live_cert().issuer.rfc4514_string()
+        assert s.served_serial() == s.live_cert().serial_number
+    finally:
+        s.compose("down", "-v", "--remove-orphans", check=False)

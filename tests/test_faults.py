@@ -1,5 +1,5 @@
 """Reliability against the real world, with a real Pebble: CA faults through the fault proxy
-(tests/faultproxy.py), a full certs volume (a tmpfs in a private mount namespace), a clock 100
+(tests/helpers/faultproxy.py), a full certs volume (a tmpfs in a private mount namespace), a clock 100
 days ahead (faketime around the acmebox process), damaged state files, a second instance, a
 deactivated account, and a loop of orders stopped by the ledger. Assertions are on what the CA
 saw (orders in the proxy's or Pebble's log) and on what is on disk, never on timing."""
@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,6 @@ from tests.helpers.pebble import Dirs, Pebble
 from tests.helpers.process import ServiceProcess, acmebox_env, healthz, run_acmebox, wait_for, wait_sync
 
 pytestmark = pytest.mark.e2e  # Pebble behind a fault proxy
-
-
-@pytest.fixture
-def proxy(pebble: Pebble) -> Iterator[FaultProxy]:
-    p = FaultProxy(pebble.directory.rsplit("/", 1)[0], pebble.run_dir).start()
-    yield p
-    p.stop()
 
 
 def args_via(proxy: FaultProxy, pebble: Pebble, dirs: Dirs, name: str) -> list[str]:

@@ -21,6 +21,7 @@ from cryptography import x509
 from acmebox import keys, placeholder
 from acmebox.store import KEEP_VERSIONS, LIVE_ORDER, CertStore
 from tests.helpers import ROOT
+from tests.helpers.other_user import as_user
 
 
 def make_cert(names: list[str]) -> tuple[bytes, bytes]:
@@ -379,12 +380,11 @@ def test_a_group_acmebox_may_not_use_is_reported_not_fatal(tmp_path: Path) -> No
         store.save("a.test", *make_cert(["a.test"]), {})
         subprocess.run(["chown", "-R", "65534:65534", str(top)], check=True)
         key = certs / "live" / "a.test" / "privkey.pem"
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", AS_NOBODY,
-                   str(certs)]
+        command = as_user(65534, 65534, [sys.executable, "-c", AS_NOBODY, str(certs)])
         for gid, mode, expected, logged in ((0, 0o600, "0o600 65534", False), (101, 0o640, "0o640 65534", True)):
             os.chown(key, 65534, gid)
             key.chmod(mode)
-            out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+            out = subprocess.run(command, capture_output=True, text=True, cwd=top)
             assert out.returncode == 0, out.stderr
             assert out.stdout.strip() == expected
             assert ("cannot keep group 101 on privkey.pem" in out.stderr) == logged, out.stderr

@@ -171,7 +171,7 @@ services:
       args: {PIP_NO_INDEX: "1", PIP_FIND_LINKS: /src/wheelhouse}
     environment: {ACMEBOX_CA_BUNDLE: /pebble/ca.pem}
     volumes: ["${PEBBLE_DIR:?}:/pebble:ro"]
-    depends_on: [pebble]
+    depends_on: {pebble: {condition: service_started}}
 """
 
 

@@ -47,6 +47,7 @@ class Rule:
     html: bool = False
     retry_after: str | None = None
     every: float = 1.0
+    detail: str | None = None  # the problem document's detail (default: "injected <status>")
 
 
 class FaultProxy:
@@ -179,5 +180,6 @@ class FaultProxy:
         if rule.html:
             return web.Response(status=rule.status, text="<html><body>Down for maintenance</body></html>",
                                 content_type="text/html", headers=headers)
-        problem = {"type": f"urn:ietf:params:acme:error:{rule.problem}", "detail": f"injected {rule.status}"}
+        detail = rule.detail or f"injected {rule.status}"
+        problem = {"type": f"urn:ietf:params:acme:error:{rule.problem}", "detail": detail}
         return web.json_response(problem, status=rule.status, headers=headers, content_type="application/problem+json")

@@ -16,9 +16,11 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,11 +37,10 @@ from tests.helpers.registries import default_registry, registry_command
 
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 
-# `user root`: the workers send blobs from the registry's storage, which here lies under the
-# test's private (0700) temporary directory; in the image they run as `nginx` and read the
-# compose volume, which start-registry.sh makes 0755 (the container test pulls through it).
+# As the image's: root master, unprivileged workers (here the build's default user, nobody).
+# What the workers read (the browse page, the registry's storage for blobs) lies in readable
+# directories (running_stack), as the compose volumes do in the image.
 NGINX_MAIN = """
-user root;
 worker_processes 2;
 daemon on;
 pid {run}/nginx.pid;
@@ -324,9 +325,45 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
     front_redirect: Pebble's VA dials a server in front instead of nginx's port-80 one, which
     answers everything with a 301 to nginx's 443 server (as a CDN or load balancer that forces
     https would); its requests are logged to nginx/front.log. `ui_root` replaces the compose
-    file's browse page directory (the browse-page benchmark swaps pages in it).
+    file's browse page directory (the browse-page benchmark swaps pages in it), which is
+    otherwise served from a readable copy (readable_dir), as is the registry's storage, which
+    nginx sends blobs from: nginx's workers run unprivileged, as in the image.
     `registry_version`: "3" or "2" (default: ACMEBOX_TEST_REGISTRY, else 3)."""
-    version = registry_version or default_registry()
+    with contextlib.ExitStack() as readable:
+        if ui_root is None:
+            ui_root = readable.enter_context(readable_dir("ui", nginx_host_path("UI_ROOT")))
+        storage = readable.enter_context(readable_dir("registry-data"))
+        run.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            (run / "registry-data").unlink()  # a link left by an earlier run in the same dir
+        (run / "registry-data").symlink_to(storage)  # where start_registry and registry_fill look
+        yield from _running_stack(run, front_redirect, ui_root, storage, registry_version or default_registry())
+
+
+@contextlib.contextmanager
+def readable_dir(name: str, source: Path | None = None) -> Iterator[Path]:
+    """A directory `name` (a copy of `source`'s public files, or empty) in a directory of its own
+    in /tmp, which nginx's unprivileged workers can reach also when the test's run dir is private
+    (pytest's, 0700) or the clone lies in a directory only root can enter (/root). Removed
+    afterwards. Nothing else nginx's workers read is in the clone or the run dir."""
+    top = Path(tempfile.mkdtemp(prefix=f"acmebox-{name}-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        made = top / name
+        if source is None:
+            made.mkdir(mode=0o755)
+        else:
+            shutil.copytree(source, made, copy_function=shutil.copyfile)  # contents only: modes are set below
+            for d in (made, *(p for p in made.rglob("*") if p.is_dir())):
+                d.chmod(0o755)
+            for f in (p for p in made.rglob("*") if p.is_file()):
+                f.chmod(0o644)
+        yield made
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _running_stack(run: Path, front_redirect: bool, ui_root: Path, storage: Path, version: str) -> Iterator[Stack]:
     http_port, https_port, acmebox_port, registry_port, front_port = (free_port() for _ in range(5))
     va_port = front_port if front_redirect else http_port
     pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(va_port))  # validates via nginx
@@ -346,9 +383,9 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "REGISTRY_UPSTREAM": f"127.0.0.1:{registry_port}",
         "NGINX_RESOLVER": "127.0.0.1",  # never asked: the upstreams are addresses
         "CERTS_DIR": str(certs),
-        "UI_ROOT": str(ui_root or nginx_host_path("UI_ROOT")),
+        "UI_ROOT": str(ui_root),
         "ACMEBOX_RELOAD_FILE": str(generation),
-        "REGISTRY_STORAGE": str(run / "registry-data"),  # start_registry's storage
+        "REGISTRY_STORAGE": str(storage),  # start_registry's (run/registry-data links to it)
     })
     if front_redirect:
         (nginx.run / "conf.d" / "front.conf").write_text(
