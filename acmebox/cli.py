@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(revoke, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=Path)
     _dirs(revoke)
     token_key = sub.add_parser("token-key", help="the registry token signing keys: `show` them, or `rotate` "
-                               "to the pre-published next key (README \"Token signing key rotation\")")
+                               "to the pre-published next key (docs/deploying.md, \"Token signing key rotation\")")
     token_key.add_argument("action", choices=["show", "rotate"])
     _dirs(token_key)
     _opt(token_key, "--auth-key", "token signing key (default: <state-dir>/token-signing.key)", type=Path)

@@ -46,7 +46,9 @@ canonical_name() {
   if [ $rc -eq 127 ] || { [ $rc -ne 0 ] && [ $rc -ne 2 ]; }; then
     command -v docker >/dev/null 2>&1 ||
       die "cannot check DOMAIN: need python3 with the idna package, or docker"
-    (cd "$here" && { docker compose build -q acmebox 2>/dev/null || docker-compose build -q acmebox; }) >&2 ||
+    # The compose file requires the name before anything, a build included: any valid one will do.
+    (cd "$here" && export DOCKER_REGISTRY_DOMAIN_NAME="${DOCKER_REGISTRY_DOMAIN_NAME:-image-build.invalid}" &&
+      { docker compose build -q acmebox 2>/dev/null || docker-compose build -q acmebox; }) >&2 ||
       die "cannot check DOMAIN: building the acmebox image failed"
     rc=0
     out=$(docker run --rm --entrypoint python acmebox:local -m acmebox.names --public-ca "$1" 2>&1) || rc=$?
