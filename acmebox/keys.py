@@ -1,11 +1,15 @@
-"""Private keys: the supported key types, generation and PEM (de)serialisation."""
+"""Private keys: the supported key types, generation and PEM (de)serialisation, and the builder of
+the self-signed certificates acmebox makes for them (placeholders, TLS-ALPN-01, the token signer)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal, get_args
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 KeyType = Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"]
 KEY_TYPES: tuple[str, ...] = get_args(KeyType)
@@ -48,3 +52,19 @@ def public_der(key: PrivateKey | PublicKey) -> bytes:
     """The SubjectPublicKeyInfo, to compare a key with a certificate's."""
     pub = key.public_key() if isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)) else key
     return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def self_signed(key: PrivateKey, common_name: str, now: dt.datetime, lifetime: dt.timedelta) -> x509.CertificateBuilder:
+    """A self-signed certificate of `key` (subject and issuer CN `common_name`, a random serial),
+    valid from an hour before `now` (clocks that lag) for `lifetime`: the caller adds its
+    extensions and signs it with `key`."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + lifetime)
+    )

@@ -9,7 +9,6 @@ import datetime as dt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
 from acmebox import identifiers, keys
 
@@ -24,15 +23,8 @@ def _entries(names: tuple[str, ...]) -> list[x509.GeneralName]:
 def make(names: tuple[str, ...], key_type: str, now: dt.datetime) -> tuple[bytes, bytes]:
     """(private key PEM, certificate PEM)."""
     key = keys.generate(key_type)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acmebox placeholder, not trusted")])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + LIFETIME)
+        keys.self_signed(key, "acmebox placeholder, not trusted", now, LIFETIME)
         .add_extension(x509.SubjectAlternativeName(_entries(names)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())

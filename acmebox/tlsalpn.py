@@ -33,11 +33,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from cryptography.x509.oid import NameOID, ObjectIdentifier
+from cryptography.x509.oid import ObjectIdentifier
 from josepy.b64 import b64encode
 from josepy.interfaces import JSONDeSerializable
 from josepy.jwk import JWK
 
+from acmebox import keys
 from acmebox.errors import CAProblem
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,8 @@ def validation_certificate(name: str, key_authorization: str) -> tuple[bytes, by
     """(certificate PEM, private key PEM) answering TLS-ALPN-01 for `name` (RFC 8737 section 3)."""
     key = ec.generate_private_key(ec.SECP256R1())
     digest = hashlib.sha256(key_authorization.encode()).digest()
-    now = dt.datetime.now(dt.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acmebox TLS-ALPN-01 challenge")])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=7))
+        keys.self_signed(key, "acmebox TLS-ALPN-01 challenge", dt.datetime.now(dt.UTC), dt.timedelta(days=7))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         # the extension's value is the DER encoding of an OCTET STRING of the digest
         .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)

@@ -39,7 +39,6 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from acmebox import keys
 from acmebox.errors import AcmeboxError, ConfigError
@@ -202,13 +201,8 @@ class Keyring:
             return []
 
     def _certificate(self, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-        now = dt.datetime.now(dt.UTC)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{self.issuer} registry token signer")])
-        return (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=3650)).sign(key, hashes.SHA256())
-        )
+        return keys.self_signed(key, f"{self.issuer} registry token signer", dt.datetime.now(dt.UTC),
+                                dt.timedelta(days=3650)).sign(key, hashes.SHA256())
 
     @staticmethod
     def _write(action: Callable[[], None], path: Path, what: str = "token signing key") -> None:
