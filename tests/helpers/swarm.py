@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tests.helpers import ROOT
 from tests.helpers.containers import REGISTRY3, STANDINS, Engine, NotPrepared, project_copy, rootfs, wait
+from tests.helpers.process import stop_process
 
 NET = "192.168.77"
 FABRIC_IP = f"{NET}.1"
@@ -46,16 +47,6 @@ def _own_netns(pid: int, timeout: float = 10) -> None:
                 return
         time.sleep(0.02)
     raise AssertionError(f"process {pid} never left the host's network namespace")
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
@@ -161,7 +152,7 @@ class Swarm:
         """SIGTERM to node n's dockerd (it stops its containers), by PID."""
         node = self.node(n)
         if node.proc is not None:
-            _stop(node.proc, 90)
+            stop_process(node.proc, 90)
             node.proc = None
 
     def node(self, n: int) -> Node:
@@ -183,11 +174,11 @@ class Swarm:
                         node.docker("rm", "-f", *ids, check=False, timeout=120)
         for node in self.nodes:
             if node.proc is not None:
-                _stop(node.proc, 90)
+                stop_process(node.proc, 90)
         for proc in self.others:
-            _stop(proc, 10)
+            stop_process(proc, 10)
         if self.fabric_proc is not None:
-            _stop(self.fabric_proc, 10)
+            stop_process(self.fabric_proc, 10)
 
     # -- Pebble in the fabric namespace ------------------------------------------------------------
 
