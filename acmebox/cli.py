@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
          "users it does not list may only pull", type=Path)
     _opt(auth, "--auth-trusted-proxy", "addresses, networks (CIDR) or host names of the reverse proxies whose "
          "X-Forwarded-For names the client, comma-separated", also=())
+    catalog = run.add_argument_group("catalog index for the browse page (enabled by --catalog-registry)")
+    _opt(catalog, "--catalog-registry", "the registry's own URL, read to build the index (http://registry:5000)")
+    _opt(catalog, "--catalog-secret", "the bearer secret the registry's notifications carry")
     _opt(run, "--once", "obtain or confirm the certificates, then exit", action="store_true")
     _opt(run, "--force-renew", "with --once: order new certificates even when valid ones exist "
          "(a running service: `acmebox renew --force`)", action="store_true")
@@ -221,6 +224,8 @@ def sources_from_args(args: argparse.Namespace) -> Sources:
         auth_ttl=args.auth_ttl,
         auth_acl=args.auth_acl,
         auth_trusted_proxies=None if proxies is None else tuple(_split(proxies)),
+        catalog_registry=getattr(args, "catalog_registry", None),
+        catalog_secret=getattr(args, "catalog_secret", None),
         max_concurrent_orders=args.max_concurrent_orders,
         once=args.once,
         force_renew=args.force_renew,

@@ -163,6 +163,25 @@ class TokenAuth:
 
 
 @dataclass(frozen=True)
+class CatalogSettings:
+    """The catalog index: the registry's own URL (read directly) and its notifications' secret."""
+    registry: str
+    secret: str
+
+    @classmethod
+    def build(cls, url: str | None, secret: str | None, auth: Path | None) -> CatalogSettings | None:
+        """None without --catalog-registry; else ConfigError for a bad URL or secret, or no token service."""
+        parts = urllib.parse.urlsplit(url or "")
+        if not url or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            if url or secret:
+                raise ConfigError(f"--catalog-registry {url!r}: want the registry's URL, e.g. http://registry:5000")
+            return None
+        if not re.fullmatch(r"[!-~]{16,}", secret or "") or auth is None:
+            raise ConfigError("--catalog-registry needs --catalog-secret (16+ ASCII, no spaces) and --auth-htpasswd")
+        return cls(url.rstrip("/"), str(secret))
+
+
+@dataclass(frozen=True)
 class Sources:
     """What the flags, the environment and the files they name gave, before any rule: the input of
     `Config.from_sources`. Text stays as typed (HOST:PORT, key mode and group, reload kind, names);
@@ -197,6 +216,8 @@ class Sources:
     auth_ttl: int = 300
     auth_acl: Path | None = None
     auth_trusted_proxies: tuple[str, ...] | None = None  # None: not given (an empty flag counts as given)
+    catalog_registry: str | None = None
+    catalog_secret: str | None = None
     max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
     once: bool = False
     force_renew: bool = False
@@ -219,6 +240,7 @@ class Config:
     reload: ReloadSpec | None = None
     reload_verify: HostPort | None = None
     token_auth: TokenAuth | None = None
+    catalog: CatalogSettings | None = None
     self_check: bool = True
     self_check_via: HostPort | None = None
     key_mode: int | None = None  # None: keep the previous key's mode (0600 for a first key)
@@ -282,6 +304,7 @@ class Config:
                 raw.auth_htpasswd, raw.state_dir, key=raw.auth_key, cert=raw.auth_cert, service=raw.auth_service,
                 issuer=raw.auth_issuer, ttl=raw.auth_ttl, acl=raw.auth_acl, trusted_proxies=raw.auth_trusted_proxies,
             ),
+            catalog=CatalogSettings.build(raw.catalog_registry, raw.catalog_secret, raw.auth_htpasswd),
             self_check=raw.self_check,
             self_check_via=HostPort.parse(raw.self_check_via, "--self-check-via address") if raw.self_check_via
             else None,

@@ -186,7 +186,14 @@ class Service:
         if self.config.token_auth is not None:
             from acmebox.registry.token import TokenService  # bcrypt and PyJWT only when the token service is on
 
-            routes.append(TokenService.from_settings(self.config.token_auth).install)
+            token_service = TokenService.from_settings(self.config.token_auth)
+            routes.append(token_service.install)
+            if self.config.catalog is not None:
+                from acmebox.registry.events import CatalogService, anonymous_minter
+
+                catalog = self.config.catalog
+                routes.append(CatalogService(self.statedir.catalog, catalog.registry, catalog.secret,
+                                             anonymous_minter(token_service)).install)
         app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=lambda: self.ready)
         runner = await webapp.start(app, self.config.listen)
         if once:

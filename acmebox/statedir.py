@@ -15,6 +15,7 @@ yet stored, and the token service's signing key.
         ledger/<name>.jsonl          the order ledger (ledger.py)
         pending/<name>.json          received from the CA, not yet stored (pending.py)
         token-signing.key token.crt  the registry token service's key pair (unless given elsewhere)
+        catalog.sqlite               the registry's catalog index, rebuilt when missing (registry/catalog.py)
 """
 
 from __future__ import annotations
@@ -96,3 +97,7 @@ class StateDir:
     @property
     def token_cert(self) -> Path:
         return self.root / "token.crt"
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.sqlite"

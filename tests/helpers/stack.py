@@ -150,6 +150,16 @@ def acmebox_environment(overrides: dict[str, str]) -> dict[str, str]:
 
 
 DOMAIN = "registry.test"
+NOTIFY_SECRET = "stack-test-notify-secret"
+
+
+def registry_notifications(acmebox: str) -> str:
+    """The compose file's REGISTRY_NOTIFICATIONS_ENDPOINTS, pointed at `acmebox` (HOST:PORT), with
+    the test's secret."""
+    value = str(compose()["services"]["registry"]["environment"]["REGISTRY_NOTIFICATIONS_ENDPOINTS"])
+    value = re.sub(r"\$\{REGISTRY_NOTIFY_SECRET[^}]*\}", NOTIFY_SECRET, value)
+    assert "acmebox:8080" in value, value
+    return value.replace("acmebox:8080", acmebox)
 USERS = {"alice": "alice-s3cret", "bob": "bob-s3cret"}
 
 
@@ -181,6 +191,8 @@ class Stack:
     state: Path
     htpasswd: Path
     acmebox: ServiceProcess
+    acmebox_port: int = 0
+    registry_port: int = 0
 
     @property
     def host(self) -> str:
@@ -319,6 +331,8 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "ACMEBOX_AUTH_KEY": str(state / "token-signing.key"),
         "ACMEBOX_AUTH_CERT": str(token_cert),
         "ACMEBOX_AUTH_TRUSTED_PROXY": "127.0.0.1",  # nginx, as the compose file's "nginx"
+        "ACMEBOX_CATALOG_REGISTRY": f"http://127.0.0.1:{registry_port}",
+        "ACMEBOX_CATALOG_SECRET": NOTIFY_SECRET,
     })
     acmebox = ServiceProcess(["run"], run / "acmebox.log", env={"PATH": os.environ["PATH"], **env})
     registry = watcher = None
@@ -328,12 +342,13 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
             "REGISTRY_AUTH_TOKEN_REALM": f"https://{DOMAIN}:{https_port}/auth/token",
             "REGISTRY_HTTP_SECRET": "stack-test-secret",
             "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(token_cert),
+            "REGISTRY_NOTIFICATIONS_ENDPOINTS": registry_notifications(f"127.0.0.1:{acmebox_port}"),
         })
         nginx.start()
         watcher = start_reload_watcher(nginx, nginx_env)
         pebble = start_pebble(run / "pebble", **pebble.env)
         acmebox.wait_log("now presents the new certificate(s)", timeout=60)
-        yield Stack(run, pebble, http_port, https_port, certs, state, htpasswd, acmebox)
+        yield Stack(run, pebble, http_port, https_port, certs, state, htpasswd, acmebox, acmebox_port, registry_port)
     finally:
         acmebox.stop()
         if watcher is not None:
