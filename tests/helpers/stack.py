@@ -283,7 +283,8 @@ server {{
 
 
 @contextlib.contextmanager
-def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None = None) -> Iterator[Stack]:
+def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None = None,
+                  catalog_index: bool = True) -> Iterator[Stack]:
     """Everything up, in the order the compose file implies: acmebox (token certificate and
     placeholder), the registry, nginx on the placeholder; then Pebble, so the first real
     certificate is validated through nginx and nginx reloaded onto it.
@@ -291,7 +292,8 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
     front_redirect: Pebble's VA dials a server in front instead of nginx's port-80 one, which
     answers everything with a 301 to nginx's 443 server (as a CDN or load balancer that forces
     https would); its requests are logged to nginx/front.log. `ui_root` replaces the compose
-    file's browse page directory (the browse-page benchmark swaps pages in it)."""
+    file's browse page directory (the browse-page benchmark swaps pages in it). Without
+    `catalog_index`, acmebox runs as an older deployment would, without /ui-index/."""
     http_port, https_port, acmebox_port, registry_port, front_port = (free_port() for _ in range(5))
     va_port = front_port if front_redirect else http_port
     pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(va_port))  # validates via nginx
@@ -331,8 +333,8 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "ACMEBOX_AUTH_KEY": str(state / "token-signing.key"),
         "ACMEBOX_AUTH_CERT": str(token_cert),
         "ACMEBOX_AUTH_TRUSTED_PROXY": "127.0.0.1",  # nginx, as the compose file's "nginx"
-        "ACMEBOX_CATALOG_REGISTRY": f"http://127.0.0.1:{registry_port}",
-        "ACMEBOX_CATALOG_SECRET": NOTIFY_SECRET,
+        **({"ACMEBOX_CATALOG_REGISTRY": f"http://127.0.0.1:{registry_port}", "ACMEBOX_CATALOG_SECRET": NOTIFY_SECRET}
+           if catalog_index else {}),
     })
     acmebox = ServiceProcess(["run"], run / "acmebox.log", env={"PATH": os.environ["PATH"], **env})
     registry = watcher = None
