@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     catalog = run.add_argument_group("catalog index for the browse page (enabled by --catalog-registry)")
     _opt(catalog, "--catalog-registry", "the registry's own URL, read to build the index (http://registry:5000)")
     _opt(catalog, "--catalog-secret", "the bearer secret the registry's notifications carry")
+    _opt(catalog, "--registry-storage", "the registry's storage root: its use on /metrics, a warning on /healthz "
+         "before its disk is full", type=Path)
     _opt(run, "--once", "obtain or confirm the certificates, then exit", action="store_true")
     _opt(run, "--force-renew", "with --once: order new certificates even when valid ones exist "
          "(a running service: `acmebox renew --force`)", action="store_true")
@@ -175,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "[default: 0]")
     _opt(revoke, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=Path)
     _dirs(revoke)
+    gc_cmd = sub.add_parser("gc", help="the registry's garbage collection, read-only meanwhile; reports bytes freed")
+    _dirs(gc_cmd)
+    _opt(gc_cmd, "--registry-storage", "the registry's storage root", type=Path)
+    gc_cmd.add_argument("--registry-config", type=Path, help="the registry's config.yml (runs `docker-registry "
+                        "garbage-collect` or `registry garbage-collect` with it)")
+    gc_cmd.add_argument("--registry-command", help="the whole garbage-collect command line instead, e.g. `docker "
+                        "compose run --rm --no-deps -T registry garbage-collect /etc/docker/registry/config.yml`")
+    gc_cmd.add_argument("--delete-untagged", action="store_true", help="also remove manifests no tag points at")
+    gc_cmd.add_argument("--drain", type=float, default=10.0, help="seconds between refusing writes and collecting, "
+                        "for uploads in flight [default: 10]")
+    gc_cmd.add_argument("--expect", type=float, default=300.0, help="seconds the run is announced for "
+                        "(Retry-After) [default: 300]")
     return parser
 
 
@@ -226,6 +240,7 @@ def sources_from_args(args: argparse.Namespace) -> Sources:
         auth_trusted_proxies=None if proxies is None else tuple(_split(proxies)),
         catalog_registry=getattr(args, "catalog_registry", None),
         catalog_secret=getattr(args, "catalog_secret", None),
+        registry_storage=getattr(args, "registry_storage", None),
         max_concurrent_orders=args.max_concurrent_orders,
         once=args.once,
         force_renew=args.force_renew,
@@ -303,6 +318,13 @@ def _main(argv: Sequence[str] | None) -> int:
         name = canonical_name(args.name) if getattr(args, "name", None) else None  # as `run` wrote it
         if args.command == "renew":
             return commands.renew(args.certs_dir, args.state_dir, name, args.force, args.timeout)
+        if args.command == "gc":
+            from acmebox.operations import GcSettings
+            from acmebox.service import collect_garbage
+
+            return collect_garbage(GcSettings.build(
+                config=args.registry_config, command=args.registry_command, storage=args.registry_storage,
+                certs_dir=args.certs_dir, delete_untagged=args.delete_untagged, drain=args.drain, expect=args.expect))
         if args.command == "revoke":
             assert name is not None
             return asyncio.run(commands.revoke(args.certs_dir, args.state_dir, name, args.reason, args.ca_bundle))

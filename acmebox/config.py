@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from acmebox.errors import ConfigError
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name, canonical_names
+from acmebox.operations import CatalogSettings, check_storage
 from acmebox.statedir import StateDir
 
 log = logging.getLogger(__name__)
@@ -163,25 +164,6 @@ class TokenAuth:
 
 
 @dataclass(frozen=True)
-class CatalogSettings:
-    """The catalog index: the registry's own URL (read directly) and its notifications' secret."""
-    registry: str
-    secret: str
-
-    @classmethod
-    def build(cls, url: str | None, secret: str | None, auth: Path | None) -> CatalogSettings | None:
-        """None without --catalog-registry; else ConfigError for a bad URL or secret, or no token service."""
-        parts = urllib.parse.urlsplit(url or "")
-        if not url or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            if url or secret:
-                raise ConfigError(f"--catalog-registry {url!r}: want the registry's URL, e.g. http://registry:5000")
-            return None
-        if not re.fullmatch(r"[!-~]{16,}", secret or "") or auth is None:
-            raise ConfigError("--catalog-registry needs --catalog-secret (16+ ASCII, no spaces) and --auth-htpasswd")
-        return cls(url.rstrip("/"), str(secret))
-
-
-@dataclass(frozen=True)
 class Sources:
     """What the flags, the environment and the files they name gave, before any rule: the input of
     `Config.from_sources`. Text stays as typed (HOST:PORT, key mode and group, reload kind, names);
@@ -218,6 +200,7 @@ class Sources:
     auth_trusted_proxies: tuple[str, ...] | None = None  # None: not given (an empty flag counts as given)
     catalog_registry: str | None = None
     catalog_secret: str | None = None
+    registry_storage: Path | None = None
     max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
     once: bool = False
     force_renew: bool = False
@@ -241,6 +224,7 @@ class Config:
     reload_verify: HostPort | None = None
     token_auth: TokenAuth | None = None
     catalog: CatalogSettings | None = None
+    registry_storage: Path | None = None  # /metrics and /healthz watch its use
     self_check: bool = True
     self_check_via: HostPort | None = None
     key_mode: int | None = None  # None: keep the previous key's mode (0600 for a first key)
@@ -305,6 +289,7 @@ class Config:
                 issuer=raw.auth_issuer, ttl=raw.auth_ttl, acl=raw.auth_acl, trusted_proxies=raw.auth_trusted_proxies,
             ),
             catalog=CatalogSettings.build(raw.catalog_registry, raw.catalog_secret, raw.auth_htpasswd),
+            registry_storage=check_storage(raw.registry_storage),
             self_check=raw.self_check,
             self_check_via=HostPort.parse(raw.self_check_via, "--self-check-via address") if raw.self_check_via
             else None,

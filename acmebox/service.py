@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from acmebox import control, policies, webapp
 from acmebox.account import AccountFiles
@@ -28,12 +29,16 @@ from acmebox.ledger import Ledger
 from acmebox.lock import InstanceLock
 from acmebox.maintain import CertMaintainer
 from acmebox.metrics import Metrics
+from acmebox.operations import GcSettings
 from acmebox.pending import PendingStore
 from acmebox.reload import ONCE_ATTEMPTS, Reloader, ReloadTarget
 from acmebox.serving import Serving
 from acmebox.state import StateStore
 from acmebox.statedir import StateDir
 from acmebox.store import CertStore
+
+if TYPE_CHECKING:
+    from acmebox.registry.maintenance import StorageWatch
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class Service:
             on_observed=lambda name, matches: self.serving.observed(name, matches),
         )
         self.serving = Serving(self.reloader, self.metrics, self.statedir, self.clock)
+        self.storage: StorageWatch | None = None  # the registry's storage, with --registry-storage
         self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -91,6 +97,10 @@ class Service:
             verdict = policies.ready(m.observe(self.store.current(spec.name), m.state, presented))
             ok &= verdict.ready
             lines.append(f"{spec.name}: {verdict.message}")
+        if self.storage is not None:
+            storage_ok, line = self.storage.health()
+            ok &= storage_ok
+            lines.append(line)
         return ok, "\n".join(lines)
 
     # -- requests from `acmebox renew` ---------------------------------------------------------
@@ -184,16 +194,23 @@ class Service:
     async def _run(self, once: bool, force: bool) -> int:
         routes: list[webapp.RouteInstaller] = []
         if self.config.token_auth is not None:
+            from acmebox.registry.maintenance import flag_path, token_guard
             from acmebox.registry.token import TokenService  # bcrypt and PyJWT only when the token service is on
 
             token_service = TokenService.from_settings(self.config.token_auth)
-            routes.append(token_service.install)
+            routes += [token_guard(flag_path(self.config.certs_dir)), token_service.install]
             if self.config.catalog is not None:
                 from acmebox.registry.events import CatalogService, anonymous_minter
 
                 catalog = self.config.catalog
                 routes.append(CatalogService(self.statedir.catalog, catalog.registry, catalog.secret,
                                              anonymous_minter(token_service)).install)
+        if self.config.registry_storage is not None:
+            from acmebox.registry import maintenance
+
+            flag = maintenance.flag_path(self.config.certs_dir)
+            self.storage = maintenance.StorageWatch(self.config.registry_storage, self.metrics.registry, flag)
+            routes.append(self.storage.install)
         app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=lambda: self.ready)
         runner = await webapp.start(app, self.config.listen)
         if once:
@@ -206,3 +223,15 @@ class Service:
                 reloader.cancel()
             await self.ca.close()
             await runner.cleanup()
+
+
+def collect_garbage(settings: GcSettings) -> int:
+    """`acmebox gc`: the registry's garbage collection in read-only maintenance (registry/gc.py);
+    prints the bytes freed. GcError when the collector fails."""
+    from acmebox.registry.gc import run_gc
+
+    result = run_gc(list(settings.command), settings.storage, settings.certs_dir,
+                    delete_untagged=settings.delete_untagged, drain=settings.drain, expect=settings.expect)
+    print(f"gc: freed {result.freed} bytes ({result.before} -> {result.after} under {settings.storage})"
+          + (f"; {result.summary}" if result.summary else ""))
+    return 0

@@ -555,6 +555,10 @@ function tagTable(repo, rowsShown) {
   return table;
 }
 
+// Called with (card or row, repo, tag, details) once a tag's details are on it (manage.js adds
+// its delete buttons this way).
+const cardExtras = [];
+
 const visible = new WeakSet();  // cards and rows in (or near) the viewport
 
 const cardObserver = new IntersectionObserver((entries) => {
@@ -570,6 +574,7 @@ function loadCard(card) {
   card.dataset.asked = "1";
   describe(repo, tag, () => visible.has(card) && card.isConnected).then((info) => {
     (card.dataset.view === "row" ? fillRow : fillCard)(card, repo, tag, info);
+    for (const extra of cardExtras) extra(card, repo, tag, info);
     noteDate(repo, tag, info.created);
   }, (e) => {
     delete card.dataset.asked;
@@ -839,7 +844,10 @@ let filling = false;
 // Adds rows while the end of the list is in view: first from what was read, then from the
 // next catalog page. A search that matches little keeps reading until the catalog ends.
 async function fill() {
-  if (catalogIndex.on) { await indexFill(); return; }
+  if (catalogIndex.on !== false) {  // the index, or its first answer still awaited: not the catalog
+    if (catalogIndex.on) await indexFill();
+    return;
+  }
   if (filling) return;
   filling = true;
   try {

@@ -143,7 +143,7 @@ def start_reload_watcher(nginx: Nginx, nginx_env: dict[str, str]) -> subprocess.
 def acmebox_environment(overrides: dict[str, str]) -> dict[str, str]:
     """The compose file's acmebox environment, host-specific values replaced."""
     compose_env = {k: str(v) for k, v in compose()["services"]["acmebox"]["environment"].items()}
-    unknown = set(overrides) - set(compose_env) - {"ACMEBOX_CA_BUNDLE"}
+    unknown = set(overrides) - set(compose_env) - {"ACMEBOX_CA_BUNDLE", "ACMEBOX_AUTH_ACL"}
     assert not unknown, f"not in the compose file's acmebox environment: {unknown}"
     resolved = {k: re.sub(r"\$\{[^}]*\}", "", v) for k, v in compose_env.items()}  # compose defaults
     return {**resolved, **overrides}
@@ -284,7 +284,7 @@ server {{
 
 @contextlib.contextmanager
 def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None = None,
-                  catalog_index: bool = True) -> Iterator[Stack]:
+                  catalog_index: bool = True, acl: str | None = None) -> Iterator[Stack]:
     """Everything up, in the order the compose file implies: acmebox (token certificate and
     placeholder), the registry, nginx on the placeholder; then Pebble, so the first real
     certificate is validated through nginx and nginx reloaded onto it.
@@ -293,7 +293,8 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
     answers everything with a 301 to nginx's 443 server (as a CDN or load balancer that forces
     https would); its requests are logged to nginx/front.log. `ui_root` replaces the compose
     file's browse page directory (the browse-page benchmark swaps pages in it). Without
-    `catalog_index`, acmebox runs as an older deployment would, without /ui-index/."""
+    `catalog_index`, acmebox runs as an older deployment would, without /ui-index/. `acl`: the
+    text of an ACL file for the token service (--auth-acl), e.g. `alice = ["team/**"]`."""
     http_port, https_port, acmebox_port, registry_port, front_port = (free_port() for _ in range(5))
     va_port = front_port if front_redirect else http_port
     pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(va_port))  # validates via nginx
@@ -303,6 +304,9 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
     for i, (user, password) in enumerate(USERS.items()):
         flags = "-Bbc" if i == 0 else "-Bb"
         subprocess.run(["htpasswd", flags, str(htpasswd), user, password], check=True, capture_output=True)
+    (run / "registry-data").mkdir(parents=True, exist_ok=True)
+    if acl is not None:
+        (run / "acl.toml").write_text(acl)
     token_cert = run / "registry-auth" / "token.crt"
     generation = certs / "reload-generation"
     nginx, nginx_env = prepare_nginx(run / "nginx", {
@@ -333,6 +337,8 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "ACMEBOX_AUTH_KEY": str(state / "token-signing.key"),
         "ACMEBOX_AUTH_CERT": str(token_cert),
         "ACMEBOX_AUTH_TRUSTED_PROXY": "127.0.0.1",  # nginx, as the compose file's "nginx"
+        "ACMEBOX_REGISTRY_STORAGE": str(run / "registry-data"),
+        **({"ACMEBOX_AUTH_ACL": str(run / "acl.toml")} if acl is not None else {}),
         **({"ACMEBOX_CATALOG_REGISTRY": f"http://127.0.0.1:{registry_port}", "ACMEBOX_CATALOG_SECRET": NOTIFY_SECRET}
            if catalog_index else {}),
     })
