@@ -118,8 +118,10 @@ def test_search_at_10000_repositories_answers_from_the_index(cat_stack: Stack) -
     wait_for(lambda: repo_row(stack, "seed/app") is not None, "seed/app indexed")
     clone_repositories(stack, "seed/app", [f"bulk{i % 20:02d}/r{i:05d}" for i in range(BULK)], ["1.0", "latest"])
     empty_repository(stack, "bulk00/empty")
+    built = index(stack, "repositories?n=1")["built"]
     assert post_acmebox(stack, "/registry-events/rebuild", b"", NOTIFY_SECRET) == 202
-    wait_for(lambda: index(stack, "repositories?n=1")["total"] >= BULK + 1, "the rebuild", timeout=900)
+    wait_for(lambda: index(stack, "repositories?n=1")["built"] != built, "the rebuild", timeout=900)
+    assert index(stack, "repositories?n=1")["total"] >= BULK + 1
     assert repo_row(stack, "bulk00/empty") is None  # no tags: not listed
     before = registry_requests(stack)
     found = index(stack, "repositories?q=r09876")

@@ -55,11 +55,13 @@ def index_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             push_built_image(stack, "seed/app", tag, writer, "2026-11-01T08:00:00Z", layer=b"seed" * 3000)
         clone_repositories(stack, "seed/app", [f"ns{i % NAMESPACES:02d}/app-{i:05d}" for i in range(BULK)],
                            ["1.0", "1.1", "latest"])
+        built = stack.https("GET", "/ui-index/repositories?n=1").json()["built"]
         rebuild(stack)
-        wait_for(lambda: indexed(stack) == TOTAL - 1, "the rebuild", 900)
+        wait_for(lambda: stack.https("GET", "/ui-index/repositories?n=1").json()["built"] != built, "the rebuild", 900)
+        assert indexed(stack) == TOTAL - 1
         writer = stack.token("repository:team/newest:pull,push", basic=("alice", USERS["alice"]))
         push_built_image(stack, "team/newest", "2.0", writer, "2026-11-02T08:00:00Z", layer=b"new" * 100)
-        wait_for(lambda: indexed(stack) == TOTAL, "the push event", 60)
+        wait_for(lambda: indexed(stack) == TOTAL, "the push event", 120)
         yield stack
 
 

@@ -182,7 +182,9 @@ class CatalogService:
         self.mint = mint
         self.index = CatalogIndex(path)
         self.pending: dict[str, dict[str, float]] = {}
-        self.wake = asyncio.Event()
+        self.wake = asyncio.Event()  # events arrived
+        self.asked = asyncio.Event()  # a rebuild was asked for
+        self.touched: set[str] = set()  # repositories events named during a rebuild
         self.rebuild_requested = self.index.built is None
         self.rebuilding = False
         self.last_reader: RegistryReader | None = None
@@ -206,22 +208,36 @@ class CatalogService:
     # -- upkeep --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Refresh the repositories events named, rebuild when asked or due; registry failures are
-        logged and retried after a pause, never fatal."""
+        """Refresh the repositories events named, and rebuild when asked or due, side by side (a
+        rebuild of a large registry takes minutes; events are not held back meanwhile). Registry
+        failures are logged and retried after a pause, never fatal."""
         timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._rebuilds(session))
             while True:
-                due = (self.index.built or 0) + REBUILD_EVERY
-                if self.rebuild_requested or time.time() >= due:
-                    self.rebuild_requested = False
-                    await self._guarded(self.rebuild(session))
                 while self.pending:
                     repo, pushed = self.pending.popitem()
+                    if self.rebuilding:
+                        self.touched.add(repo)
                     await self._guarded(self.refresh(session, repo, pushed))
                 self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(1.0, min(due - time.time(), 600.0))):
-                        await self.wake.wait()
+                await self.wake.wait()
+
+    async def _rebuilds(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            due = (self.index.built or 0) + REBUILD_EVERY
+            if self.rebuild_requested or time.time() >= due:
+                self.rebuild_requested = False
+                await self._guarded(self.rebuild(session))
+                for repo in self.touched:  # read again: the rebuild may have written an older view
+                    self.pending.setdefault(repo, {})
+                self.touched.clear()
+                self.wake.set()
+                continue
+            self.asked.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(1.0, min(due - time.time(), 600.0))):
+                    await self.asked.wait()
 
     async def _guarded(self, job: Any) -> None:
         try:
@@ -293,7 +309,7 @@ class CatalogService:
         if not self._authorized(request):
             return web.json_response({"error": "unauthorized"}, status=401)
         self.rebuild_requested = True
-        self.wake.set()
+        self.asked.set()
         return web.json_response({"rebuild": "scheduled"}, status=202)
 
     def _not_ready(self) -> web.Response | None:

@@ -152,11 +152,12 @@ class StorageWatch:
     def install(self, app: web.Application) -> None:
         async def background(app: web.Application) -> AsyncIterator[None]:
             async def loop() -> None:
-                # Looked at again at once when a maintenance run (gc) ends: what it freed shows.
+                # Looked at again at once when a maintenance run (gc) starts and ends: what it
+                # freed shows on /metrics.
                 last, was_flagged = -math.inf, False
                 while True:
                     flagged = self.flag is not None and self.flag.exists()
-                    if time.monotonic() - last >= STORAGE_EVERY or (was_flagged and not flagged):
+                    if time.monotonic() - last >= STORAGE_EVERY or was_flagged != flagged:
                         await asyncio.to_thread(self.look)
                         last = time.monotonic()
                     was_flagged = flagged

@@ -31,7 +31,9 @@ function grantedActions(tokenValue, repo) {
 
 async function userToken(scope) {
   const r = await fetch(`${auth.realm}?service=${encodeURIComponent(auth.service)}&scope=${encodeURIComponent(scope)}`,
-    { headers: { Authorization: `Basic ${session.basic}` }, cache: "no-store" });
+    // credentials "omit": a 401's `WWW-Authenticate: Basic` must not open the browser's own
+    // login prompt (or fill the browser's auth cache); the header set here is still sent.
+    { headers: { Authorization: `Basic ${session.basic}` }, cache: "no-store", credentials: "omit" });
   if (r.status === 401) throw new Error("the user name or password is wrong");
   if (r.status === 429) throw new Error(`too many login attempts; try again in ${r.headers.get("Retry-After") || "a few"} s`);
   if (!r.ok) throw new Error(`the token service answered ${r.status}`);
