@@ -40,6 +40,7 @@ EVENTS_PATH = "/registry-events"
 INDEX_PREFIX = "/ui-index"
 REBUILD_EVERY = 24 * 3600.0
 READERS = 8  # requests in flight to the registry during a rebuild
+RETRIES, RETRY_AFTER = 5, 1.0  # reading a repository again when a listed tag is not readable yet
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
     "application/vnd.docker.distribution.manifest.list.v2+json, "
@@ -69,6 +70,7 @@ class RegistryReader:
         self.session = session
         self.blobs: dict[str, Any] = {}
         self.requests = 0
+        self.incomplete: set[str] = set()  # repositories with a tag listed but not readable
 
     async def _get(self, path: str, scope: str, accept: str | None = None) -> tuple[int, dict[str, str], bytes]:
         headers = {"Authorization": f"Bearer {self.mint([scope])}"}
@@ -169,6 +171,8 @@ class RegistryReader:
             info = await self.tag(repo, tag)
             if info is not None:
                 out.append(info)
+            else:  # listed but not readable yet: a push still writing its tag link
+                self.incomplete.add(repo)
         return out
 
 
@@ -185,6 +189,7 @@ class CatalogService:
         self.wake = asyncio.Event()  # events arrived
         self.asked = asyncio.Event()  # a rebuild was asked for
         self.touched: set[str] = set()  # repositories events named during a rebuild
+        self.retries: dict[str, int] = {}  # repository -> reads again so far for a tag not readable yet
         self.rebuild_requested = self.index.built is None
         self.rebuilding = False
         self.last_reader: RegistryReader | None = None
@@ -251,8 +256,19 @@ class CatalogService:
             await asyncio.sleep(5)
 
     async def refresh(self, session: aiohttp.ClientSession, repo: str, pushed: dict[str, float]) -> None:
+        """Read `repo` again. The registry notifies a manifest push before it writes the tag's
+        link, so a tag listed but not readable yet is read again RETRY_AFTER seconds later (at
+        most RETRIES times), keeping the push times."""
         reader = RegistryReader(self.registry_url, self.mint, session)
         self.index.replace_repository(repo, await reader.repository(repo), pushed)
+        tries = self.retries.pop(repo, 0)
+        if repo in reader.incomplete and tries < RETRIES:
+            def again() -> None:
+                self.retries[repo] = tries + 1
+                self.pending.setdefault(repo, {}).update(pushed)
+                self.wake.set()
+
+            asyncio.get_running_loop().call_later(RETRY_AFTER, again)
 
     async def rebuild(self, session: aiohttp.ClientSession) -> None:
         """Read every repository again; names the catalog no longer lists are dropped."""
