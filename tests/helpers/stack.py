@@ -340,7 +340,7 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         "ACMEBOX_REGISTRY_STORAGE": str(run / "registry-data"),
         **({"ACMEBOX_AUTH_ACL": str(run / "acl.toml")} if acl is not None else {}),
         **({"ACMEBOX_CATALOG_REGISTRY": f"http://127.0.0.1:{registry_port}", "ACMEBOX_CATALOG_SECRET": NOTIFY_SECRET}
-           if catalog_index else {}),
+           if catalog_index else {"ACMEBOX_CATALOG_REGISTRY": "", "ACMEBOX_CATALOG_SECRET": ""}),
     })
     acmebox = ServiceProcess(["run"], run / "acmebox.log", env={"PATH": os.environ["PATH"], **env})
     registry = watcher = None
