@@ -970,6 +970,7 @@ function groupItem(group) {
   const id = `ns-${group.namespace || "top"}`.replace(/[^a-z0-9_-]/gi, "-");
   const toggle = el("button", "ns-toggle", `${group.namespace || "(top level)"}`);
   toggle.type = "button";
+  toggle.setAttribute("aria-label", group.namespace || "(top level)");  // without the CSS triangle
   toggle.setAttribute("aria-expanded", String(group.open));
   toggle.setAttribute("aria-controls", id);
   const count = el("span", "summary", plural(group.repositories, "repository", "repositories"));
