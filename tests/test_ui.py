@@ -193,7 +193,7 @@ def test_keyboard_and_labels(desktop: Page) -> None:
     expect(page.get_by_label("Search")).to_be_focused()
     page.keyboard.type("test/ui")
     expect(page.locator(".repo")).to_have_count(1)
-    for _ in range(3):  # theme, the row's link, its toggle
+    for _ in range(4):  # theme, log in, the row's link, its toggle
         page.keyboard.press("Tab")
     toggle = page.get_by_role("button", name="Show tags of test/ui")
     expect(toggle).to_be_focused()
