@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
          "users it does not list may only pull", type=Path)
     _opt(auth, "--auth-trusted-proxy", "addresses, networks (CIDR) or host names of the reverse proxies whose "
          "X-Forwarded-For names the client, comma-separated", also=())
+    catalog = run.add_argument_group("catalog index for the browse page (enabled by --catalog-registry)")
+    _opt(catalog, "--catalog-registry", "the registry's own URL, read to build the index (http://registry:5000)")
+    _opt(catalog, "--catalog-secret", "the bearer secret the registry's notifications carry")
+    _opt(catalog, "--registry-storage", "the registry's storage root: its use on /metrics, a warning on /healthz "
+         "before its disk is full", type=Path)
     _opt(run, "--once", "obtain or confirm the certificates, then exit", action="store_true")
     _opt(run, "--force-renew", "with --once: order new certificates even when valid ones exist "
          "(a running service: `acmebox renew --force`)", action="store_true")
@@ -169,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the certificates and their renewal plans; exit 1 if any is not ok")
     _dirs(status)
     status.add_argument("--json", action="store_true", help="everything known, as JSON")
+    _opt(status, "--registry-storage", "the registry's storage root: a line on its disk's use, exit 1 from "
+         "97% full", type=Path)
     renew = sub.add_parser("renew", help="ask the running service to check (or with --force, renew) now")
     renew.add_argument("name", nargs="?", help="any name of the certificate; default: all")
     renew.add_argument("--force", action="store_true", help="renew even when not due")
@@ -198,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
          "300", type=int)
     token_key.add_argument("--registry", metavar="URL", help="rotate: first check that the registry at URL (e.g. "
                            "http://registry:5000) accepts tokens of the next key; refuse (exit 1) if not")
+    gc_cmd = sub.add_parser("gc", help="the registry's garbage collection, read-only meanwhile; reports bytes freed")
+    _dirs(gc_cmd)
+    _opt(gc_cmd, "--registry-storage", "the registry's storage root", type=Path)
+    gc_cmd.add_argument("--registry-config", type=Path, help="the registry's config.yml (runs `docker-registry "
+                        "garbage-collect` or `registry garbage-collect` with it)")
+    gc_cmd.add_argument("--registry-command", help="the whole garbage-collect command line instead, e.g. `docker "
+                        "compose run --rm --no-deps -T registry garbage-collect /etc/docker/registry/config.yml`")
+    gc_cmd.add_argument("--delete-untagged", action="store_true", help="also remove manifests no tag points at")
+    gc_cmd.add_argument("--drain", type=float, default=10.0, help="seconds between refusing writes and collecting, "
+                        "for uploads in flight [default: 10]")
+    gc_cmd.add_argument("--expect", type=float, default=300.0, help="seconds the run is announced for "
+                        "(Retry-After) [default: 300]")
     return parser
 
 
@@ -248,6 +267,9 @@ def sources_from_args(args: argparse.Namespace) -> Sources:
         auth_ttl=args.auth_ttl,
         auth_acl=args.auth_acl,
         auth_trusted_proxies=None if proxies is None else tuple(_split(proxies)),
+        catalog_registry=getattr(args, "catalog_registry", None),
+        catalog_secret=getattr(args, "catalog_secret", None),
+        registry_storage=getattr(args, "registry_storage", None),
         max_concurrent_orders=args.max_concurrent_orders,
         fleet_frontends=args.fleet_frontends,
         fleet_secret_file=args.fleet_secret_file,
@@ -341,13 +363,25 @@ def _main(argv: Sequence[str] | None) -> int:
         from acmebox import commands
 
         if args.command == "status":
-            return commands.status(args.certs_dir, args.state_dir, args.json)
+            storage = None
+            if args.registry_storage is not None:
+                from acmebox.registry.maintenance import judge_now
+
+                storage = judge_now(args.registry_storage)
+            return commands.status(args.certs_dir, args.state_dir, args.json, storage)
         name = canonical_name(args.name) if getattr(args, "name", None) else None  # as `run` wrote it
         if args.command == "renew":
             if args.ignore_ledger and not args.force:
                 print("acmebox: error: --ignore-ledger needs --force", file=sys.stderr)
                 return 2
             return commands.renew(args.certs_dir, args.state_dir, name, args.force, args.timeout, args.ignore_ledger)
+        if args.command == "gc":
+            from acmebox.operations import GcSettings
+            from acmebox.service import collect_garbage
+
+            return collect_garbage(GcSettings.build(
+                config=args.registry_config, command=args.registry_command, storage=args.registry_storage,
+                certs_dir=args.certs_dir, delete_untagged=args.delete_untagged, drain=args.drain, expect=args.expect))
         if args.command == "revoke":
             assert name is not None
             return asyncio.run(commands.revoke(args.certs_dir, args.state_dir, name, args.reason, args.ca_bundle))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,15 @@ def _certificates(store: CertStore, states: StateStore) -> tuple[list[str], list
     return configured, sorted(on_disk - set(configured))
 
 
-def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
+def status(certs_dir: Path, state_dir: Path, as_json: bool = False, storage: tuple[bool, str] | None = None) -> int:
     """One line per certificate (or `--json`), every configured one included (also one that
     never got a certificate). Exit 1 when any is not `ok` (policies.READY): missing, a
     placeholder, revoked, past the CA's renewal window (ARI), failing, not what the service is
     configured for (another CA directory, other names, key type or profile, a profile the CA
     withdrew), expired or in its last 1/20 of life, or served differently from the live one.
-    Leftovers of certificates no longer configured are listed as `not managed` and do not count."""
+    Leftovers of certificates no longer configured are listed as `not managed` and do not count.
+    `storage`: (ok, line) on the registry's disk (--registry-storage), printed last (to stderr
+    with --json, whose shape stays a list of certificates); not ok is exit 1 as well."""
     if not state_dir.is_dir() and not certs_dir.is_dir():
         raise ConfigError(f"neither {certs_dir} nor {state_dir} exists: point --certs-dir and --state-dir at acmebox's")
     store, states = CertStore(certs_dir), StateStore(state_dir)
@@ -133,7 +136,10 @@ def status(certs_dir: Path, state_dir: Path, as_json: bool = False) -> int:
         for r in rows:
             for front in r.get("frontends", []):
                 print(f"{r['name']}: {fleet.describe(front)}")
-    return 0 if all(r["condition"] in ("ok", "not managed") for r in rows) else 1
+    if storage is not None:
+        print(storage[1], file=sys.stderr if as_json else sys.stdout)
+    certs_ok = all(r["condition"] in ("ok", "not managed") for r in rows)
+    return 0 if certs_ok and (storage is None or storage[0]) else 1
 
 
 def _frontends(rows: list[dict[str, Any]], recorded: dict[str, list[dict[str, Any]]]) -> None:

@@ -24,6 +24,7 @@ from acmebox.errors import ConfigError
 from acmebox.fleetspec import FleetSpec
 from acmebox.keys import KEY_TYPES
 from acmebox.names import canonical_name, canonical_names, check_addresses
+from acmebox.operations import CatalogSettings, check_storage
 from acmebox.statedir import StateDir
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,9 @@ class Sources:
     auth_ttl: int = 300
     auth_acl: Path | None = None
     auth_trusted_proxies: tuple[str, ...] | None = None  # None: not given (an empty flag counts as given)
+    catalog_registry: str | None = None
+    catalog_secret: str | None = None
+    registry_storage: Path | None = None
     max_concurrent_orders: int = MAX_CONCURRENT_ORDERS
     fleet_frontends: str | None = None  # --fleet-frontends: the name of every frontend (Swarm: tasks.nginx)
     fleet_secret_file: Path | None = None
@@ -247,6 +251,8 @@ class Config:
     reload: ReloadSpec | None = None
     reload_verify: HostPort | None = None
     token_auth: TokenAuth | None = None
+    catalog: CatalogSettings | None = None
+    registry_storage: Path | None = None  # /metrics and /healthz watch its use
     self_check: bool = True
     self_check_via: HostPort | None = None
     key_mode: int | None = None  # None: keep the previous key's mode (0600 for a first key)
@@ -315,6 +321,8 @@ class Config:
                 raw.auth_htpasswd, raw.state_dir, key=raw.auth_key, cert=raw.auth_cert, service=raw.auth_service,
                 issuer=raw.auth_issuer, ttl=raw.auth_ttl, acl=raw.auth_acl, trusted_proxies=raw.auth_trusted_proxies,
             ),
+            catalog=CatalogSettings.build(raw.catalog_registry, raw.catalog_secret, raw.auth_htpasswd),
+            registry_storage=check_storage(raw.registry_storage),
             self_check=raw.self_check,
             self_check_via=HostPort.parse(raw.self_check_via, "--self-check-via address") if raw.self_check_via
             else None,

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from acmebox import control, policies, webapp
 from acmebox.account import AccountFiles
@@ -29,6 +30,7 @@ from acmebox.ledger import Ledger
 from acmebox.lock import InstanceLock
 from acmebox.maintain import CertMaintainer
 from acmebox.metrics import Metrics
+from acmebox.operations import GcSettings
 from acmebox.pending import PendingStore
 from acmebox.reload import ONCE_ATTEMPTS, Reloader, ReloadTarget
 from acmebox.resume import InFlightOrders
@@ -37,6 +39,9 @@ from acmebox.state import StateStore
 from acmebox.statedir import StateDir
 from acmebox.store import CertStore
 from acmebox.tlsalpn import TlsAlpnResponder
+
+if TYPE_CHECKING:
+    from acmebox.registry.maintenance import StorageWatch
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,7 @@ class Service:
         )
         self.serving = Serving(self.reloader, self.metrics, self.statedir, self.clock, self.fleet)
         self._taken_requests: set[str] = set()  # carried out, though their files could not be removed
+        self.storage: StorageWatch | None = None  # the registry's storage, with --registry-storage
         self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -108,6 +114,10 @@ class Service:
         if self.fleet is not None:
             fleet_ok, fleet_lines = self.fleet.health()
             ok, lines = ok and fleet_ok, lines + fleet_lines
+        if self.storage is not None:
+            storage_ok, line = self.storage.health()
+            ok &= storage_ok
+            lines.append(line)
         return ok, "\n".join(lines)
 
     def readiness(self) -> tuple[bool, str]:
@@ -226,9 +236,26 @@ class Service:
     async def _run(self, once: bool, force: bool, ignore_ledger: bool) -> int:
         routes: list[webapp.RouteInstaller] = []
         if self.config.token_auth is not None:
+            from acmebox.registry.maintenance import flag_path, token_guard
             from acmebox.registry.token import TokenService  # bcrypt and PyJWT only when the token service is on
 
-            routes.append(TokenService.from_settings(self.config.token_auth).install)
+            token_service = TokenService.from_settings(self.config.token_auth)
+            routes += [token_guard(flag_path(self.config.certs_dir)), token_service.install]
+            if self.config.catalog is not None:
+                from acmebox.registry.events import CatalogService, anonymous_minter
+
+                catalog = self.config.catalog
+                if not catalog.secret:
+                    log.warning("catalog index: no --catalog-secret (REGISTRY_NOTIFY_SECRET), so the registry's "
+                                "events are taken from anyone who can reach acmebox; start-registry.sh sets one")
+                routes.append(CatalogService(self.statedir.catalog, catalog.registry, catalog.secret,
+                                             anonymous_minter(token_service)).install)
+        if self.config.registry_storage is not None:
+            from acmebox.registry import maintenance
+
+            flag = maintenance.flag_path(self.config.certs_dir)
+            self.storage = maintenance.StorageWatch(self.config.registry_storage, self.metrics.registry, flag)
+            routes.append(self.storage.install)
         if self.fleet is not None:
             routes.append(self.fleet.add_routes)
         app = webapp.build_app(self.tokens, self.health, self.metrics, routes, ready=self.readiness)
@@ -248,3 +275,15 @@ class Service:
             if self.tls_alpn is not None:
                 await self.tls_alpn.close()
             await runner.cleanup()
+
+
+def collect_garbage(settings: GcSettings) -> int:
+    """`acmebox gc`: the registry's garbage collection in read-only maintenance (registry/gc.py);
+    prints the bytes freed. GcError when the collector fails."""
+    from acmebox.registry.gc import run_gc
+
+    result = run_gc(list(settings.command), settings.storage, settings.certs_dir,
+                    delete_untagged=settings.delete_untagged, drain=settings.drain, expect=settings.expect)
+    print(f"gc: freed {result.freed} bytes ({result.before} -> {result.after} under {settings.storage})"
+          + (f"; {result.summary}" if result.summary else ""))
+    return 0

@@ -18,6 +18,7 @@ yet stored, and the token service's signing key.
         pending/<name>.json          received from the CA, not yet stored (pending.py)
         orders/<name>.json           an order placed at the CA, its URL and key, until kept (resume.py)
         token-signing.key token.crt  the registry token service's key pair (unless given elsewhere)
+        catalog.sqlite               the registry's catalog index, rebuilt when missing (registry/catalog.py)
 """
 
 from __future__ import annotations
@@ -113,3 +114,7 @@ class StateDir:
     @property
     def token_cert(self) -> Path:
         return self.root / "token.crt"
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.sqlite"

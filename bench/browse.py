@@ -1,6 +1,7 @@
 """Benchmark: the browse page at 100, 1,000 and 5,000 repositories (3 tags each), this page
 against the one it replaced (bench/old-ui/, the page as of commit b2bcd14), in the same stack
-(real nginx, registry, token service; tests/stack.py), in headless Chromium with an empty
+(real nginx, registry, token service, without the catalog index: bench/catalog.py times that;
+tests/helpers/stack.py), in headless Chromium with an empty
 cache for every load. Prints a Markdown table.
 
     .venv/bin/python bench/browse.py [--sizes 100,1000,5000]
@@ -129,7 +130,7 @@ def main() -> int:
         Path(tmp).chmod(0o755)  # nginx's workers (nobody) read the page from here
         ui_root = Path(tmp) / "ui"
         ui_root.mkdir()
-        with running_stack(Path(tmp) / "stack", ui_root=ui_root) as stack:
+        with running_stack(Path(tmp) / "stack", ui_root=ui_root, catalog_index=False) as stack:
             writer = stack.token("repository:base/img:pull,push", basic=("alice", USERS["alice"]))
             for tag in TAGS:
                 push_image(stack, "base/img", tag, writer, layer=b"layer" * 200)

@@ -65,6 +65,9 @@ docker_gid=0   # only docker-compose.docker-reload.yml uses it
 # The registry signs upload state with it; kept across runs (a new one breaks uploads in flight).
 http_secret=$(sed -n 's/^REGISTRY_HTTP_SECRET=//p' "$here/.env" 2>/dev/null || true)
 [ -n "$http_secret" ] || http_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# The registry's notifications carry it to acmebox's catalog index (kept across runs too).
+notify_secret=$(sed -n 's/^REGISTRY_NOTIFY_SECRET=//p' "$here/.env" 2>/dev/null || true)
+[ -n "$notify_secret" ] || notify_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 cat >"$here/.env" <<ENV
 DOCKER_REGISTRY_DOMAIN_NAME=$domain
@@ -72,6 +75,7 @@ DOCKER_REGISTRY_CERT_EMAIL_ADDRESS=$email
 ACMEBOX_STAGING=$staging
 DOCKER_GID=$docker_gid
 REGISTRY_HTTP_SECRET=$http_secret
+REGISTRY_NOTIFY_SECRET=$notify_secret
 ENV
 chmod 600 "$here/.env"
 

@@ -11,7 +11,8 @@ packages=(ca-certificates curl openssl tzdata python3 python3-venv python3-pip
           nginx-light docker.io busybox-static docker-registry docker-compose gettext-base
           skopeo apache2-utils chromium faketime mmdebstrap iproute2 time
           caddy wrk   # caddy, wrk: bench/datapath.py (the peer proxy; the manifest load)
-          prometheus libnginx-mod-stream)  # promtool: deploy/alerts.yml; stream: TLS-ALPN-01 routing
+          prometheus libnginx-mod-stream   # promtool: deploy/alerts.yml; stream: TLS-ALPN-01 routing
+          systemd)  # systemd-analyze: deploy/systemd (the gc timer)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -31,7 +31,8 @@ def start_script(compose_dir: Path, *args: str, env: dict[str, str]) -> subproce
 
 
 STACK_ENV = {"DOCKER_REGISTRY_DOMAIN_NAME": "registry.example.com",
-             "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com", "REGISTRY_HTTP_SECRET": "s3cret"}
+             "DOCKER_REGISTRY_CERT_EMAIL_ADDRESS": "ops@example.com", "REGISTRY_HTTP_SECRET": "s3cret",
+             "REGISTRY_NOTIFY_SECRET": "notify-s3cret-0123456789"}
 
 
 def test_compose_file_is_valid_and_complete(compose_copy: Path) -> None:

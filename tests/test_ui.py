@@ -10,29 +10,24 @@ events; no assertion is about time. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from tests.helpers import ROOT
+from tests.helpers.browser import ARTIFACTS, Page, chromium, expect
 from tests.helpers.registry_fill import clone_repositories, empty_repository, push_built_image, push_index
-from tests.helpers.stack import DOMAIN, USERS, Stack, running_stack
+from tests.helpers.stack import USERS, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
-ARTIFACTS = ROOT / "test-artifacts"
 BULK = 1500
-# What the page may fetch before the first repositories are on screen: itself, the token for
-# the catalog, the first catalog page (and the icon, which Chromium asks for on its own time).
+# What the page may fetch before the first repositories are on screen: its files, its question to
+# the catalog index (404 here: this deployment has none), the token for the catalog, the first
+# catalog page (and the icon, which Chromium asks for on its own time).
 FIRST_PAINT_ALLOWED = re.compile(
-    r"/(style\.css|app\.js|favicon\.svg|auth/token\?[^ ]*catalog[^ ]*|v2/_catalog\?n=1000)$"
+    r"/(style\.css|app\.js|manage\.js|favicon\.svg|ui-index/repositories\?[^ ]*|auth/token\?[^ ]*catalog[^ ]*"
+    r"|v2/_catalog\?n=1000)$"
 )
 # The status line's note once bulk/r0003x (listed, no tags) has been read and hidden.
 HIDDEN = " · 1 repository without tags hidden"
@@ -40,17 +35,12 @@ MULTIARCH = [("linux", "amd64", None, 300_000, "2026-11-20T10:00:00Z"),
              ("linux", "arm64", "v8", 280_000, "2026-11-20T10:05:00Z")]
 
 
-def spki_pin(stack: Stack) -> str:
-    """base64(SHA-256(SPKI)) of the served key: Chromium trusts exactly that key, nothing more."""
-    cert = x509.load_pem_x509_certificate((stack.certs / "live" / DOMAIN / "cert.pem").read_bytes())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
 @pytest.fixture(scope="module")
 def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of its own: 1,500 more repositories would change what other tests' catalogs show."""
-    with running_stack(tmp_path_factory.mktemp("ui-stack")) as stack:
+    """A stack of its own: 1,500 more repositories would change what other tests' catalogs show.
+    Without the catalog index (as an older deployment): the page reads the registry itself
+    (tests/test_ui_index.py covers the page with the index)."""
+    with running_stack(tmp_path_factory.mktemp("ui-stack"), catalog_index=False) as stack:
         writer = stack.token("repository:test/ui:pull,push", basic=("alice", USERS["alice"]))
         for i, tag in enumerate(["v1", "v2", "v10", "latest"]):
             push_built_image(stack, "test/ui", tag, writer, f"2026-11-0{i + 1}T08:00:00Z", layer=tag.encode() * 500)
@@ -66,48 +56,8 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def browser(ui_stack: Stack) -> Iterator[Any]:
-    playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.fail("chromium is not installed (Debian package chromium)")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                f"--host-resolver-rules=MAP {DOMAIN} 127.0.0.1",
-                f"--ignore-certificate-errors-spki-list={spki_pin(ui_stack)}",
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            ],
-        )
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-class Page:
-    """A fresh browser context (no cache, no storage) with a record of requests and errors."""
-
-    def __init__(self, browser: Any, stack: Stack, width: int = 1280, height: int = 900, **options: Any) -> None:
-        self.stack = stack
-        self.context = browser.new_context(viewport={"width": width, "height": height}, **options)
-        self.page = self.context.new_page()
-        self.requests: list[str] = []
-        self.errors: list[str] = []
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-
-    def open(self, fragment: str = "") -> Any:
-        self.page.goto(f"https://{self.stack.host}/{fragment}")
-        return self.page
-
-    def paths(self, pattern: str) -> list[str]:
-        return [u for u in self.requests if re.search(pattern, u)]
-
-    def close(self) -> None:
-        self.context.close()
+    with chromium(ui_stack) as b:
+        yield b
 
 
 @pytest.fixture
@@ -116,12 +66,6 @@ def desktop(browser: Any, ui_stack: Stack) -> Iterator[Page]:
     yield page
     page.close()
     assert page.errors == []
-
-
-def expect(locator: Any) -> Any:
-    from playwright.sync_api import expect as playwright_expect
-
-    return playwright_expect(locator)
 
 
 def test_first_repositories_show_after_the_first_catalog_page_only(desktop: Page) -> None:
@@ -133,8 +77,9 @@ def test_first_repositories_show_after_the_first_catalog_page_only(desktop: Page
             .filter((e) => e.startTime <= mark.startTime).map((e) => e.name) : null;
     })()""")
     assert before is not None, "the page marks when the first repositories are on screen"
-    assert len(before) <= 5 and all(FIRST_PAINT_ALLOWED.search(u) for u in before), before
+    assert len(before) <= 7 and all(FIRST_PAINT_ALLOWED.search(u) for u in before), before
     assert sum("/v2/_catalog" in u for u in before) == 1
+    assert len(desktop.paths(r"/ui-index/")) == 1, "asked the index once; without it, reads the registry"
 
     # Once settled, only rows in view were read: one tags/list each, tokens in batches,
     # no manifest, no second catalog page; 100 rows on the page, not 1,000.
@@ -248,7 +193,7 @@ def test_keyboard_and_labels(desktop: Page) -> None:
     expect(page.get_by_label("Search")).to_be_focused()
     page.keyboard.type("test/ui")
     expect(page.locator(".repo")).to_have_count(1)
-    for _ in range(3):  # theme, the row's link, its toggle
+    for _ in range(4):  # theme, log in, the row's link, its toggle
         page.keyboard.press("Tab")
     toggle = page.get_by_role("button", name="Show tags of test/ui")
     expect(toggle).to_be_focused()

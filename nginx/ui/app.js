@@ -555,6 +555,10 @@ function tagTable(repo, rowsShown) {
   return table;
 }
 
+// Called with (card or row, repo, tag, details) once a tag's details are on it (manage.js adds
+// its delete buttons this way).
+const cardExtras = [];
+
 const visible = new WeakSet();  // cards and rows in (or near) the viewport
 
 const cardObserver = new IntersectionObserver((entries) => {
@@ -570,6 +574,7 @@ function loadCard(card) {
   card.dataset.asked = "1";
   describe(repo, tag, () => visible.has(card) && card.isConnected).then((info) => {
     (card.dataset.view === "row" ? fillRow : fillCard)(card, repo, tag, info);
+    for (const extra of cardExtras) extra(card, repo, tag, info);
     noteDate(repo, tag, info.created);
   }, (e) => {
     delete card.dataset.asked;
@@ -778,6 +783,7 @@ function scheduleRefresh() {
 }
 
 function refreshList() {
+  if (catalogIndex.on) { renderIndexList(); return; }
   const [repoPart, tagPart] = splitQuery(state.query);
   const listed = emptyRepos.size ? catalog.names.filter((n) => !emptyRepos.has(n)) : catalog.names;
   state.matches = repoPart ? listed.filter((n) => n.toLowerCase().includes(repoPart)) : listed;
@@ -799,6 +805,7 @@ function refreshList() {
 
 function updateStatus() {
   if (repoPage) return;
+  if (catalogIndex.on) { indexStatus(); return; }
   const status = document.getElementById("status");
   const more = document.getElementById("more");
   const total = catalog.names.length;
@@ -837,6 +844,10 @@ let filling = false;
 // Adds rows while the end of the list is in view: first from what was read, then from the
 // next catalog page. A search that matches little keeps reading until the catalog ends.
 async function fill() {
+  if (catalogIndex.on !== false) {  // the index, or its first answer still awaited: not the catalog
+    if (catalogIndex.on) await indexFill();
+    return;
+  }
   if (filling) return;
   filling = true;
   try {
@@ -856,6 +867,262 @@ async function fill() {
 const moreObserver = new IntersectionObserver((entries) => {
   if (entries.some((e) => e.isIntersecting)) fill();
 }, { rootMargin: "400px 0px" });
+
+// ---------------------------------------------------------------------------------- catalog index
+
+// acmebox's catalog index (/ui-index/, kept current by the registry's notifications), where the
+// deployment has it: search over every repository in one request, namespaces, order by last
+// push, and each row's tag count, size and highest tags at once. Where it answers anything but
+// 200 (an older deployment: 404; being built: 503) the page reads the registry as above. It is
+// only a list: a repository's tags, manifests and configs still come from the registry.
+const INDEX_PAGE = 100;
+const REPO_SORTS = ["name", "push"];
+const catalogIndex = {
+  on: null,          // null: not asked yet; then true or false for the life of the page
+  sort: "name", group: false,
+  rows: [], total: 0, built: null, next: 0, loading: null, seq: 0,
+  groups: null,      // [{ namespace, repositories, open, rows, loading }] when grouped
+  storage: undefined, // /ui-index/storage once asked (after the first rows): null where not measured
+};
+
+// The registry's storage use, read once after the first rows are drawn (so it costs the first
+// paint nothing); acmebox answers it where it watches the storage (--registry-storage).
+function loadStorage() {
+  if (catalogIndex.storage !== undefined) return;
+  catalogIndex.storage = null;
+  indexGet("storage").then((s) => { catalogIndex.storage = s; if (!repoPage) updateStatus(); }, () => {});
+}
+
+function storageText(s) {
+  const pct = s.filesystem_size ? ` (${Math.round(100 * (1 - s.filesystem_free / s.filesystem_size))}% of its disk in use)` : "";
+  return `${humanSize(s.used_bytes)} stored${pct}`;
+}
+
+async function indexGet(path) {
+  const r = await fetch(`/ui-index/${path}`);
+  if (!r.ok) throw new HttpError(`/ui-index/${path}`, r.status, "index");
+  return r.json();
+}
+
+function indexQuery(extra) {
+  const [repoPart] = splitQuery(state.query);
+  const q = new URLSearchParams({ q: repoPart, sort: catalogIndex.sort, n: String(INDEX_PAGE), ...extra });
+  return `repositories?${q}`;
+}
+
+// Reads the next page of the flat list (from the start with `reset`). Resolves to false when the
+// index cannot be used at all.
+function loadIndexPage(reset) {
+  const idx = catalogIndex;
+  if (reset) { idx.seq++; idx.rows = []; idx.next = 0; idx.total = 0; idx.loading = null; idx.groups = null; }
+  if (idx.loading) return idx.loading;
+  const seq = idx.seq;
+  idx.loading = (async () => {
+    try {
+      if (idx.group) {
+        const [repoPart] = splitQuery(state.query);
+        const body = await indexGet(`namespaces?${new URLSearchParams({ q: repoPart })}`);
+        if (seq !== idx.seq) return true;
+        idx.groups = body.namespaces.map((g) => ({ ...g, open: false, rows: [], loading: null }));
+        idx.total = idx.groups.reduce((sum, g) => sum + g.repositories, 0);
+        if (idx.groups.length === 1) await openGroup(idx.groups[0], true);
+      } else {
+        const body = await indexGet(indexQuery({ offset: String(idx.next) }));
+        if (seq !== idx.seq) return true;
+        idx.rows.push(...body.repositories);
+        idx.total = body.total;
+        idx.built = body.built;
+        idx.next += body.repositories.length;
+      }
+      idx.on = true;
+      return true;
+    } catch (e) {
+      if (idx.on === null) { idx.on = false; return false; }
+      catalog.error = e;
+      return true;
+    } finally {
+      if (seq === idx.seq) idx.loading = null;
+    }
+  })();
+  return idx.loading;
+}
+
+async function openGroup(group, open) {
+  group.open = open;
+  if (open && !group.rows.length) await moreOfGroup(group);
+  refreshList();
+}
+
+async function moreOfGroup(group) {
+  if (group.loading) return group.loading;
+  const seq = catalogIndex.seq;
+  group.loading = indexGet(indexQuery({ namespace: group.namespace, offset: String(group.rows.length) }))
+    .then((body) => { if (seq === catalogIndex.seq) group.rows.push(...body.repositories); })
+    .finally(() => { group.loading = null; });
+  return group.loading;
+}
+
+function summarizeFromIndex(li, info) {
+  li.dataset.summarized = "1";  // the row observer reads nothing for it
+  const summary = li.querySelector(".summary");
+  const shown = info.top_tags.join(", ");
+  const parts = [`${plural(info.tags, "tag", "tags")}: ${shown}${info.tags > info.top_tags.length ? ", …" : ""}`,
+    humanSize(info.size)];
+  if (info.last_push) parts.push(`pushed ${ago(new Date(info.last_push * 1000))}`);
+  summary.textContent = parts.join(" · ");
+  if (info.last_push) summary.title = `last push ${absolute.format(new Date(info.last_push * 1000))}`;
+}
+
+function indexRow(info) {
+  const li = row(info.name);
+  summarizeFromIndex(li, info);
+  return li;
+}
+
+function groupItem(group) {
+  const li = el("li", "ns");
+  const id = `ns-${group.namespace || "top"}`.replace(/[^a-z0-9_-]/gi, "-");
+  const toggle = el("button", "ns-toggle", `${group.namespace || "(top level)"}`);
+  toggle.type = "button";
+  toggle.setAttribute("aria-label", group.namespace || "(top level)");  // without the CSS triangle
+  toggle.setAttribute("aria-expanded", String(group.open));
+  toggle.setAttribute("aria-controls", id);
+  const count = el("span", "summary", plural(group.repositories, "repository", "repositories"));
+  toggle.addEventListener("click", () => openGroup(group, !group.open));
+  const head = el("div", "ns-head");
+  head.append(toggle, count);
+  const list = el("ul", "ns-repos");
+  list.id = id;
+  list.hidden = !group.open;
+  if (group.open) {
+    list.append(...group.rows.map(indexRow));
+    const rest = group.repositories - group.rows.length;
+    if (rest > 0) {
+      const more = el("button", "ns-more", `Show ${plural(Math.min(rest, INDEX_PAGE), "more", "more")} of ${plural(rest, "repository", "repositories")} left`);
+      more.type = "button";
+      more.addEventListener("click", () => moreOfGroup(group).then(refreshList));
+      const item = el("li", "ns-more-item");
+      item.append(more);
+      list.append(item);
+    }
+  }
+  li.append(head, list);
+  return li;
+}
+
+function renderIndexList() {
+  const idx = catalogIndex;
+  const list = document.getElementById("repos");
+  const [, tagPart] = splitQuery(state.query);
+  if (idx.group) list.replaceChildren(...(idx.groups || []).map(groupItem));
+  else {
+    const wanted = idx.rows.map(indexRow);
+    const current = list.children;
+    let same = current.length <= wanted.length;
+    for (let i = 0; same && i < current.length; i++) same = current[i] === wanted[i];
+    if (same) list.append(...wanted.slice(current.length));
+    else list.replaceChildren(...wanted);
+  }
+  for (const l of openLists.values()) l.setFilter(tagPart);
+  updateStatus();
+  if (!state.firstPaint && list.children.length) {
+    state.firstPaint = true;
+    performance.mark("acmebox:repositories-visible");
+  }
+}
+
+function indexStatus() {
+  const idx = catalogIndex;
+  if (state.firstPaint) loadStorage();
+  const [repoPart] = splitQuery(state.query);
+  const shown = idx.group ? (idx.groups || []).length : idx.rows.length;
+  let text;
+  if (idx.loading && !shown) text = "Searching…";
+  else if (!idx.total) text = repoPart ? `No repository matches “${repoPart}”` : "No repositories yet.";
+  else if (repoPart) text = `${plural(idx.total, "repository matches", "repositories match")} “${repoPart}”`;
+  else text = plural(idx.total, "repository", "repositories");
+  if (idx.group && idx.groups) text += ` in ${plural(idx.groups.length, "namespace", "namespaces")}`;
+  if (!repoPart && idx.storage) text += ` · ${storageText(idx.storage)}`;
+  if (catalog.error) text += ` (stopped: ${catalog.error.message})`;
+  document.getElementById("status").textContent = text;
+  const more = document.getElementById("more");
+  const rest = idx.total - idx.rows.length;
+  more.hidden = idx.group || rest <= 0;
+  more.textContent = `${plural(rest, "more repository", "more repositories")} below…`;
+}
+
+async function indexFill() {
+  if (filling) return;
+  filling = true;
+  try {
+    while (sentinelInView() && catalogIndex.rows.length < catalogIndex.total) {
+      const before = catalogIndex.rows.length;
+      await loadIndexPage(false);
+      renderIndexList();
+      if (catalogIndex.rows.length === before) break;
+      await nextFrame();
+    }
+  } finally {
+    filling = false;
+  }
+}
+
+let searchTimer = null;
+function indexSearch() {
+  clearTimeout(searchTimer);
+  // One request per pause in typing, not per key.
+  searchTimer = setTimeout(() => loadIndexPage(true).then(() => { renderIndexList(); indexFill(); }), 60);
+}
+
+function repoControls() {
+  const sort = el("label", "repo-sort");
+  const select = el("select");
+  select.id = "repo-sort";
+  for (const [value, text] of [["name", "Name"], ["push", "Last push, newest first"]]) {
+    const option = el("option", null, text);
+    option.value = value;
+    select.append(option);
+  }
+  select.value = catalogIndex.sort;
+  select.addEventListener("change", () => {
+    catalogIndex.sort = select.value;
+    try { localStorage.setItem("acmebox-repo-sort", select.value); } catch (e) { /* private mode */ }
+    indexSearch();
+  });
+  sort.append(el("span", "label", "Repositories by"), select);
+  const group = el("label", "repo-group");
+  const box = el("input");
+  box.type = "checkbox";
+  box.id = "repo-group";
+  box.checked = catalogIndex.group;
+  box.addEventListener("change", () => {
+    catalogIndex.group = box.checked;
+    try { localStorage.setItem("acmebox-repo-group", box.checked ? "1" : ""); } catch (e) { /* private mode */ }
+    indexSearch();
+  });
+  group.append(box, el("span", null, "Group by namespace"));
+  document.querySelector(".controls").insertBefore(sort, document.getElementById("theme"));
+  document.querySelector(".controls").insertBefore(group, document.getElementById("theme"));
+}
+
+// The list through the index; falls back to the registry's catalog if the index does not answer.
+function indexShowList(fallback) {
+  if (catalogIndex.on === null) {
+    if (REPO_SORTS.includes(stored("acmebox-repo-sort"))) catalogIndex.sort = stored("acmebox-repo-sort");
+    catalogIndex.group = stored("acmebox-repo-group") === "1";
+    updateStatus();
+    loadIndexPage(true).then((ok) => {
+      if (!ok) { fallback(); return; }
+      repoControls();
+      renderIndexList();
+      indexFill();
+      if (catalogIndex.query !== state.query) { catalogIndex.query = state.query; indexSearch(); }  // typed meanwhile
+    });
+    return;
+  }
+  renderIndexList();
+  indexFill();
+}
 
 // ---------------------------------------------------------------------------------- repository page
 
@@ -931,13 +1198,20 @@ function showList(query) {
     state.shown = ROWS_CHUNK;
     search.value = query;
   }
-  if (!catalog.names.length && !catalog.done) {
-    updateStatus();
-    loadCatalogPage().then(() => { refreshList(); fill(); });
-  } else {
-    refreshList();
-    fill();
-  }
+  const fromRegistry = () => {
+    if (!catalog.names.length && !catalog.done) {
+      updateStatus();
+      loadCatalogPage().then(() => { refreshList(); fill(); });
+    } else {
+      refreshList();
+      fill();
+    }
+  };
+  if (catalogIndex.on === false) fromRegistry();
+  else if (catalogIndex.on === null || query !== catalogIndex.query) {
+    catalogIndex.query = query;
+    if (catalogIndex.on) indexSearch(); else indexShowList(fromRegistry);
+  } else indexShowList(fromRegistry);
   if (leaving) {
     scrollTo(0, state.scroll || 0);
     const link = rows.get(leaving.repo);
@@ -1025,6 +1299,8 @@ document.addEventListener("DOMContentLoaded", () => {
     const hash = state.query ? `#/?q=${encodeURIComponent(state.query)}` : "#/";
     if (repoPage) { location.hash = hash; return; }  // typing on a repository page goes back to the list
     history.replaceState(null, "", hash);
+    if (catalogIndex.on) { catalogIndex.query = state.query; indexSearch(); return; }
+    if (catalogIndex.on === null) return;  // the first answer will show it
     if (!catalog.names.length && !catalog.done) return;  // the first page will show it
     refreshList();
     fill();

@@ -186,13 +186,23 @@ def start_reload_watcher(nginx: Nginx, nginx_env: dict[str, str]) -> subprocess.
 def acmebox_environment(overrides: dict[str, str]) -> dict[str, str]:
     """The compose file's acmebox environment, host-specific values replaced."""
     compose_env = {k: str(v) for k, v in compose()["services"]["acmebox"]["environment"].items()}
-    unknown = set(overrides) - set(compose_env) - {"ACMEBOX_CA_BUNDLE"}
+    unknown = set(overrides) - set(compose_env) - {"ACMEBOX_CA_BUNDLE", "ACMEBOX_AUTH_ACL"}
     assert not unknown, f"not in the compose file's acmebox environment: {unknown}"
     resolved = {k: re.sub(r"\$\{[^}]*\}", "", v) for k, v in compose_env.items()}  # compose defaults
     return {**resolved, **overrides}
 
 
 DOMAIN = "registry.test"
+NOTIFY_SECRET = "stack-test-notify-secret"
+
+
+def registry_notifications(acmebox: str) -> str:
+    """The compose file's REGISTRY_NOTIFICATIONS_ENDPOINTS, pointed at `acmebox` (HOST:PORT), with
+    the test's secret."""
+    value = str(compose()["services"]["registry"]["environment"]["REGISTRY_NOTIFICATIONS_ENDPOINTS"])
+    value = re.sub(r"\$\{REGISTRY_NOTIFY_SECRET[^}]*\}", NOTIFY_SECRET, value)
+    assert "acmebox:8080" in value, value
+    return value.replace("acmebox:8080", acmebox)
 USERS = {"alice": "alice-s3cret", "bob": "bob-s3cret"}
 
 
@@ -226,6 +236,7 @@ class Stack:
     acmebox: ServiceProcess
     registry: str  # "3" or "2": which registry runs behind nginx
     registry_port: int
+    acmebox_port: int
 
     @property
     def host(self) -> str:
@@ -317,7 +328,8 @@ server {{
 
 @contextlib.contextmanager
 def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None = None,
-                  registry_version: str | None = None) -> Iterator[Stack]:
+                  registry_version: str | None = None, catalog_index: bool = True,
+                  acl: str | None = None) -> Iterator[Stack]:
     """Everything up, in the order the compose file implies: acmebox (token certificate and
     placeholder), the registry, nginx on the placeholder; then Pebble, so the first real
     certificate is validated through nginx and nginx reloaded onto it.
@@ -328,7 +340,9 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
     file's browse page directory (the browse-page benchmark swaps pages in it), which is
     otherwise served from a readable copy (readable_dir), as is the registry's storage, which
     nginx sends blobs from: nginx's workers run unprivileged, as in the image.
-    `registry_version`: "3" or "2" (default: ACMEBOX_TEST_REGISTRY, else 3)."""
+    `registry_version`: "3" or "2" (default: ACMEBOX_TEST_REGISTRY, else 3). Without
+    `catalog_index`, acmebox runs as an older deployment would, without /ui-index/. `acl`: the
+    text of an ACL file for the token service (--auth-acl), e.g. `alice = ["team/**"]`."""
     with contextlib.ExitStack() as readable:
         if ui_root is None:
             ui_root = readable.enter_context(readable_dir("ui", nginx_host_path("UI_ROOT")))
@@ -337,7 +351,8 @@ def running_stack(run: Path, front_redirect: bool = False, ui_root: Path | None 
         with contextlib.suppress(FileNotFoundError):
             (run / "registry-data").unlink()  # a link left by an earlier run in the same dir
         (run / "registry-data").symlink_to(storage)  # where start_registry and registry_fill look
-        yield from _running_stack(run, front_redirect, ui_root, storage, registry_version or default_registry())
+        yield from _running_stack(run, front_redirect, ui_root, storage, registry_version or default_registry(),
+                                  catalog_index, acl)
 
 
 @contextlib.contextmanager
@@ -363,7 +378,8 @@ def readable_dir(name: str, source: Path | None = None) -> Iterator[Path]:
         shutil.rmtree(top, ignore_errors=True)
 
 
-def _running_stack(run: Path, front_redirect: bool, ui_root: Path, storage: Path, version: str) -> Iterator[Stack]:
+def _running_stack(run: Path, front_redirect: bool, ui_root: Path, storage: Path, version: str,
+                   catalog_index: bool, acl: str | None) -> Iterator[Stack]:
     http_port, https_port, acmebox_port, registry_port, front_port = (free_port() for _ in range(5))
     va_port = front_port if front_redirect else http_port
     pebble = start_pebble(run / "pebble", PEBBLE_HTTP_PORT=str(va_port))  # validates via nginx
@@ -373,6 +389,8 @@ def _running_stack(run: Path, front_redirect: bool, ui_root: Path, storage: Path
     for i, (user, password) in enumerate(USERS.items()):
         flags = "-Bbc" if i == 0 else "-Bb"
         subprocess.run(["htpasswd", flags, str(htpasswd), user, password], check=True, capture_output=True)
+    if acl is not None:
+        (run / "acl.toml").write_text(acl)
     token_cert = run / "registry-auth" / "token.crt"
     generation = certs / "reload-generation"
     nginx, nginx_env = prepare_nginx(run / "nginx", {
@@ -405,6 +423,10 @@ def _running_stack(run: Path, front_redirect: bool, ui_root: Path, storage: Path
         "ACMEBOX_AUTH_KEY": str(state / "token-signing.key"),
         "ACMEBOX_AUTH_CERT": str(token_cert),
         "ACMEBOX_AUTH_TRUSTED_PROXY": "127.0.0.1",  # nginx, as the compose file's "nginx"
+        "ACMEBOX_REGISTRY_STORAGE": str(storage),
+        **({"ACMEBOX_AUTH_ACL": str(run / "acl.toml")} if acl is not None else {}),
+        **({"ACMEBOX_CATALOG_REGISTRY": f"http://127.0.0.1:{registry_port}", "ACMEBOX_CATALOG_SECRET": NOTIFY_SECRET}
+           if catalog_index else {"ACMEBOX_CATALOG_REGISTRY": "", "ACMEBOX_CATALOG_SECRET": ""}),
     })
     acmebox = ServiceProcess(["run"], run / "acmebox.log", env={"PATH": os.environ["PATH"], **env})
     registry = watcher = None
@@ -414,12 +436,14 @@ def _running_stack(run: Path, front_redirect: bool, ui_root: Path, storage: Path
             "REGISTRY_AUTH_TOKEN_REALM": f"https://{DOMAIN}:{https_port}/auth/token",
             "REGISTRY_HTTP_SECRET": "stack-test-secret",
             "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(token_cert),
+            "REGISTRY_NOTIFICATIONS_ENDPOINTS": registry_notifications(f"127.0.0.1:{acmebox_port}"),
         }, version)
         nginx.start()
         watcher = start_reload_watcher(nginx, nginx_env)
         pebble = start_pebble(run / "pebble", **pebble.env)
         acmebox.wait_log("now presents the new certificate(s)", timeout=60)
-        yield Stack(run, pebble, http_port, https_port, certs, state, htpasswd, acmebox, version, registry_port)
+        yield Stack(run, pebble, http_port, https_port, certs, state, htpasswd, acmebox, version, registry_port,
+                    acmebox_port)
     finally:
         acmebox.stop()
         if watcher is not None:

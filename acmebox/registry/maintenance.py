@@ -1,0 +1,201 @@
+"""The registry's read-only maintenance and its storage use.
+
+- The maintenance flag: a small JSON file (`registry-maintenance` in the certs dir, the volume
+  nginx, acmebox and the gc run all see) saying why and until when writes are refused. While it
+  exists, nginx answers every write to `/v2/` with 503 and Retry-After (the template checks the
+  file), and the token service refuses push and delete scopes with the same clear message, so a
+  client gets it at login already; pulls go on. `acmebox gc` writes it for its run (gc.py).
+- Storage use: bytes under the registry's storage root and the free space of its filesystem,
+  as gauges on /metrics and as a line of /healthz that warns before the disk is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+
+from acmebox.fsutil import atomic_write
+
+FLAG_NAME = "registry-maintenance"
+WRITE_ACTIONS = {"push", "delete", "*"}
+# /healthz warns from WARN_USED of the registry's filesystem in use, fails from FAIL_USED.
+WARN_USED, FAIL_USED = 0.90, 0.97
+STORAGE_EVERY = 300.0  # seconds between walks of the storage root
+
+
+def flag_path(certs_dir: Path) -> Path:
+    return certs_dir / FLAG_NAME
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """What the flag says: `reason`, `until` (UNIX seconds, the expected end)."""
+
+    reason: str
+    until: float
+
+    def retry_after(self, now: float | None = None) -> int:
+        return max(5, math.ceil(self.until - (now if now is not None else time.time())))
+
+    def message(self) -> str:
+        end = dt.datetime.fromtimestamp(self.until, dt.UTC).strftime("%H:%M:%S UTC")
+        return (f"the registry is read-only for maintenance ({self.reason}) until about {end}; "
+                "pulls work; push and delete again after that")
+
+
+def read_flag(path: Path) -> Maintenance | None:
+    """The flag at `path`, None when there is none; an unreadable flag still means maintenance."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return Maintenance("unknown", time.time() + 60)
+    try:
+        data: dict[str, Any] = json.loads(raw)
+        return Maintenance(str(data.get("reason", "maintenance")), float(data["until"]))
+    except (ValueError, KeyError, TypeError):
+        return Maintenance("maintenance", time.time() + 60)
+
+
+def write_flag(path: Path, reason: str, seconds: float) -> Maintenance:
+    """Raise the flag (0644: nginx's workers read it) for about `seconds`."""
+    m = Maintenance(reason, time.time() + seconds)
+    atomic_write(path, json.dumps({"reason": m.reason, "until": m.until}).encode(), 0o644)
+    return m
+
+
+def token_guard(flag: Path) -> Callable[[web.Application], None]:
+    """A route installer: while the flag is up, token requests for push or delete scopes get 503
+    with Retry-After and the flag's message, before any password is checked."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        if request.path == "/auth/token":
+            wanted = {a for raw in request.query.getall("scope", []) for s in raw.split(" ")
+                      for a in s.rpartition(":")[2].split(",")}
+            m = read_flag(flag) if wanted & WRITE_ACTIONS else None
+            if m is not None:
+                return web.json_response({"errors": [{"code": "UNAVAILABLE", "message": m.message()}]},
+                                         status=503, headers={"Retry-After": str(m.retry_after())})
+        return await handler(request)
+
+    def install(app: web.Application) -> None:
+        app.middlewares.append(guard)
+
+    return install
+
+
+def used_bytes(root: Path) -> int:
+    """Bytes of the regular files under `root` (what `du --apparent-size` counts), 0 if absent."""
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def judge(root: Path, fraction: float | None, error: str | None) -> tuple[bool, str]:
+    """(ok, line): a warning from WARN_USED of the filesystem in use, not ok from FAIL_USED or
+    when unreadable. The one verdict /healthz and `acmebox status` give."""
+    if error:
+        return False, error
+    if fraction is None:
+        return True, f"registry storage {root}: not measured yet"
+    pct = f"{fraction:.0%} of its filesystem used"
+    if fraction >= FAIL_USED:
+        return False, f"registry storage {root}: {pct}; pushes will fail soon (delete, then `acmebox gc`)"
+    if fraction >= WARN_USED:
+        return True, f"registry storage {root}: WARNING {pct} (delete old tags, then `acmebox gc`)"
+    return True, f"registry storage {root}: {pct}"
+
+
+def judge_now(root: Path) -> tuple[bool, str]:
+    """judge() on the filesystem's use read now (statvfs only: no walk), for `acmebox status`."""
+    try:
+        st = os.statvfs(root)
+    except OSError as e:
+        return False, f"registry storage {root}: {e.strerror or e}"
+    size = st.f_blocks * st.f_frsize
+    return judge(root, 1 - st.f_bavail * st.f_frsize / size if size else None, None)
+
+
+class StorageWatch:
+    """The registry's storage root, looked at every STORAGE_EVERY seconds (in a thread: a walk
+    of a large registry takes a while): gauges `acmebox_registry_storage_bytes` (under the root),
+    `acmebox_registry_filesystem_bytes{kind="size"|"free"}`; `health()` for /healthz."""
+
+    def __init__(self, root: Path, registry: CollectorRegistry, flag: Path | None = None) -> None:
+        self.root = root
+        self.flag = flag
+        self.used = Gauge("acmebox_registry_storage_bytes", "bytes under the storage root", registry=registry)
+        self.fs = Gauge("acmebox_registry_filesystem_bytes", "the registry filesystem's size and free space",
+                        ["kind"], registry=registry)
+        self.fraction: float | None = None
+        self.error: str | None = None
+        self.usage: dict[str, int] | None = None  # what /ui-index/storage answers, after a look
+
+    def look(self) -> None:
+        try:
+            st = os.statvfs(self.root)
+        except OSError as e:
+            self.error = f"registry storage {self.root}: {e.strerror or e}"
+            return
+        size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        self.fs.labels("size").set(size)
+        self.fs.labels("free").set(free)
+        self.fraction = 1 - free / size if size else None
+        used = used_bytes(self.root)
+        self.used.set(used)
+        self.usage = {"used_bytes": used, "filesystem_size": size, "filesystem_free": free,
+                      "measured": int(time.time())}
+        self.error = None
+
+    def health(self) -> tuple[bool, str]:
+        """(ok, line) for /healthz: judge()'s verdict on the last look."""
+        return judge(self.root, self.fraction, self.error)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        """`GET /ui-index/storage` (the browse page's footer): `{"used_bytes", "filesystem_size",
+        "filesystem_free", "measured"}` (bytes; UNIX seconds), 503 before the first look."""
+        if self.usage is None:
+            return web.json_response({"error": "not measured yet"}, status=503, headers={"Retry-After": "10"})
+        return web.json_response(self.usage, headers={"Cache-Control": "no-cache"})
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/ui-index/storage", self.answer)
+
+        async def background(app: web.Application) -> AsyncIterator[None]:
+            async def loop() -> None:
+                # Looked at again at once when a maintenance run (gc) starts and ends: what it
+                # freed shows on /metrics.
+                last, was_flagged = -math.inf, False
+                while True:
+                    flagged = self.flag is not None and self.flag.exists()
+                    if time.monotonic() - last >= STORAGE_EVERY or was_flagged != flagged:
+                        await asyncio.to_thread(self.look)
+                        last = time.monotonic()
+                    was_flagged = flagged
+                    await asyncio.sleep(2)
+
+            task = asyncio.create_task(loop())
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        app.cleanup_ctx.append(background)
