@@ -249,7 +249,7 @@ class Service:
                     log.warning("catalog index: no --catalog-secret (REGISTRY_NOTIFY_SECRET), so the registry's "
                                 "events are taken from anyone who can reach acmebox; start-registry.sh sets one")
                 routes.append(CatalogService(self.statedir.catalog, catalog.registry, catalog.secret,
-                                             anonymous_minter(token_service)).install)
+                                             anonymous_minter(token_service), self.config.registry_storage).install)
         if self.config.registry_storage is not None:
             from acmebox.registry import maintenance
 

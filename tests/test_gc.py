@@ -1,5 +1,5 @@
-"""`acmebox gc` against the real stack (nginx with the project's template, Debian's
-docker-registry 2.8 and its `garbage-collect`, the token service): a deleted image's blobs are
+"""`acmebox gc` against the real stack (nginx with the project's template, the registry the
+stack runs and its own `garbage-collect`, the token service): a deleted image's blobs are
 freed on disk and in /metrics, while a client pulls in a loop without one failure; during the
 run a push is refused with a clear message and Retry-After, both at the token service (a new
 login) and at nginx (a push token issued before); afterwards pushes work again. /healthz reports
@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
+from tests.helpers.registries import registry_command
 from tests.helpers.stack import USERS, Stack, push_blob, push_image, running_stack
 
 pytestmark = pytest.mark.e2e
@@ -111,7 +113,9 @@ def test_gc_frees_a_deleted_images_blobs_while_pulls_go_on(gc_stack: Stack) -> N
     env = {**os.environ, "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(stack.run / "registry-data")}
     gc = subprocess.Popen(
         [sys.executable, "-m", "acmebox", "gc", "--certs-dir", str(stack.certs), "--registry-storage",
-         str(stack.run / "registry-data"), "--registry-config", str(CONFIG), "--drain", "6", "--expect", "60"],
+         str(stack.run / "registry-data"), "--registry-command",
+         shlex.join([*registry_command(stack.registry, CONFIG)[:-2], "garbage-collect", str(CONFIG)]),
+         "--drain", "6", "--expect", "60"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

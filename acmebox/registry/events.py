@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -64,9 +64,10 @@ class RegistryReader:
     """Reads a repository's tags as TagInfo through the registry's API, caching manifests and
     configs by digest (content-addressed: the same digest is the same bytes in any repository)."""
 
-    def __init__(self, base: str, mint: Minter, session: aiohttp.ClientSession) -> None:
+    def __init__(self, base: str, mint: Minter, session: aiohttp.ClientSession, storage: Path | None = None) -> None:
         self.base = base.rstrip("/") + "/"
         self.mint = mint
+        self.storage = storage  # the registry's storage root, where its blob 307s point (below)
         self.session = session
         self.blobs: dict[str, Any] = {}
         self.requests = 0
@@ -78,7 +79,8 @@ class RegistryReader:
             headers["Accept"] = accept
         self.requests += 1
         try:
-            async with self.session.get(urljoin(self.base, path.lstrip("/")), headers=headers) as r:
+            async with self.session.get(urljoin(self.base, path.lstrip("/")), headers=headers,
+                                        allow_redirects=False) as r:
                 body = await r.read()
                 return r.status, dict(r.headers), body
         except (aiohttp.ClientError, TimeoutError) as e:
@@ -108,7 +110,12 @@ class RegistryReader:
         )
         if status == 404:
             return None
-        if status != 200:
+        if kind == "blobs" and status in (302, 307):
+            stored = self._stored(headers.get("Location", ""))
+            if stored is None:
+                return None  # the image is indexed without its config's platform and build time
+            body = stored
+        elif status != 200:
             raise RegistryError(f"{repo} {kind}/{digest_or_tag} answered {status}")
         digest = headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
         try:
@@ -120,6 +127,22 @@ class RegistryReader:
         if len(self.blobs) < 100_000:
             self.blobs[digest] = entry
         return entry
+
+    def _stored(self, location: str) -> bytes | None:
+        """A config blob the registry's `redirect` storage middleware (compose/registry/config.yml)
+        points at: nginx alone can follow that 307, so it is read here from the same storage
+        (--registry-storage, mounted read-only), as nginx reads it. None without the storage, for
+        a path outside it, or a file over 4 MiB (no image config is that large)."""
+        if self.storage is None:
+            return None
+        root = self.storage.resolve()
+        path = (root / urlsplit(location).path.lstrip("/")).resolve()
+        try:
+            if not path.is_relative_to(root) or path.stat().st_size > 4 << 20:
+                return None
+            return path.read_bytes()
+        except OSError:
+            return None
 
     async def _image(self, repo: str, manifest: dict[str, Any]) -> tuple[int, str | None, str | None]:
         """(size, platform, created) of one image manifest: config + layers; the config's os/arch."""
@@ -179,9 +202,11 @@ class RegistryReader:
 class CatalogService:
     """The index file, its upkeep from the registry at `registry_url`, and the routes above."""
 
-    def __init__(self, path: Path, registry_url: str, secret: str, mint: Minter) -> None:
+    def __init__(self, path: Path, registry_url: str, secret: str, mint: Minter,
+                 storage: Path | None = None) -> None:
         self.path = path
         self.registry_url = registry_url
+        self.storage = storage
         self.secret = secret
         self.mint = mint
         self.index = CatalogIndex(path)
@@ -259,7 +284,7 @@ class CatalogService:
         """Read `repo` again. The registry notifies a manifest push before it writes the tag's
         link, so a tag listed but not readable yet is read again RETRY_AFTER seconds later (at
         most RETRIES times), keeping the push times."""
-        reader = RegistryReader(self.registry_url, self.mint, session)
+        reader = RegistryReader(self.registry_url, self.mint, session, self.storage)
         self.index.replace_repository(repo, await reader.repository(repo), pushed)
         tries = self.retries.pop(repo, 0)
         if repo in reader.incomplete and tries < RETRIES:
@@ -274,7 +299,7 @@ class CatalogService:
         """Read every repository again; names the catalog no longer lists are dropped."""
         self.rebuilding = True
         started = time.monotonic()
-        reader = RegistryReader(self.registry_url, self.mint, session)
+        reader = RegistryReader(self.registry_url, self.mint, session, self.storage)
         self.last_reader = reader
         try:
             names = await reader.catalog()
