@@ -158,3 +158,29 @@ def test_gc_frees_a_deleted_images_blobs_while_pulls_go_on(gc_stack: Stack) -> N
     # writes are back
     writer = stack.token("repository:team/keep:pull,push", basic=alice)
     push_blob(stack, "team/keep", b"after gc", writer)
+
+
+def test_storage_use_on_the_page_route_and_in_status(gc_stack: Stack) -> None:
+    """What the browse page's status line reads (`/ui-index/storage`, through nginx) and what
+    `acmebox status --registry-storage` says agree with /metrics and the filesystem."""
+    stack = gc_stack
+    r = stack.https("GET", "/ui-index/storage")
+    assert r.status == 200, r.body
+    usage = r.json()
+    assert usage["used_bytes"] > 0 and usage["used_bytes"] == storage_bytes(stack)  # one look, both figures
+    st = os.statvfs(stack.run / "registry-data")
+    assert usage["filesystem_size"] == st.f_blocks * st.f_frsize
+    assert 0 < usage["filesystem_free"] <= usage["filesystem_size"]
+    assert stack.https("POST", "/ui-index/storage").status in (403, 405)  # nginx: GET only
+
+    done = subprocess.run([sys.executable, "-m", "acmebox", "status", "--certs-dir", str(stack.certs),
+                           "--state-dir", str(stack.state), "--registry-storage", str(stack.run / "registry-data")],
+                          capture_output=True, text=True)
+    used = round(100 * (1 - st.f_bavail / st.f_blocks))
+    line = re.search(r"^registry storage .*: (\d+)% of its filesystem used", done.stdout, re.M)
+    assert line and abs(int(line.group(1)) - used) <= 1, done.stdout
+    assert done.returncode == (0 if used < 97 else 1), (done.returncode, done.stdout)
+    missing = subprocess.run([sys.executable, "-m", "acmebox", "status", "--certs-dir", str(stack.certs),
+                              "--state-dir", str(stack.state), "--registry-storage", str(stack.run / "nowhere")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "registry storage" in missing.stdout and "Traceback" not in missing.stderr
