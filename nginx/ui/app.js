@@ -1028,12 +1028,12 @@ function renderIndexList() {
   if (!state.firstPaint && list.children.length) {
     state.firstPaint = true;
     performance.mark("acmebox:repositories-visible");
+    loadStorage();
   }
 }
 
 function indexStatus() {
   const idx = catalogIndex;
-  if (state.firstPaint) loadStorage();
   const [repoPart] = splitQuery(state.query);
   const shown = idx.group ? (idx.groups || []).length : idx.rows.length;
   let text;
