@@ -33,6 +33,7 @@ WRITE_ACTIONS = {"push", "delete", "*"}
 # /healthz warns from WARN_USED of the registry's filesystem in use, fails from FAIL_USED.
 WARN_USED, FAIL_USED = 0.90, 0.97
 STORAGE_EVERY = 300.0  # seconds between walks of the storage root
+FRESH_FOR = 60.0  # seconds the browse page's figure may be old before it asks for a walk
 
 
 def flag_path(certs_dir: Path) -> Path:
@@ -148,6 +149,7 @@ class StorageWatch:
         self.fraction: float | None = None
         self.error: str | None = None
         self.usage: dict[str, int] | None = None  # what /ui-index/storage answers, after a look
+        self.walking = asyncio.Lock()
 
     def look(self) -> None:
         try:
@@ -170,8 +172,13 @@ class StorageWatch:
         return judge(self.root, self.fraction, self.error)
 
     async def answer(self, request: web.Request) -> web.Response:
-        """`GET /ui-index/storage` (the browse page's footer): `{"used_bytes", "filesystem_size",
-        "filesystem_free", "measured"}` (bytes; UNIX seconds), 503 before the first look."""
+        """`GET /ui-index/storage` (the browse page's status line): `{"used_bytes", "filesystem_size",
+        "filesystem_free", "measured"}` (bytes; UNIX seconds), 503 before the first look. A figure
+        older than FRESH_FOR is looked at again first: one walk at a time, however many ask."""
+        if self.usage is None or time.time() - self.usage["measured"] > FRESH_FOR:
+            async with self.walking:
+                if self.usage is None or time.time() - self.usage["measured"] > FRESH_FOR:
+                    await asyncio.to_thread(self.look)
         if self.usage is None:
             return web.json_response({"error": "not measured yet"}, status=503, headers={"Retry-After": "10"})
         return web.json_response(self.usage, headers={"Cache-Control": "no-cache"})
