@@ -67,6 +67,8 @@ def test_one_order_every_node_serves(deployed: Deployed) -> None:
     _, text = d.health()
     for node in ("node1", "node2", "node3"):
         assert f"frontend {node} (" in text and "serves the live certificate" in text, text
+    # each node's readiness path (what a load balancer polls) says so too
+    wait(lambda: [d.readiness(n) for n in d.nodes] == [200, 200, 200], 60, "every node's readiness path")
     row = d.status()[0]
     assert row["condition"] == "ok"
     assert sorted(f["node"] for f in row["frontends"]) == ["node1", "node2", "node3"]
@@ -208,6 +210,7 @@ def test_node_joins_and_is_ready_only_on_the_live_certificate(deployed: Deployed
     first = d.s.node(1)
     live, orders = d.live_serial(), d.s.orders()
     assert live is not None
+    wait(lambda: [d.readiness(n) for n in d.nodes] == [200, 200, 200], 60, "nodes 1-3 ready")
     first.docker("service", "scale", f"{STACK}_acmebox=0", timeout=180)
     wait(lambda: first.container(f"{STACK}_acmebox") is None, 60, "acmebox to stop")
     # an issuer that is away takes no frontend out of routing
