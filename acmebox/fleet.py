@@ -151,6 +151,7 @@ class Fleet:
         addresses = await asyncio.to_thread(self._discover)
         results = await asyncio.gather(*(asyncio.to_thread(self._look_one, a, names) for a in addresses))
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        verdicts = {node: f.ready for node, f in self.frontends.items()}
         seen = set()
         for address, (node, serials, error) in zip(addresses, results, strict=True):
             seen.add(node)
@@ -168,16 +169,15 @@ class Fleet:
                           self.spec.frontends)
         self.looked = True
         self.count.set(len(addresses))
-        became_ready = False
         for f in self.frontends.values():
             if not f.ready and f.missing_since is None and all(self._agrees(f, n) for n in names):
-                f.ready = became_ready = True
+                f.ready = True
                 log.info("frontend %s (%s) is ready: it serves the live certificate(s)", f.node, f.address)
             self.ready.labels(f.node).set(int(f.ready))
             for name in names:
                 self.serves_live.labels(f.node, name).set(int(self._agrees(f, name)))
-        if became_ready:
-            self._notify()  # its follower's held poll takes the verdict to the node's readiness path
+        if {node: f.ready for node, f in self.frontends.items()} != verdicts:
+            self._notify()  # held polls take the new verdicts to the nodes' readiness paths
 
     def _agrees(self, f: Frontend, name: str) -> bool:
         return f.missing_since is None and f.serials.get(name) == self.wanted.get(name)
