@@ -355,6 +355,11 @@ class Fleet:
             marked = {"1": True, "0": False, "": None}[request.query.get("ready", "")]
         except (ValueError, KeyError):
             raise web.HTTPBadRequest(text="bad query\n") from None
+        if applied < 0 and (front := self.frontends.get(node)) is not None and front.ready:
+            # its follower has just started, perhaps with the whole node: vouch for it only after
+            # looking again (its nginx may be new, on an older certificate)
+            front.ready = False
+            self._wake.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(wait, 0.0)
         while True:

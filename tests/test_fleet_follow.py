@@ -137,9 +137,21 @@ async def test_readiness_marker_follows_acmebox_verdict(tmp_path: Path) -> None:
             assert not marker.exists()
             assert generation.read_text().strip() == "1"
 
-            # acmebox away: the marker stays as it is
             fleet.frontends["node7"].ready = True
             assert await follower.poll(session, NAME, 0)
+            assert marker.exists()
+            # The node's follower starts again (the node restarted): acmebox no longer vouches for
+            # the node until it has looked again.
+            again = _follower(tmp_path, port)
+            assert not marker.exists()
+            assert await again.poll(session, NAME, 0)
+            assert not marker.exists() and fleet.frontends["node7"].ready is False
+            fleet.frontends["node7"].ready = True  # what its next look finds
+            assert await again.poll(session, NAME, 0)
+            assert marker.exists()
+            follower = again
+
+            # acmebox away: the marker stays as it is
             await runner.cleanup()
             with pytest.raises(aiohttp.ClientError):
                 await follower.poll(session, NAME, 0)
