@@ -7,8 +7,11 @@ Owned here: finding the frontends (every address the name resolves to: with
 /.well-known/acmebox-frontend with its host name, which the Swarm overlay sets to the node's),
 checking by TLS handshake which serial each presents for every certificate, asking the lagging
 ones to reload (through their follower's next poll) with a backoff while the difference
-lasts, remembering frontends that vanished (a node that died is named, not forgotten), and
-saying all of it in /healthz, a metric and <state>/fleet.json for `acmebox status`.
+lasts, remembering frontends that vanished (a node that died is named, not forgotten),
+deciding each frontend's readiness (a frontend is *joining*, not to be routed to, from when it
+appears until it is first seen serving the live certificate(s); its follower turns that into
+the node's readiness path), and saying all of it in /healthz, metrics and <state>/fleet.json
+for `acmebox status`.
 
 Also here: the route followers poll (GET /fleet/v1/bundle/<name>, authenticated and sealed by
 acmebox.sealed; a long poll that answers when the certificate or the node's reload count
@@ -64,6 +67,7 @@ class Frontend:
     lag_since: float | None = None  # loop time the difference was first seen
     asks: int = 0  # reload requests since it last agreed
     next_ask: float = 0.0
+    ready: bool = False  # seen serving the live certificate(s) since it appeared; until then: joining
 
 
 @dataclass
@@ -94,6 +98,9 @@ class Fleet:
                                  "certificate at the last look, 0 when not or when it is missing",
                                  ["frontend", "name"], registry=registry)
         self.count = Gauge("acmebox_frontends", "frontends found at the last look", registry=registry)
+        self.ready = Gauge("acmebox_frontend_ready", "1 once the frontend was seen serving the live "
+                           "certificate(s) since it appeared; 0 while it joins or is missing", ["frontend"],
+                           registry=registry)
 
     # -- what should be served ------------------------------------------------------------------
 
@@ -144,6 +151,7 @@ class Fleet:
         addresses = await asyncio.to_thread(self._discover)
         results = await asyncio.gather(*(asyncio.to_thread(self._look_one, a, names) for a in addresses))
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        verdicts = {node: f.ready for node, f in self.frontends.items()}
         seen = set()
         for address, (node, serials, error) in zip(addresses, results, strict=True):
             seen.add(node)
@@ -156,17 +164,38 @@ class Fleet:
             f.serials, f.error, f.checked, f.missing_since = serials, error, now, None
         for f in self.frontends.values():
             if f.node not in seen and f.missing_since is None:
-                f.missing_since = now
+                f.missing_since, f.ready = now, False  # when it returns, it joins again
                 log.error("frontend %s (%s) is gone: %s no longer resolves to it", f.node, f.address,
                           self.spec.frontends)
         self.looked = True
         self.count.set(len(addresses))
         for f in self.frontends.values():
+            if not f.ready and f.missing_since is None and all(self._agrees(f, n) for n in names):
+                f.ready = True
+                log.info("frontend %s (%s) is ready: it serves the live certificate(s)", f.node, f.address)
+            self.ready.labels(f.node).set(int(f.ready))
             for name in names:
                 self.serves_live.labels(f.node, name).set(int(self._agrees(f, name)))
+        if {node: f.ready for node, f in self.frontends.items()} != verdicts:
+            self._notify()  # held polls take the new verdicts to the nodes' readiness paths
 
     def _agrees(self, f: Frontend, name: str) -> bool:
         return f.missing_since is None and f.serials.get(name) == self.wanted.get(name)
+
+    def state(self, f: Frontend) -> str:
+        """"missing", "joining" (not yet seen on the live certificate(s) since it appeared: not
+        to be routed to), "lags" (it was; now it presents another) or "serves live"."""
+        if f.missing_since is not None:
+            return "missing"
+        if all(self._agrees(f, n) for n in self.wanted):
+            return "serves live"
+        return "lags" if f.ready else "joining"
+
+    def node_ready(self, node: str) -> bool | None:
+        """The verdict a node's follower turns into its readiness path: None while acmebox has
+        not looked at that node's frontend (the follower keeps what it has)."""
+        f = self.frontends.get(node)
+        return None if f is None else f.ready
 
     def unseen(self) -> list[str]:
         """Nodes whose follower polls but whose nginx is not among the frontends (not started,
@@ -245,11 +274,16 @@ class Fleet:
                          "list its nginx)")
         for node in sorted(self.frontends):
             f = self.frontends[node]
-            if f.missing_since is not None:
+            state = self.state(f)
+            if state == "missing":
                 ok = False
                 lines.append(f"frontend {node} ({f.address}): missing since {f.missing_since}")
-            elif all(self._agrees(f, n) for n in self.wanted):
+            elif state == "serves live":
                 lines.append(f"frontend {node} ({f.address}): serves the live certificate")
+            elif state == "joining":
+                ok = False
+                lines.append(f"frontend {node} ({f.address}): joining (not ready): presents {self._describe(f)}, "
+                             "not yet the live " + ", ".join(f"{s:x}" for _, s in sorted(self.wanted.items())))
             else:
                 ok = False
                 lines.append(f"frontend {node} ({f.address}): presents {self._describe(f)}, not the live "
@@ -269,7 +303,7 @@ class Fleet:
                 "node": node, "address": f.address, "checked": f.checked, "missing_since": f.missing_since,
                 "serials": {n: (f"{s:x}" if s is not None else None) for n, s in sorted(f.serials.items())},
                 "serves_live": all(self._agrees(f, n) for n in self.wanted), "error": f.error,
-                "reloads_asked": f.asks,
+                "reloads_asked": f.asks, "ready": f.ready, "state": self.state(f),
             })
         followers = [{k: v for k, v in vars(self.followers[n]).items() if k != "at"} for n in sorted(self.followers)]
         return {"frontends_name": self.spec.frontends, "wanted": {n: f"{s:x}" for n, s in sorted(self.wanted.items())},
@@ -318,8 +352,14 @@ class Fleet:
             have = request.query.get("have", "")
             applied = int(request.query.get("reload", "-1"))
             wait = min(float(request.query.get("wait", "0")), LONG_POLL_MAX)
-        except ValueError:
+            marked = {"1": True, "0": False, "": None}[request.query.get("ready", "")]
+        except (ValueError, KeyError):
             raise web.HTTPBadRequest(text="bad query\n") from None
+        if applied < 0 and (front := self.frontends.get(node)) is not None and front.ready:
+            # its follower has just started, perhaps with the whole node: vouch for it only after
+            # looking again (its nginx may be new, on an older certificate)
+            front.ready = False
+            self._wake.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(wait, 0.0)
         while True:
@@ -328,7 +368,9 @@ class Fleet:
             current = f"{stored.serial:x}" if stored is not None and not stored.placeholder else ""
             self.followers[node] = Follower(node, str(request.remote), dt.datetime.now(dt.UTC).isoformat(
                 timespec="seconds"), have, time.monotonic())
-            if stored is not None and current and (current != have or self.reloads.get(node, 0) != applied):
+            verdict = self.node_ready(node)
+            if stored is not None and current and (current != have or self.reloads.get(node, 0) != applied
+                                                   or (verdict is not None and verdict != marked)):
                 break
             left = deadline - loop.time()
             if left <= 0:
@@ -341,7 +383,8 @@ class Fleet:
             log.error("%s: cannot read the live key for a follower (%s)", name, e.strerror or e)
             raise web.HTTPServiceUnavailable(text="key unreadable\n") from None
         fullchain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in stored.chain)
-        bundle = Bundle(name, key_pem, fullchain, stored.meta.to_json(), self.reloads.get(node, 0))
+        bundle = Bundle(name, key_pem, fullchain, stored.meta.to_json(), self.reloads.get(node, 0),
+                        self.node_ready(node))
         return web.Response(body=self.spec.keys.seal(bundle.to_bytes(), nonce),
                             content_type="application/octet-stream")
 
@@ -352,7 +395,8 @@ class Fleet:
 def recorded(state_dir: StateDir | Path) -> dict[str, list[dict[str, Any]]]:
     """Per certificate name, what each frontend presented at the service's last look (from
     <state>/fleet.json): [{"node", "address", "serial", "serves_live", "missing_since",
-    "checked"}]. Empty when the service runs without frontends."""
+    "checked", "state"}] (state: Fleet.state's words). Empty when the service runs without
+    frontends."""
     try:
         data = json.loads(StateDir.of(state_dir).fleet.read_text())
         wanted, fronts = dict(data["wanted"]), list(data["frontends"])
@@ -362,7 +406,8 @@ def recorded(state_dir: StateDir | Path) -> dict[str, list[dict[str, Any]]]:
     for name, serial in wanted.items():
         out[name] = [{"node": f.get("node"), "address": f.get("address"), "serial": (f.get("serials") or {}).get(name),
                       "serves_live": f.get("missing_since") is None and (f.get("serials") or {}).get(name) == serial,
-                      "missing_since": f.get("missing_since"), "checked": f.get("checked")}
+                      "missing_since": f.get("missing_since"), "checked": f.get("checked"),
+                      "state": f.get("state")}
                      for f in fronts]
     return out
 
@@ -374,4 +419,7 @@ def describe(front: dict[str, Any]) -> str:
         return f"{where}: missing since {front['missing_since']}"
     if front["serves_live"]:
         return f"{where}: serves the live certificate"
-    return f"{where}: presents {front['serial'] or 'nothing (no TLS answer)'}, not the live one"
+    presents = front["serial"] or "nothing (no TLS answer)"
+    if front.get("state") == "joining":
+        return f"{where}: joining (not ready): presents {presents}, not yet the live one"
+    return f"{where}: presents {presents}, not the live one"

@@ -8,6 +8,12 @@ nginx's watcher (nginx/reload-on-change.sh) turns into `nginx -s reload`. It als
 acmebox asks (acmebox saw this node's nginx present an old serial). Before anything arrives it
 writes a self-signed placeholder, so nginx can start while acmebox is not there yet.
 
+It also keeps the node's readiness marker, READY_FILE on the certs volume, which nginx's
+readiness path (/.well-known/acmebox-ready, nginx/swarm-ready.conf) answers 200 from and 503
+without: removed at start, written once acmebox says it saw this node's nginx serve the live
+certificate, removed again when acmebox says this frontend is new (joining). While acmebox cannot
+be reached the marker stays as it is: an issuer that is away takes no frontend out of routing.
+
 Nothing acmebox, the network or the disk does ends it: it logs and tries again with a backoff
 (RETRY_FIRST to RETRY_MAX seconds). nginx keeps serving what is on the volume meanwhile.
 """
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING
 from acmebox import placeholder
 from acmebox.config import CertSpec, HostPort
 from acmebox.errors import ConfigError
+from acmebox.fsutil import atomic_write
 from acmebox.reload import ReloadFailed, ReloadTarget
 from acmebox.sealed import BUNDLE_PATH, LONG_POLL_MAX, NONCE_HEADER, Bundle, FleetKeys, Refused, read_secret
 from acmebox.store import CertStore, split_chain
@@ -38,6 +45,7 @@ if TYPE_CHECKING:  # imported when following: `acmebox --help` stays fast
 log = logging.getLogger(__name__)
 
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
+READY_FILE = "acmebox-ready"  # in the certs dir; nginx/swarm-ready.conf serves it
 
 
 @dataclass(frozen=True)
@@ -91,8 +99,14 @@ class Follower:
         self.store = CertStore(spec.certs_dir)
         self.applied: dict[str, int] = {}  # certificate name -> acmebox's reload count last acted on
 
+    @property
+    def ready_file(self) -> Path:
+        return self.spec.certs_dir / READY_FILE
+
     def prepare(self) -> None:
         self.store.prepare()
+        # not routed to until acmebox has seen this node's nginx serve the live certificate
+        self.ready_file.unlink(missing_ok=True)
         for cert in self.spec.certs:
             if self.store.current(cert.name) is None:
                 key_pem, cert_pem = placeholder.make(cert.names, cert.key_type, _now())
@@ -111,7 +125,9 @@ class Follower:
         """One long poll for `name`; True when something was installed or reloaded."""
         stored = self.store.current(name)
         have = f"{stored.serial:x}" if stored is not None and not stored.placeholder else ""
-        query = urllib.parse.urlencode({"have": have, "reload": self.applied.get(name, -1), "wait": f"{wait:g}"})
+        marked = "1" if self.ready_file.exists() else "0"
+        query = urllib.parse.urlencode({"have": have, "reload": self.applied.get(name, -1), "ready": marked,
+                                        "wait": f"{wait:g}"})
         path = f"{BUNDLE_PATH}{urllib.parse.quote(name)}?{query}"
         headers = self.spec.keys.sign("GET", path, self.spec.node)
         url = f"http://{self.spec.source}{path}"
@@ -124,14 +140,27 @@ class Follower:
         bundle = Bundle.from_bytes(self.spec.keys.open(blob, headers[NONCE_HEADER]))
         if bundle.name != name:
             raise Refused(f"asked for {name}, got {bundle.name}")
-        first = name not in self.applied
+        before = self.applied.get(name)
         self.applied[name] = bundle.reload
         if stored is None or stored.placeholder or have != _serial_of(bundle):
             new = self.store.save(name, bundle.key_pem, bundle.fullchain_pem, bundle.meta)
             await self.reload(f"{name}: installed serial {new.serial:x} from acmebox")
-        elif not first:
+        elif before is not None and before != bundle.reload:
             await self.reload(f"{name}: acmebox asks for a reload (request {bundle.reload})")
+        if bundle.ready is not None and bundle.ready != (marked == "1"):
+            self.mark_ready(bundle.ready)
         return True
+
+    def mark_ready(self, ready: bool) -> None:
+        """Write or remove the readiness marker (acmebox's verdict on this node's nginx)."""
+        if ready:
+            atomic_write(self.ready_file, f"{self.spec.node}: acmebox saw this node's nginx serve the live "
+                         f"certificate at {_now().isoformat(timespec='seconds')}\n".encode(), 0o644)
+            log.info("ready: acmebox saw this node's nginx serve the live certificate (readiness path: 200)")
+        else:
+            self.ready_file.unlink(missing_ok=True)
+            log.info("not ready: acmebox has not seen this node's nginx serve the live certificate yet "
+                     "(readiness path: 503)")
 
     async def follow(self, name: str) -> None:
         import aiohttp

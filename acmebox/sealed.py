@@ -39,7 +39,7 @@ MAX_SKEW = 300.0  # seconds a request's time may differ from acmebox's clock
 NODE_HEADER, TIME_HEADER = "X-Acmebox-Fleet-Node", "X-Acmebox-Fleet-Time"
 NONCE_HEADER, AUTH_HEADER = "X-Acmebox-Fleet-Nonce", "X-Acmebox-Fleet-Auth"
 MAX_NODE = 253  # a node name is a host name
-BUNDLE_PATH = "/fleet/v1/bundle/"  # + the certificate's name; query: have, reload, wait
+BUNDLE_PATH = "/fleet/v1/bundle/"  # + the certificate's name; query: have, reload, ready, wait
 LONG_POLL_MAX = 25.0  # seconds acmebox holds a follower's poll while nothing changes
 
 
@@ -69,25 +69,30 @@ def _hkdf(secret: bytes, purpose: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Bundle:
-    """One certificate as a follower installs it: key and full chain (PEM), acmebox's meta, and
-    `reload`, the number of reloads acmebox has asked of the requesting node so far."""
+    """One certificate as a follower installs it: key and full chain (PEM), acmebox's meta,
+    `reload`, the number of reloads acmebox has asked of the requesting node so far, and `ready`,
+    acmebox's verdict on that node's frontend: True once it was seen serving the live
+    certificate(s), False while it has not been since it appeared (joining), None when acmebox
+    has not looked at it yet (the follower then keeps what it has)."""
 
     name: str
     key_pem: bytes
     fullchain_pem: bytes
     meta: dict[str, object]
     reload: int
+    ready: bool | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps({"name": self.name, "key": self.key_pem.decode(), "fullchain": self.fullchain_pem.decode(),
-                           "meta": self.meta, "reload": self.reload}).encode()
+                           "meta": self.meta, "reload": self.reload, "ready": self.ready}).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Bundle:
         try:
             obj = json.loads(data)
+            ready = obj.get("ready")
             return cls(str(obj["name"]), obj["key"].encode(), obj["fullchain"].encode(), dict(obj["meta"]),
-                       int(obj["reload"]))
+                       int(obj["reload"]), ready if isinstance(ready, bool) else None)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise Refused(f"sealed bundle has the wrong shape ({type(e).__name__})") from None
 

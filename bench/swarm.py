@@ -2,13 +2,16 @@
 tests/swarm_stack.py; needs root, dockerd and what pebble-test/container-setup.sh caches).
 
 Deploys the stack with compose/start-registry.sh --swarm, then renews N times with
-`acmebox renew --force` (Pebble validating through node 1, 2, 3 in turn) while a client
+`acmebox renew --force --ignore-ledger` (Pebble validating through node 1, 2, 3 in turn) while a client
 loops over the three nodes' port 443, a new TLS connection per request. Per renewal: seconds
 from the renew command to every node presenting the new serial (looked at by TLS handshake
 from outside the nodes, which adds about a second), split by the services' own log times into
 issuing (acmebox's "renewing now" to "certificate stored") and spreading ("certificate
 stored" to the last follower's "installed serial"); and the client's failed requests. Then memory (PSS)
-per node and per service. Prints a Markdown table; --json writes the raw figures.
+per node and per service, and a 4th node joining (`Swarm.join`: its dockerd, the images loaded,
+`docker swarm join`): seconds from the join returning to that node presenting the live serial,
+and to its readiness path (/.well-known/acmebox-ready) answering 200. Also the versions running
+(registry, nginx, acmebox). Prints a Markdown table; --json writes the raw figures.
 
     .venv/bin/python bench/swarm.py [--renewals 5] [--json out.json]
 """
@@ -29,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.helpers
 
 from tests.helpers.containers import wait  # noqa: E402
+from tests.helpers.swarm import load_images, served_serial  # noqa: E402
 from tests.helpers.swarm_stack import STACK, Deployed, deployed_stack, memory_mib, start_client, stop_client  # noqa: E402
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
@@ -55,6 +59,39 @@ def split(d: Deployed, serial: int) -> tuple[float, float]:
     return (stored - renewing).total_seconds(), (max(installed) - stored).total_seconds()
 
 
+def versions(d: Deployed) -> dict[str, str]:
+    """What runs: `registry --version`, `nginx -v`, acmebox's version (from their containers)."""
+    first = d.s.node(1)
+    out = {}
+    for svc, command in (("registry", ["registry", "--version"]), ("nginx", ["nginx", "-v"]),
+                         ("acmebox", ["acmebox", "--version"])):
+        cid = first.container(f"{STACK}_{svc}")
+        got = first.engine.run("docker", "exec", cid or "-", *command, check=False)
+        out[svc] = (got.stdout + got.stderr).strip().splitlines()[-1] if cid else "?"
+    return out
+
+
+def join(d: Deployed) -> dict[str, float]:
+    """A 4th node joins: seconds for its dockerd and images, then from `docker swarm join`
+    returning to the node presenting the live serial and to its readiness path answering 200."""
+    live = d.live_serial()
+    started = time.monotonic()
+    fourth = d.s.node_up(4)
+    load_images(d.s, ["acmebox:local", "nginx:1.27"], [fourth])
+    prepared = time.monotonic()
+    manager = d.s.node(1)
+    token = manager.docker("swarm", "join-token", "-q", "worker").strip()
+    fourth.docker("swarm", "join", "--token", token, "--advertise-addr", fourth.ip, f"{manager.ip}:2377")
+    joined = time.monotonic()
+    wait(lambda: served_serial(d.s, fourth) == live, 180, "node4 to serve the live certificate")
+    serving = time.monotonic()
+    wait(lambda: d.readiness(fourth) == 200, 120, "node4's readiness path to answer 200")
+    ready = time.monotonic()
+    return {"seconds_node_and_images": round(prepared - started, 1),
+            "seconds_join_to_serving_live": round(serving - joined, 1),
+            "seconds_join_to_ready": round(ready - joined, 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--renewals", type=int, default=5)
@@ -69,7 +106,8 @@ def main() -> int:
             try:
                 time.sleep(2)
                 started = time.monotonic()
-                d.acmebox("acmebox", "renew", "--force")
+                # --ignore-ledger: more renewals in a week than the order ledger lets through (Pebble)
+                d.acmebox("acmebox", "renew", "--force", "--ignore-ledger")
                 new = d.live_serial()
                 assert new is not None and new != old
                 wait(lambda n=new: d.all_serve(n), 120, "every node to serve the new certificate")  # type: ignore[misc]
@@ -83,6 +121,8 @@ def main() -> int:
             print(f"renewal {i + 1}: {runs[-1]}", file=sys.stderr)
         memory = {n.name: memory_mib(n) for n in d.nodes}
         deploy = dict(d.measured)
+        running = versions(d)
+        joining = join(d)
     times = [r["seconds_to_every_node"] for r in runs]
     print(f"| Swarm, 3 nodes, {len(runs)} renewals | figure |\n|---|---|")
     print(f"| `renew --force` to every node serving the new serial | median {statistics.median(times):.1f} s "
@@ -98,8 +138,15 @@ def main() -> int:
     for name, m in memory.items():
         parts = ", ".join(f"{svc} {mib}" for svc, mib in m.items() if svc != "total")
         print(f"| memory {name} (PSS MiB: dockerd, containerd and every container) | {m['total']} ({parts}) |")
+    print(f"| a 4th node: `docker swarm join` returning to it presenting the live serial | "
+          f"{joining['seconds_join_to_serving_live']} s (its readiness path 200 after "
+          f"{joining['seconds_join_to_ready']} s; its dockerd and images before: "
+          f"{joining['seconds_node_and_images']} s) |")
+    print("| versions | " + "; ".join(f"{k}: {v}" for k, v in running.items()) + " |")
     if args.json is not None:
-        args.json.write_text(json.dumps({"runs": runs, "memory_mib": memory, "deploy": deploy}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"runs": runs, "memory_mib": memory, "deploy": deploy, "join": joining,
+                                         "versions": running, "date": dt.date.today().isoformat()},
+                                        indent=2) + "\n")
     return 0
 
 

@@ -109,7 +109,8 @@ if [ "$swarm" = 1 ]; then
   docker secret inspect acmebox_fleet >/dev/null 2>&1 ||
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | docker secret create acmebox_fleet - >/dev/null
   # Swarm configs cannot change: name them after their content.
-  SWARM_CONFIG_HASH=$(cat ../nginx/templates/registry.conf.template ../nginx/reload-on-change.sh ../nginx/ui/* |
+  SWARM_CONFIG_HASH=$(cat ../nginx/templates/registry.conf.template ../nginx/reload-on-change.sh ../nginx/swarm-ready.conf \
+    ../nginx/ui/* |
     sha256sum | cut -c1-12)
   export SWARM_CONFIG_HASH
   render=(python3 "$here/swarm-render.py")

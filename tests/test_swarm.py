@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers import ROOT
 from tests.helpers.containers import NotPrepared, compose_v2, wait
-from tests.helpers.swarm import DOMAIN, busybox_tar
+from tests.helpers.swarm import DOMAIN, busybox_tar, served_serial
 from tests.helpers.swarm_stack import (
     PASSWORD,
     STACK,
@@ -67,6 +67,8 @@ def test_one_order_every_node_serves(deployed: Deployed) -> None:
     _, text = d.health()
     for node in ("node1", "node2", "node3"):
         assert f"frontend {node} (" in text and "serves the live certificate" in text, text
+    # each node's readiness path (what a load balancer polls) says so too
+    wait(lambda: [d.readiness(n) for n in d.nodes] == [200, 200, 200], 60, "every node's readiness path")
     row = d.status()[0]
     assert row["condition"] == "ok"
     assert sorted(f["node"] for f in row["frontends"]) == ["node1", "node2", "node3"]
@@ -194,4 +196,61 @@ def test_acmebox_node_restart_orders_nothing(deployed: Deployed) -> None:
     wait(lambda: d.health()[0] == 200, 120, "acmebox healthy again")
     assert d.live_serial() == live
     assert d.all_serve(live)
+    assert d.s.orders() == orders
+
+
+def test_node_joins_and_is_ready_only_on_the_live_certificate(deployed: Deployed) -> None:
+    """A 4th node joins the running swarm (a worker, as an operator adds one). Its nginx starts on
+    its follower's placeholder; while it does not serve the live certificate its readiness path
+    (what a load balancer polls) is 503 and acmebox names it joining. That is held as a state, not
+    caught in passing: acmebox is away while the node joins, then the node's follower is paused
+    while acmebox looks. Released, the node serves the live serial, readiness turns 200, and
+    acmebox lists four frontends on it; nothing is ordered."""
+    d = deployed
+    first = d.s.node(1)
+    live, orders = d.live_serial(), d.s.orders()
+    assert live is not None
+    wait(lambda: [d.readiness(n) for n in d.nodes] == [200, 200, 200], 60, "nodes 1-3 ready")
+    first.docker("service", "scale", f"{STACK}_acmebox=0", timeout=180)
+    wait(lambda: first.container(f"{STACK}_acmebox") is None, 60, "acmebox to stop")
+    # an issuer that is away takes no frontend out of routing
+    assert [d.readiness(n) for n in d.nodes] == [200, 200, 200]
+
+    fourth = d.s.join(4, ["acmebox:local", "nginx:1.27"])
+    wait(lambda: fourth.container(f"{STACK}_follower") is not None and served_serial(d.s, fourth) is not None,
+         180, "node4's nginx to answer on 443")
+    follower4 = fourth.container(f"{STACK}_follower")
+    assert follower4 is not None
+    fourth.docker("pause", follower4)
+    assert served_serial(d.s, fourth) not in (None, live)  # the follower's self-signed placeholder
+    assert d.readiness(fourth) == 503
+
+    first.docker("service", "scale", f"{STACK}_acmebox=1", timeout=180)
+    wait(lambda: "frontend node4 (" in d.health()[1], 180, "acmebox back, looking at node4")
+
+    def states() -> dict[str, str]:
+        return {f["node"]: f["state"] for f in d.status()[0].get("frontends", [])}
+
+    wait(lambda: states() == {"node1": "serves live", "node2": "serves live", "node3": "serves live",
+                              "node4": "joining"}, 60, "status to name node4 joining")
+    code, text = d.health()
+    assert code == 503
+    line = next(x for x in text.splitlines() if x.startswith("frontend node4 ("))
+    assert "joining (not ready)" in line and f"not yet the live {live:x}" in line, text
+    assert d.status()[0]["condition"] == "not served"
+    assert d.readiness(fourth) == 503
+    assert [d.readiness(d.s.node(i)) for i in (1, 2, 3)] == [200, 200, 200]
+
+    fourth.docker("unpause", follower4)
+    wait(lambda: served_serial(d.s, fourth) == live, 60, "node4 to serve the live certificate")
+    wait(lambda: d.readiness(fourth) == 200, 60, "node4's readiness path to turn 200")
+    wait(lambda: d.health()[0] == 200, 60, "health with node4 serving")
+    lines = [x for x in d.health()[1].splitlines() if x.startswith("frontend ")]
+    assert len(lines) == 4 and all("serves the live certificate" in x for x in lines), lines
+    row = d.status()[0]
+    assert row["condition"] == "ok"
+    assert sorted(f["node"] for f in row["frontends"]) == ["node1", "node2", "node3", "node4"]
+    assert all(f["serves_live"] and f["state"] == "serves live" for f in row["frontends"]), row["frontends"]
+    assert d.served() == {"node1": live, "node2": live, "node3": live, "node4": live}
+    assert d.live_serial() == live
     assert d.s.orders() == orders

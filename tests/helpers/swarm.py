@@ -1,9 +1,9 @@
 """A 3-node Docker Swarm of the tests' own, inside namespaces (after the recipe in the shared
-research, swarm-3node.sh), with Pebble beside it.
+research, swarm-3node.sh), with Pebble beside it; more nodes can join it later (`Swarm.join`).
 
     fabric netns (unshare --net --uts): bridge br0 192.168.77.1/24, Pebble and its DNS
        (pebble-challtestsrv) listening there
-    node N (N = 1..3): dockerd in its own network, mount and UTS namespaces, hostname nodeN,
+    node N (N = 1..3, and 4.. when they join): dockerd in its own network, mount and UTS namespaces, hostname nodeN,
        eth0 192.168.77.1N/24 on a veth to br0 (both ends made inside the fabric namespace),
        its own data-root, /run, /etc/docker (certs.d trusts Pebble's root) and /etc/hosts
        (registry.test is the node's own address)
@@ -117,7 +117,7 @@ class Swarm:
         for sub in ("data", "exec", "etc-docker/certs.d", "config"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost\n{NET}.1{n} {DOMAIN}\n"
-                                 + "".join(f"{NET}.1{i} node{i}\n" for i in (1, 2, 3)))
+                                 + "".join(f"{NET}.1{i} node{i}\n" for i in range(1, max(n, 3) + 1)))
         script = (
             f'set -e; hostname node{n}; ip link set lo up; '
             'for _ in $(seq 500); do ip link show eth0 >/dev/null 2>&1 && break; sleep 0.02; done; '
@@ -164,6 +164,16 @@ class Swarm:
         token = first.docker("swarm", "join-token", "-q", "manager").strip()
         for node in self.nodes[1:]:  # three managers: the swarm keeps quorum with one node down
             node.docker("swarm", "join", "--token", token, "--advertise-addr", node.ip, f"{first.ip}:2377")
+
+    def join(self, n: int, images: list[str]) -> Node:
+        """Node n joins the running swarm as a worker, as an operator adds a node: its dockerd,
+        the images from node1 (`docker save | docker load`), then `docker swarm join`."""
+        node = self.node_up(n)
+        load_images(self, images, [node])
+        manager = self.node(1)
+        token = manager.docker("swarm", "join-token", "-q", "worker").strip()
+        node.docker("swarm", "join", "--token", token, "--advertise-addr", node.ip, f"{manager.ip}:2377")
+        return node
 
     def stop_all(self) -> None:
         for node in self.nodes:
@@ -251,13 +261,13 @@ def served_serial(s: Swarm, target: Node) -> int | None:
     return None if out == "none" else int(out)
 
 
-def load_images(swarm: Swarm, images: list[str]) -> None:
-    """`docker save` on node1 into `docker load` on every other node (in parallel)."""
+def load_images(swarm: Swarm, images: list[str], targets: list[Node] | None = None) -> None:
+    """`docker save` on node1 into `docker load` on `targets` (every other node), in parallel."""
     first = swarm.node(1)
     tar = swarm.work / "images.tar"
     first.docker("save", "-o", str(tar), *images)
     loads = [subprocess.Popen(["docker", "load", "-q", "-i", str(tar)], stdout=subprocess.DEVNULL,
-                              env={**os.environ, **node.engine.env}) for node in swarm.nodes[1:]]
+                              env={**os.environ, **node.engine.env}) for node in targets or swarm.nodes[1:]]
     assert all(p.wait() == 0 for p in loads)
     tar.unlink()
 

@@ -88,6 +88,13 @@ class Deployed:
         served = self.served()
         return serial is not None and all(served[n] == serial for n in (names or list(served)))
 
+    def readiness(self, node: Node) -> int:
+        """The HTTP status of `node`'s readiness path (/.well-known/acmebox-ready on port 80, what
+        a load balancer polls), asked from the fabric namespace; 0 when nothing answers."""
+        out = self.s.fabric("curl", "-s", "-o", "/dev/null", "--max-time", "5", "-w", "%{http_code}",
+                            f"http://{node.ip}/.well-known/acmebox-ready", check=False).stdout.strip()
+        return int(out) if out.isdigit() else 0
+
     def containers(self) -> dict[str, str | None]:
         return {f"{n.name}/{svc}": n.container(f"{STACK}_{svc}") for n in self.nodes for svc in ("nginx", "follower")}
 
