@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.helpers
 
 from tests.helpers import stack as stack_helper  # noqa: E402
+from tests.helpers.process import ServiceProcess  # noqa: E402
 from tests.helpers.stack import USERS, running_stack  # noqa: E402
 
 
@@ -54,13 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for acmebox's environment")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.env)
-    original = stack_helper.ServiceProcess
 
-    class WithEnv(original):  # type: ignore[misc, valid-type]
+    class WithEnv(ServiceProcess):
+        """acmebox as the stack starts it, with --env's variables added."""
+
         def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
             super().__init__(cmd, log, env={**(env or os.environ), **extra})
 
-    stack_helper.ServiceProcess = WithEnv  # type: ignore[misc]
+    setattr(stack_helper, "ServiceProcess", WithEnv)  # noqa: B010 (the stack helper takes no environment)
     with tempfile.TemporaryDirectory(prefix="acmebox-memory-") as tmp, running_stack(Path(tmp) / "stack") as stack:
         users = list(USERS.items())
         with concurrent.futures.ThreadPoolExecutor(16) as pool:

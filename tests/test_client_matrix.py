@@ -153,7 +153,7 @@ class Containers:
             return str(json.loads(self.runner.ok(*self.base, "inspect", "--type", "image", ref))["FromImageDigest"])
         out = self.runner.ok(*self.base, "image", "inspect", "--format", "{{json .RepoDigests}}", ref)
         repository = ref.rsplit(":", 1)[0]
-        digests = {d.split("@", 1)[1] for d in json.loads(out) if d.split("@", 1)[0] == repository}
+        digests = {str(d).split("@", 1)[1] for d in json.loads(out) if str(d).split("@", 1)[0] == repository}
         assert len(digests) == 1, (ref, out)
         return digests.pop()
 
