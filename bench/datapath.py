@@ -2,7 +2,7 @@
 against the bare registry (the limit) and Caddy (the peer), all on 127.0.0.1.
 
     .venv/bin/python bench/datapath.py [--reps 3] [--size-mib 1024] [--chunk-mib 64]
-                                       [--duration 5] [--logins 64] [--json FILE]
+                                       [--duration 5] [--logins 64] [--json FILE] [--perf DIR]
 
 Three configurations, each measured in every repetition, their order rotating from one
 repetition to the next (interleaved, so a noisy neighbour hits everyone alike):
@@ -44,6 +44,9 @@ compose/registry/config.yml). Each login repetition presents its own X-Forwarded
 (nginx passes it on, and acmebox believes 127.0.0.1 as the stack's proxy), so one
 repetition's guesser does not throttle the next repetition's users. Needs Debian's caddy and
 wrk (pebble-test/setup.sh installs them).
+
+--perf DIR profiles each measured work with `perf record` (Profiler): where the CPU figures
+say how much, the profiles say on what.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import statistics
@@ -136,10 +140,59 @@ def with_children(pid: int) -> list[int]:
     return pids
 
 
+class Profiler:
+    """--perf DIR: `perf record` (cpu-clock samples, which need no hardware counters) of the
+    server processes during each measured work and of each client run, one file per work,
+    configuration, repetition and side; summarized at the end by `perf report`. The figures
+    of a profiled run carry perf's own cost: read its profiles, not its rates."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out, self.label, self.clients = out, "", 0
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+
+    def record(self, name: str, target: list[str]) -> list[str]:
+        assert self.out is not None
+        return ["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "-o", str(self.out / f"{name}.data"), *target]
+
+    def client(self, cmd: list[str]) -> list[str]:
+        if self.out is None:
+            return cmd
+        self.clients += 1
+        return self.record(f"{self.label}-client{self.clients}", ["--", *cmd])
+
+    @contextlib.contextmanager
+    def servers(self, label: str, pids: Sequence[int]) -> Iterator[None]:
+        self.label, self.clients = label, 0
+        if self.out is None:
+            yield
+            return
+        proc = subprocess.Popen(self.record(f"{label}-servers", ["-p", ",".join(map(str, pids))]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)  # perf attaches before the work starts
+            yield
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+
+    def summarize(self) -> None:
+        """Per data file, the top symbols (process, library, function) as DIR/NAME.txt."""
+        if self.out is None:
+            return
+        for data in sorted(self.out.glob("*.data")):
+            report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort",
+                                     "comm,dso,sym", "--percent-limit", "1"], capture_output=True, text=True)
+            data.with_suffix(".txt").write_text(report.stdout)
+
+
+PROFILER = Profiler(None)
+
+
 def run_client(cmd: list[str]) -> str:
     """Run one client to its end; its output. Raises on a non-zero exit. (Its CPU is counted
     by ChildCPU: communicate() reaps it.)"""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(PROFILER.client(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {err.decode(errors='replace').strip()[-500:]}")
@@ -529,7 +582,8 @@ class Row:
 
 def measure(front: Frontend, work: str, rep: int, fn: Callable[[], Any], amount: float | None = None) -> Row:
     before = front.cpu()
-    with ChildCPU() as client:
+    pids = [pid for role, pids in front.processes.items() if role != "acmebox" for pid in pids]
+    with PROFILER.servers(f"{front.name}-{work}-r{rep + 1}", pids), ChildCPU() as client:
         t0 = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t0
@@ -728,6 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--logins", type=int, default=64, help="concurrent valid logins")
     parser.add_argument("--works", default=",".join(WORKS), help="comma-separated subset of " + ",".join(WORKS))
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--perf", type=Path, help="profile servers and clients with perf into this directory")
     args = parser.parse_args(argv)
     args.works = args.works.split(",")
     if not set(args.works) <= set(WORKS):
@@ -737,7 +792,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"datapath: {tool} is not installed (bash pebble-test/setup.sh installs it)", file=sys.stderr)
             return 2
+    global PROFILER
+    PROFILER = Profiler(args.perf)
     raw = run(args)
+    PROFILER.summarize()
     if args.json is not None:
         args.json.write_text(json.dumps(raw, indent=1))
     print(report(raw))

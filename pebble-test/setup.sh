@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the demo and the tests need on a Debian machine, as root: Debian packages,
 # Pebble 2.10 (pebble-test/install.sh), the registry behind registry:3 built from
-# shared/third_party (pebble-test/install-registry3.sh) and a virtualenv at .venv with acmebox and its test
+# shared/third_party (pebble-test/install-registry3.sh), crane and oras from Debian's unstable
+# suite (pebble-test/install-clients.sh) and a virtualenv at .venv with acmebox and its test
 # tools, installed from the lock file requirements-test.txt. Idempotent: a second run only checks.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -10,6 +11,7 @@ top=$(dirname "$here")
 packages=(ca-certificates curl openssl tzdata python3 python3-venv python3-pip
           nginx-light docker.io busybox-static docker-registry docker-compose gettext-base
           skopeo apache2-utils chromium faketime mmdebstrap iproute2 time
+          podman buildah containerd   # the client matrix (tests/test_client_matrix.py; ctr is containerd's)
           caddy wrk   # caddy, wrk: bench/datapath.py (the peer proxy; the manifest load)
           prometheus libnginx-mod-stream   # promtool: deploy/alerts.yml; stream: TLS-ALPN-01 routing
           systemd)  # systemd-analyze: deploy/systemd (the gc timer)
@@ -33,6 +35,7 @@ fi
 
 bash "$here/install.sh"
 bash "$here/install-registry3.sh"
+bash "$here/install-clients.sh"   # crane and oras (Debian unstable) into pebble-test/.clients/
 
 # The venv comes from the lock files (pinned versions with hashes; docs/testing.md, "Dependencies"), so a
 # fresh machine gets exactly the set CI tested.
