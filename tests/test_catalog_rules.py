@@ -4,6 +4,9 @@ delete, a rebuild; search, namespaces, order by push, paging; refused settings."
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -123,3 +126,25 @@ def test_the_maintenance_flag(tmp_path: Path) -> None:
     flag.write_text("garbage")  # unreadable still means maintenance
     broken = read_flag(flag)
     assert isinstance(broken, Maintenance) and broken.retry_after() >= 5
+
+
+@pytest.mark.parametrize(("fill_kib", "code", "says"), [
+    (1024, 0, r"registry storage .*: 2\d% of its filesystem used$"),
+    (3700, 0, r"registry storage .*: WARNING 9\d% of its filesystem used \(delete old tags, then `acmebox gc`\)$"),
+    (4000, 1, r"registry storage .*: 9\d% of its filesystem used; pushes will fail soon"),
+])
+def test_status_warns_before_the_registry_disk_is_full(tmp_path: Path, fill_kib: int, code: int, says: str) -> None:
+    """`acmebox status --registry-storage` on a real 4 MiB tmpfs (a private mount namespace)
+    filled to about a quarter, 90 % and 98 %: the line /healthz gives too, and exit 1 at the last."""
+    storage, certs, state = tmp_path / "registry", tmp_path / "certs", tmp_path / "state"
+    for d in (storage, certs, state):
+        d.mkdir()
+    script = (f"mount -t tmpfs -o size=4m acmebox-test {storage} && "
+              f"head -c {fill_kib * 1024} /dev/zero > {storage}/blob && "
+              f"exec {sys.executable} -m acmebox status --certs-dir {certs} --state-dir {state} "
+              f"--registry-storage {storage}")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == code, (done.stdout, done.stderr)
+    assert re.search(says, done.stdout.strip().splitlines()[-1]), done.stdout
+    assert "Traceback" not in done.stderr
