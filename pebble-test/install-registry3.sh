@@ -39,16 +39,11 @@ if [ -x "$dest/registry" ] && [ "$(cat "$dest/SOURCE-SHA256" 2>/dev/null)" = "$s
   exit 0
 fi
 
-tmp=$(mktemp -d)
-chmod 755 "$tmp"  # apt drops to _apt for downloads
-trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/go"
-echo "deb http://deb.debian.org/debian sid main" >"$tmp/sources.list"
-opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-      -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache"
-      -o "APT::Get::List-Cleanup=0")
+# shellcheck source=unstable.sh
+. "$here/unstable.sh"
 echo "registry3: fetching $go_package from Debian unstable"
-apt-get "${opts[@]}" -qq update
+unstable_apt
+mkdir -p "$tmp/go"
 (cd "$tmp" && apt-get "${opts[@]}" -qq download "$go_package-go" "$go_package-src")
 for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/go"; done
 goroot="$tmp/go/usr/lib/go-1.27"

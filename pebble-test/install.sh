@@ -12,15 +12,9 @@ if [ -x "$dest/usr/bin/pebble" ] && [ -x "$dest/usr/bin/pebble-challtestsrv" ]; 
   exit 0
 fi
 
-tmp=$(mktemp -d)
-chmod 755 "$tmp"  # apt drops to _apt for downloads
-trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial"
-echo "deb http://deb.debian.org/debian sid main" >"$tmp/sources.list"
-opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-      -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache"
-      -o "APT::Get::List-Cleanup=0")
-apt-get "${opts[@]}" -qq update
+# shellcheck source=unstable.sh
+. "$here/unstable.sh"
+unstable_apt
 version=$(apt-cache "${opts[@]}" show pebble | awk '/^Version:/ {print $2; exit}')
 upstream=${version%%+*}
 if ! dpkg --compare-versions "$upstream" ge "$want_min"; then
