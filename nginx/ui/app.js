@@ -789,18 +789,26 @@ function refreshList() {
   state.matches = repoPart ? listed.filter((n) => n.toLowerCase().includes(repoPart)) : listed;
   const list = document.getElementById("repos");
   const wanted = state.matches.slice(0, state.shown).map(row);
-  // Rows are kept (with what they loaded) and only re-ordered; appending is the common case.
+  showRows(list, wanted);
+  for (const l of openLists.values()) l.setFilter(tagPart);
+  updateStatus();
+  markFirstPaint(list);
+}
+
+// Rows are kept (with what they loaded) and only re-ordered; appending is the common case.
+function showRows(list, wanted) {
   const current = list.children;
   let same = current.length <= wanted.length;
   for (let i = 0; same && i < current.length; i++) same = current[i] === wanted[i];
   if (same) list.append(...wanted.slice(current.length));
   else list.replaceChildren(...wanted);
-  for (const l of openLists.values()) l.setFilter(tagPart);
-  updateStatus();
-  if (!state.firstPaint && wanted.length) {
-    state.firstPaint = true;
-    performance.mark("acmebox:repositories-visible");  // the tests count requests before it
-  }
+}
+
+function markFirstPaint(list) {
+  if (state.firstPaint || !list.children.length) return;
+  state.firstPaint = true;
+  performance.mark("acmebox:repositories-visible");  // the tests count requests before it
+  if (catalogIndex.on) loadStorage();
 }
 
 function updateStatus() {
@@ -1015,21 +1023,10 @@ function renderIndexList() {
   const list = document.getElementById("repos");
   const [, tagPart] = splitQuery(state.query);
   if (idx.group) list.replaceChildren(...(idx.groups || []).map(groupItem));
-  else {
-    const wanted = idx.rows.map(indexRow);
-    const current = list.children;
-    let same = current.length <= wanted.length;
-    for (let i = 0; same && i < current.length; i++) same = current[i] === wanted[i];
-    if (same) list.append(...wanted.slice(current.length));
-    else list.replaceChildren(...wanted);
-  }
+  else showRows(list, idx.rows.map(indexRow));
   for (const l of openLists.values()) l.setFilter(tagPart);
   updateStatus();
-  if (!state.firstPaint && list.children.length) {
-    state.firstPaint = true;
-    performance.mark("acmebox:repositories-visible");
-    loadStorage();
-  }
+  markFirstPaint(list);
 }
 
 function indexStatus() {
