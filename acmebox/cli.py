@@ -82,11 +82,19 @@ def _opt(group: Group, flag: str, help: str, default: str | None = None, also: t
     group.add_argument(flag, help=f"{help} [{names}{shown}]", **kw)
 
 
+def _path(text: str) -> Path:
+    """A path flag's value; an empty one (an unset variable in a script) would mean the current
+    directory, so it is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
+
+
 def _dirs(parser: argparse.ArgumentParser) -> None:
     _opt(
-        parser, "--certs-dir", "the shared certs volume (live/<name>/fullchain.pem ...)", "/etc/letsencrypt", type=Path
+        parser, "--certs-dir", "the shared certs volume (live/<name>/fullchain.pem ...)", "/etc/letsencrypt", type=_path
     )
-    _opt(parser, "--state-dir", "account key and state", "/var/lib/acmebox", type=Path)
+    _opt(parser, "--state-dir", "account key and state", "/var/lib/acmebox", type=_path)
     # Also accepted after the command (`acmebox run --log-level debug`); SUPPRESS keeps the
     # value given before the command when it is not repeated here.
     parser.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, type=str.lower,
@@ -114,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cert", action="append", metavar="NAME[,NAME...]",
                      help="one more certificate with these names; repeat for more certificates "
                           "[ACMEBOX_CERTS, certificates separated by ';']")
-    _opt(run, "--config", "TOML file with [[certificate]] tables (names, key_type, profile)", type=Path)
+    _opt(run, "--config", "TOML file with [[certificate]] tables (names, key_type, profile)", type=_path)
     _opt(run, "--email", "contact address for the ACME account", also=("DOCKER_REGISTRY_CERT_EMAIL_ADDRESS",))
     _opt(run, "--directory", f"ACME directory URL (default: Let's Encrypt, {LE_PRODUCTION})")
     _opt(run, "--staging", "use Let's Encrypt's staging CA", action="store_true")
-    _opt(run, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=Path)
+    _opt(run, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=_path)
     _dirs(run)
     _opt(run, "--listen", "HOST:PORT of the challenge, health and metrics server", "0.0.0.0:8080")
     _opt(run, "--key-type", "certificate key type", "ec256", choices=KEY_TYPES)
@@ -145,24 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     fleet = run.add_argument_group("frontends on other nodes (Docker Swarm; docs/swarm.md)")
     _opt(fleet, "--fleet-frontends", "the name that resolves to every frontend (e.g. tasks.nginx); each is checked "
          "by TLS handshake on 443 (NAME:PORT for another) and fed by an `acmebox follow` on its node")
-    _opt(fleet, "--fleet-secret-file", "the secret followers authenticate with (a Swarm secret)", type=Path)
+    _opt(fleet, "--fleet-secret-file", "the secret followers authenticate with (a Swarm secret)", type=_path)
     auth = run.add_argument_group("registry token service (enabled by --auth-htpasswd)")
-    _opt(auth, "--auth-htpasswd", "htpasswd file with bcrypt entries of the users who may push", type=Path)
-    _opt(auth, "--auth-key", "token signing key, created once (default: <state-dir>/token-signing.key)", type=Path)
+    _opt(auth, "--auth-htpasswd", "htpasswd file with bcrypt entries of the users who may push", type=_path)
+    _opt(auth, "--auth-key", "token signing key, created once (default: <state-dir>/token-signing.key)", type=_path)
     _opt(auth, "--auth-cert", "where to write the signing key's certificate, the registry's rootcertbundle "
-         "(default: <state-dir>/token.crt)", type=Path)
+         "(default: <state-dir>/token.crt)", type=_path)
     _opt(auth, "--auth-service", "the registry's auth.token.service", "registry")
     _opt(auth, "--auth-issuer", "the registry's auth.token.issuer", "acmebox")
     _opt(auth, "--auth-ttl", "token lifetime in seconds", "300", type=int)
     _opt(auth, "--auth-acl", 'TOML file of users and the repositories they may write: alice = ["alice/*"]; '
-         "users it does not list may only pull", type=Path)
+         "users it does not list may only pull", type=_path)
     _opt(auth, "--auth-trusted-proxy", "addresses, networks (CIDR) or host names of the reverse proxies whose "
          "X-Forwarded-For names the client, comma-separated", also=())
     catalog = run.add_argument_group("catalog index for the browse page (enabled by --catalog-registry)")
     _opt(catalog, "--catalog-registry", "the registry's own URL, read to build the index (http://registry:5000)")
     _opt(catalog, "--catalog-secret", "the bearer secret the registry's notifications carry")
     _opt(catalog, "--registry-storage", "the registry's storage root: its use on /metrics, a warning on /healthz "
-         "before its disk is full", type=Path)
+         "before its disk is full", type=_path)
     _opt(run, "--once", "obtain or confirm the certificates, then exit", action="store_true")
     _opt(run, "--force-renew", "with --once: order new certificates even when valid ones exist "
          "(a running service: `acmebox renew --force`)", action="store_true")
@@ -175,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dirs(status)
     status.add_argument("--json", action="store_true", help="everything known, as JSON")
     _opt(status, "--registry-storage", "the registry's storage root: a line on its disk's use, exit 1 from "
-         "97% full", type=Path)
+         "97%% full", type=_path)
     renew = sub.add_parser("renew", help="ask the running service to check (or with --force, renew) now")
     renew.add_argument("name", nargs="?", help="any name of the certificate; default: all")
     renew.add_argument("--force", action="store_true", help="renew even when not due")
@@ -191,14 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--reason", type=int, default=0, choices=[0, 1, 3, 4, 5],
                         help="RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, ...) "
                              "[default: 0]")
-    _opt(revoke, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=Path)
+    _opt(revoke, "--ca-bundle", "PEM file of CAs to trust for the ACME server's HTTPS", type=_path)
     _dirs(revoke)
     token_key = sub.add_parser("token-key", help="the registry token signing keys: `show` them, or `rotate` "
                                "to the pre-published next key (docs/deploying.md, \"Token signing key rotation\")")
     token_key.add_argument("action", choices=["show", "rotate"])
     _dirs(token_key)
-    _opt(token_key, "--auth-key", "token signing key (default: <state-dir>/token-signing.key)", type=Path)
-    _opt(token_key, "--auth-cert", "the registry's rootcertbundle (default: <state-dir>/token.crt)", type=Path)
+    _opt(token_key, "--auth-key", "token signing key (default: <state-dir>/token-signing.key)", type=_path)
+    _opt(token_key, "--auth-cert", "the registry's rootcertbundle (default: <state-dir>/token.crt)", type=_path)
     _opt(token_key, "--auth-service", "the registry's auth.token.service", "registry")
     _opt(token_key, "--auth-issuer", "the registry's auth.token.issuer", "acmebox")
     _opt(token_key, "--auth-ttl", "the service's token lifetime in seconds: the old key retires after it",
@@ -207,16 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
                            "http://registry:5000) accepts tokens of the next key; refuse (exit 1) if not")
     gc_cmd = sub.add_parser("gc", help="the registry's garbage collection, read-only meanwhile; reports bytes freed")
     _dirs(gc_cmd)
-    _opt(gc_cmd, "--registry-storage", "the registry's storage root", type=Path)
-    gc_cmd.add_argument("--registry-config", type=Path, help="the registry's config.yml (runs `docker-registry "
+    _opt(gc_cmd, "--registry-storage", "the registry's storage root", type=_path)
+    gc_cmd.add_argument("--registry-config", type=_path, help="the registry's config.yml (runs `docker-registry "
                         "garbage-collect` or `registry garbage-collect` with it)")
     gc_cmd.add_argument("--registry-command", help="the whole garbage-collect command line instead, e.g. `docker "
-                        "compose run --rm --no-deps -T registry garbage-collect /etc/docker/registry/config.yml`")
+                        "compose run --rm --no-deps -T registry garbage-collect /etc/distribution/config.yml`")
     gc_cmd.add_argument("--delete-untagged", action="store_true", help="also remove manifests no tag points at")
     gc_cmd.add_argument("--drain", type=float, default=10.0, help="seconds between refusing writes and collecting, "
                         "for uploads in flight [default: 10]")
     gc_cmd.add_argument("--expect", type=float, default=300.0, help="seconds the run is announced for "
                         "(Retry-After) [default: 300]")
+    gc_cmd.add_argument("--timeout", type=float, default=3600.0, help="seconds the collector may run before it is "
+                        "stopped (the registry is read-only meanwhile) [default: 3600]")
     return parser
 
 
@@ -381,7 +391,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
             return collect_garbage(GcSettings.build(
                 config=args.registry_config, command=args.registry_command, storage=args.registry_storage,
-                certs_dir=args.certs_dir, delete_untagged=args.delete_untagged, drain=args.drain, expect=args.expect))
+                certs_dir=args.certs_dir, delete_untagged=args.delete_untagged, drain=args.drain, expect=args.expect,
+                timeout=args.timeout))
         if args.command == "revoke":
             assert name is not None
             return asyncio.run(commands.revoke(args.certs_dir, args.state_dir, name, args.reason, args.ca_bundle))

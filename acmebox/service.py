@@ -283,7 +283,8 @@ def collect_garbage(settings: GcSettings) -> int:
     from acmebox.registry.gc import run_gc
 
     result = run_gc(list(settings.command), settings.storage, settings.certs_dir,
-                    delete_untagged=settings.delete_untagged, drain=settings.drain, expect=settings.expect)
+                    delete_untagged=settings.delete_untagged, drain=settings.drain, expect=settings.expect,
+                    timeout=settings.timeout)
     print(f"gc: freed {result.freed} bytes ({result.before} -> {result.after} under {settings.storage})"
           + (f"; {result.summary}" if result.summary else ""))
     return 0

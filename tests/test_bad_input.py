@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import bcrypt
 import pytest
 
 from tests.helpers.other_user import as_user
@@ -277,3 +278,41 @@ def test_log_level_after_the_command_and_defaults_in_help(tmp_path: Path) -> Non
                   "default: off", "default: info"):
         assert shown in flat, shown
     assert "s3cret-hmac" not in helptext, "defaults from the environment (secrets) are not shown"
+
+
+def test_every_command_has_help() -> None:
+    """argparse formats help with %: one stray % in a help text is a traceback on --help."""
+    from acmebox.cli import build_parser
+
+    commands = [name for action in build_parser()._subparsers._group_actions  # type: ignore[union-attr]
+                for name in getattr(action, "choices", {}) or {}]
+    assert {"run", "status", "gc", "renew", "token-key"} <= set(commands)
+    for command in ["", *commands]:
+        result = run_acmebox(*([command] if command else []), "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout, (command, result.stderr[-500:])
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["gc", "--certs-dir", "", "--registry-storage", "/tmp", "--registry-command", "true"], "empty path"),
+    (["gc", "--registry-storage", "", "--registry-command", "true"], "empty path"),
+    (["status", "--registry-storage", " "], "empty path"),
+    (["gc", "--certs-dir", "/tmp", "--registry-storage", "/tmp", "--registry-command", "/nonexistent/registry gc"],
+     "is not a program found here"),
+    (["gc", "--certs-dir", "/tmp", "--registry-storage", "/tmp", "--registry-config", "/nonexistent.yml"],
+     "--registry-config /nonexistent.yml: not a file"),
+    (["gc", "--certs-dir", "/tmp", "--registry-storage", "/tmp", "--registry-command", "true", "--timeout", "0"],
+     "--timeout 1 to 86400"),
+    (["run", "--domain", "a.example", "--catalog-registry", "http://[::1", "--auth-htpasswd", "HTPASSWD"],
+     "want the registry's URL"),
+    (["run", "--domain", "a.example", "--catalog-registry", "http://127.0.0.1:99999", "--auth-htpasswd",
+      "HTPASSWD"], "want the registry's URL"),
+    (["run", "--domain", "a.example", "--catalog-secret", "0123456789abcdef"],
+     "--catalog-secret needs --catalog-registry"),
+])
+def test_operations_input_is_refused_before_anything_runs(tmp_path: Path, args: list[str], says: str) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode() + "\n")
+    args = [str(htpasswd) if a == "HTPASSWD" else a for a in args]
+    result = run_acmebox(*args, "--state-dir", str(tmp_path / "s")) if args[0] == "run" else run_acmebox(*args)
+    assert_usage_error(result, says)
+    assert not (Path("/tmp") / "registry-maintenance").exists()

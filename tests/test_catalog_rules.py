@@ -4,10 +4,13 @@ delete, a rebuild; search, namespaces, order by push, paging; refused settings."
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -148,3 +151,66 @@ def test_status_warns_before_the_registry_disk_is_full(tmp_path: Path, fill_kib:
     assert done.returncode == code, (done.stdout, done.stderr)
     assert re.search(says, done.stdout.strip().splitlines()[-1]), done.stdout
     assert "Traceback" not in done.stderr
+
+
+def _gc(tmp_path: Path, seconds: str, *extra: str) -> subprocess.Popen[str]:
+    """`acmebox gc` whose collector is `sleep SECONDS` (what it does to the registry is test_gc's;
+    here it is how gc holds, stops and hands back the maintenance flag)."""
+    (tmp_path / "storage").mkdir(exist_ok=True)
+    (tmp_path / "certs").mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "acmebox", "gc", "--certs-dir", str(tmp_path / "certs"),
+                             "--registry-storage", str(tmp_path / "storage"), "--drain", "0",
+                             "--registry-command", f"sleep {seconds}", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _sleeping(seconds: str) -> list[int]:
+    """PIDs of `sleep SECONDS` processes (the collector; SECONDS is unique to the test)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", seconds.encode()]:
+                found.append(int(proc.name))
+    return found
+
+
+def test_gc_stopped_by_sigterm_lowers_the_flag_and_stops_the_collector(tmp_path: Path) -> None:
+    gc = _gc(tmp_path, "307.1")
+    flag = flag_path(tmp_path / "certs")
+    _wait_for(lambda: bool(_sleeping("307.1")), "the collector running")
+    assert flag.exists()
+    gc.send_signal(signal.SIGTERM)
+    _, err = gc.communicate(timeout=30)
+    assert gc.returncode == 1 and "stopped by SIGTERM" in err.strip().splitlines()[-1], err
+    assert "Traceback" not in err
+    assert not flag.exists()
+    _wait_for(lambda: not _sleeping("307.1"), "the collector stopped too")
+
+
+def test_a_second_gc_is_refused_while_one_runs(tmp_path: Path) -> None:
+    first = _gc(tmp_path, "307.2")
+    flag = flag_path(tmp_path / "certs")
+    try:
+        _wait_for(lambda: bool(_sleeping("307.2")), "the first collector running")
+        second = _gc(tmp_path, "307.3")
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 1 and "another acmebox gc is running" in err, err
+        assert flag.exists() and not _sleeping("307.3")  # the first run's flag stays up
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert not flag.exists()
+
+
+def test_a_collector_past_its_timeout_is_stopped(tmp_path: Path) -> None:
+    gc = _gc(tmp_path, "307.4", "--timeout", "1")
+    _, err = gc.communicate(timeout=60)
+    assert gc.returncode == 1 and "did not finish in 1 s (--timeout): stopped" in err, err
+    assert not flag_path(tmp_path / "certs").exists() and not _sleeping("307.4")
