@@ -148,6 +148,9 @@ def test_gc_frees_a_deleted_images_blobs_while_pulls_go_on(gc_stack: Stack) -> N
     assert freed >= BIG, out
     assert not flag.exists()
     assert not blob_file(stack, big_digest).exists()
+    # and the registry says so too (no descriptor cache answering for a collected blob)
+    gone = stack.token("repository:team/drop:pull", basic=alice)
+    assert stack.https("HEAD", f"/v2/team/drop/blobs/{big_digest}", token=gone).status == 404
     assert blob_file(stack, kept_layer).exists()
     assert puller.failed == 0 and puller.ok > 0, puller.failures[:5]
 

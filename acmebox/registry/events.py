@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -40,6 +41,9 @@ EVENTS_PATH = "/registry-events"
 INDEX_PREFIX = "/ui-index"
 REBUILD_EVERY = 24 * 3600.0
 READERS = 8  # requests in flight to the registry during a rebuild
+# A repository name as the distribution spec defines it (path components joined by /)
+REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
+MAX_PAUSE = 300.0  # seconds between tries at most while the registry cannot be read
 RETRIES, RETRY_AFTER = 5, 1.0  # reading a repository again when a listed tag is not readable yet
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
@@ -217,6 +221,7 @@ class CatalogService:
         self.retries: dict[str, int] = {}  # repository -> reads again so far for a tag not readable yet
         self.rebuild_requested = self.index.built is None
         self.rebuilding = False
+        self.failures = 0  # reads of the registry failed in a row (the pause doubles)
         self.last_reader: RegistryReader | None = None
 
     def install(self, app: web.Application) -> None:
@@ -273,12 +278,20 @@ class CatalogService:
         try:
             await job
         except RegistryError as e:
-            log.warning("catalog index: cannot read the registry (%s); trying again later", e)
-            await asyncio.sleep(5)
+            # 5 s, doubling to 5 min while the registry stays away: a stopped registry costs a
+            # log line every few minutes, not 720 an hour
+            pause = min(MAX_PAUSE, 5.0 * 2 ** self.failures)
+            self.failures += 1
+            log.warning("catalog index: cannot read the registry (%s); trying again in %.0f s", e, pause)
+            await asyncio.sleep(pause)
             self.rebuild_requested = self.rebuild_requested or self.index.built is None
         except Exception:  # the index is a convenience: it must never stop the service
             log.exception("catalog index: update failed")
             await asyncio.sleep(5)
+        else:
+            if self.failures:
+                log.info("catalog index: the registry answers again")
+            self.failures = 0
 
     async def refresh(self, session: aiohttp.ClientSession, repo: str, pushed: dict[str, float]) -> None:
         """Read `repo` again. The registry notifies a manifest push before it writes the tag's
@@ -338,7 +351,7 @@ class CatalogService:
                 continue
             target = event.get("target") or {}
             repo = target.get("repository")
-            if not isinstance(repo, str) or not repo:
+            if not isinstance(repo, str) or not REPOSITORY.fullmatch(repo):
                 continue
             pushed = self.pending.setdefault(repo, {})
             if event.get("action") == "push" and target.get("tag"):

@@ -173,14 +173,16 @@ class StorageWatch:
 
     async def answer(self, request: web.Request) -> web.Response:
         """`GET /ui-index/storage` (the browse page's status line): `{"used_bytes", "filesystem_size",
-        "filesystem_free", "measured"}` (bytes; UNIX seconds), 503 before the first look. A figure
+        "filesystem_free", "measured"}` (bytes; UNIX seconds), 503 before the first look and while the
+        storage cannot be read. A figure
         older than FRESH_FOR is looked at again first: one walk at a time, however many ask."""
         if self.usage is None or time.time() - self.usage["measured"] > FRESH_FOR:
             async with self.walking:
                 if self.usage is None or time.time() - self.usage["measured"] > FRESH_FOR:
                     await asyncio.to_thread(self.look)
-        if self.usage is None:
-            return web.json_response({"error": "not measured yet"}, status=503, headers={"Retry-After": "10"})
+        if self.usage is None or self.error:  # never a figure of storage that is gone
+            return web.json_response({"error": self.error or "not measured yet"}, status=503,
+                                     headers={"Retry-After": "10"})
         return web.json_response(self.usage, headers={"Cache-Control": "no-cache"})
 
     def install(self, app: web.Application) -> None:
