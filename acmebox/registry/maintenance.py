@@ -118,6 +118,8 @@ def judge(root: Path, fraction: float | None, error: str | None) -> tuple[bool, 
     if fraction is None:
         return True, f"registry storage {root}: not measured yet"
     pct = f"{fraction:.0%} of its filesystem used"
+    if fraction >= 0.999:
+        return False, f"registry storage {root}: full; pushes fail (delete, then `acmebox gc`)"
     if fraction >= FAIL_USED:
         return False, f"registry storage {root}: {pct}; pushes will fail soon (delete, then `acmebox gc`)"
     if fraction >= WARN_USED:
@@ -127,6 +129,8 @@ def judge(root: Path, fraction: float | None, error: str | None) -> tuple[bool, 
 
 def judge_now(root: Path) -> tuple[bool, str]:
     """judge() on the filesystem's use read now (statvfs only: no walk), for `acmebox status`."""
+    if root.exists() and not root.is_dir():
+        return False, f"registry storage {root}: not a directory (the registry's storage root)"
     try:
         st = os.statvfs(root)
     except OSError as e:
