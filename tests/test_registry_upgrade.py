@@ -117,7 +117,8 @@ def test_images_pushed_to_2_8_are_pulled_from_3(tmp_path: Path) -> None:
     svc = TokenService.from_settings(TokenAuth(htpasswd, tmp_path / "state" / "k", tmp_path / "auth" / "token.crt"))
     port = free_port()
     overrides = {"REGISTRY_AUTH_TOKEN_REALM": "http://127.0.0.1:1/auth/token", "REGISTRY_HTTP_SECRET": "upgrade",
-                 "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(tmp_path / "auth" / "token.crt")}
+                 "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(tmp_path / "auth" / "token.crt"),
+                 "REGISTRY_NOTIFICATIONS_ENDPOINTS": "[]"}  # no acmebox here to tell
     old = start_registry(tmp_path, port, overrides, "2", direct=True)
     try:
         r = Registry(port, svc)
