@@ -244,7 +244,9 @@ def sources_from_args(args: argparse.Namespace) -> Sources:
     environment (ACMEBOX_DOMAIN, or DOCKER_REGISTRY_DOMAIN_NAME of the old stack), --domain,
     each --cert and each ;-separated group of ACMEBOX_CERTS. --config adds its own after these."""
     groups = [_split(_env("DOMAIN", "DOCKER_REGISTRY_DOMAIN_NAME")), args.domain or []]
-    groups += [_split(g) for g in [*(args.cert or []), *(_env("CERTS") or "").split(";")]]
+    # a --cert given with no name in it (`--cert ,,,`) stays as typed, for the name rules to refuse
+    groups += [_split(g) or [g] for g in args.cert or []]
+    groups += [_split(g) for g in (_env("CERTS") or "").split(";")]
     proxies = args.auth_trusted_proxy
     return Sources(
         cert_groups=tuple(tuple(g) for g in groups),

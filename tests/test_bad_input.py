@@ -316,3 +316,11 @@ def test_operations_input_is_refused_before_anything_runs(tmp_path: Path, args: 
     result = run_acmebox(*args, "--state-dir", str(tmp_path / "s")) if args[0] == "run" else run_acmebox(*args)
     assert_usage_error(result, says)
     assert not (Path("/tmp") / "registry-maintenance").exists()
+
+
+@pytest.mark.parametrize("cert", [",,,", "", " "])
+def test_a_cert_flag_without_a_name_is_refused(tmp_path: Path, cert: str) -> None:
+    result = run_acmebox("run", "--once", "--domain", "a.example.com", "--cert", cert, "--directory", UNREACHABLE,
+                         "--certs-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"))
+    assert_usage_error(result, "domain name")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "s").exists()
