@@ -41,6 +41,7 @@ from acmebox.store import CertStore
 from acmebox.tlsalpn import TlsAlpnResponder
 
 if TYPE_CHECKING:
+    from acmebox.registry.events import CatalogService
     from acmebox.registry.maintenance import StorageWatch
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Service:
         self.serving = Serving(self.reloader, self.metrics, self.statedir, self.clock, self.fleet)
         self._taken_requests: set[str] = set()  # carried out, though their files could not be removed
         self.storage: StorageWatch | None = None  # the registry's storage, with --registry-storage
+        self.catalog: CatalogService | None = None  # the catalog index, with --catalog-registry
         self.ready = False  # /readyz: placeholders and token certificate on disk (compose orders by it)
         self.maintainers = {
             spec.name: CertMaintainer(
@@ -118,6 +120,8 @@ class Service:
             storage_ok, line = self.storage.health()
             ok &= storage_ok
             lines.append(line)
+        if self.catalog is not None and self.catalog.error:
+            lines.append(f"catalog index: {self.catalog.error}")  # a convenience: never unhealthy for it
         return ok, "\n".join(lines)
 
     def readiness(self) -> tuple[bool, str]:
@@ -248,8 +252,9 @@ class Service:
                 if not catalog.secret:
                     log.warning("catalog index: no --catalog-secret (REGISTRY_NOTIFY_SECRET), so the registry's "
                                 "events are taken from anyone who can reach acmebox; start-registry.sh sets one")
-                routes.append(CatalogService(self.statedir.catalog, catalog.registry, catalog.secret,
-                                             anonymous_minter(token_service), self.config.registry_storage).install)
+                self.catalog = CatalogService(self.statedir.catalog, catalog.registry, catalog.secret,
+                                              anonymous_minter(token_service), self.config.registry_storage)
+                routes.append(self.catalog.install)
         if self.config.registry_storage is not None:
             from acmebox.registry import maintenance
 

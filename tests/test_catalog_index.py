@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from tests.helpers.pebble import Dirs, Pebble, pebble_args
+from tests.helpers.process import ServiceProcess, free_port, healthz, wait_sync
 from tests.helpers.registry_fill import clone_repositories, empty_repository, push_built_image, push_index
 from tests.helpers.stack import NOTIFY_SECRET, USERS, Stack, running_stack
 
@@ -136,3 +142,40 @@ def test_search_at_10000_repositories_answers_from_the_index(cat_stack: Stack) -
     assert page["total"] == 500 and len(page["repositories"]) == 100
     assert page["repositories"][0]["name"] == "bulk03/r08003"
     assert registry_requests(stack) == before  # all of that without asking the registry
+
+
+def test_a_registry_that_is_not_there_is_named_in_health_and_costs_nothing_else(
+        pebble: Pebble, dirs: Dirs, tmp_path: Path) -> None:
+    """The index's registry refuses connections: acmebox still gets and serves its certificate,
+    /healthz names the index's trouble without turning unhealthy for it, /ui-index/ says 503 (the
+    page then reads the registry itself), and the tries back off (5 s, 10 s, ...), so its
+    warnings come further and further apart."""
+    htpasswd = tmp_path / "htpasswd"
+    subprocess.run(["htpasswd", "-Bbc", "-C", "4", str(htpasswd), "alice", "pw"], check=True, capture_output=True)
+    svc = ServiceProcess(["run", "--domain", "catalog.test", *pebble_args(pebble, dirs), "--reload", "none",
+                          "--auth-htpasswd", str(htpasswd), "--auth-key", str(dirs.state / "token.key"),
+                          "--auth-cert", str(tmp_path / "token.crt"),
+                          "--catalog-registry", f"http://127.0.0.1:{free_port()}", "--catalog-secret", NOTIFY_SECRET],
+                         tmp_path / "service.log")
+    try:
+        svc.wait_log("certificate stored", timeout=60)
+        svc.wait_log("catalog index: cannot read the registry", timeout=30)
+        wait_sync(lambda: "catalog index: cannot read the registry" in healthz(pebble.http_port)[1],
+                  what="the index's trouble in /healthz")
+        status, body = healthz(pebble.http_port)
+        assert status == 200, body  # the certificate is fine; the index is a convenience
+        assert "catalog.test: " in body
+        with urllib.request.urlopen(f"http://127.0.0.1:{pebble.http_port}/healthz") as r:
+            assert r.status == 200
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{pebble.http_port}/ui-index/repositories")
+            raise AssertionError("the index answered without having been built")
+        except urllib.error.HTTPError as e:
+            assert e.code == 503
+        # the second try waits twice as long as the first
+        svc.wait_log("cannot read the registry (", timeout=30, count=2)
+        tries = [line for line in svc.log().splitlines() if "catalog index: cannot read the registry" in line]
+        assert tries[0].endswith("trying again in 5 s") and tries[1].endswith("trying again in 10 s"), tries
+        assert svc.proc.poll() is None
+    finally:
+        svc.stop()

@@ -222,6 +222,7 @@ class CatalogService:
         self.rebuild_requested = self.index.built is None
         self.rebuilding = False
         self.failures = 0  # reads of the registry failed in a row (the pause doubles)
+        self.error: str | None = None  # what /healthz says while they fail
         self.last_reader: RegistryReader | None = None
 
     def install(self, app: web.Application) -> None:
@@ -282,6 +283,7 @@ class CatalogService:
             # log line every few minutes, not 720 an hour
             pause = min(MAX_PAUSE, 5.0 * 2 ** self.failures)
             self.failures += 1
+            self.error = f"cannot read the registry ({e}) for {self.failures} tries; the page reads it itself"
             log.warning("catalog index: cannot read the registry (%s); trying again in %.0f s", e, pause)
             await asyncio.sleep(pause)
             self.rebuild_requested = self.rebuild_requested or self.index.built is None
@@ -291,7 +293,7 @@ class CatalogService:
         else:
             if self.failures:
                 log.info("catalog index: the registry answers again")
-            self.failures = 0
+            self.failures, self.error = 0, None
 
     async def refresh(self, session: aiohttp.ClientSession, repo: str, pushed: dict[str, float]) -> None:
         """Read `repo` again. The registry notifies a manifest push before it writes the tag's
