@@ -318,16 +318,7 @@ def plain_registry(run: Path, token_cert: Path | None) -> Iterator[tuple[int, su
         env["REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE"] = str(token_cert)
     run.mkdir(parents=True)
     (run / "config.yml").write_text(yaml.safe_dump(config))
-    log = run / "registry.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(registry_command(default_registry(), run / "config.yml"), env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        wait_port(port, proc, log)
-        yield port, proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    yield from _serve(registry_command(default_registry(), run / "config.yml"), env, run / "registry.log", port)
 
 
 @contextlib.contextmanager
@@ -343,10 +334,14 @@ def caddy(run: Path, stack: Stack, registry: str) -> Iterator[tuple[int, subproc
                                                     registry=registry))
     env = {"PATH": os.environ["PATH"], "HOME": str(run), "XDG_DATA_HOME": str(run / "data"),
            "XDG_CONFIG_HOME": str(run / "config")}
-    log = run / "caddy.out"
+    yield from _serve(["caddy", "run", "--config", str(run / "Caddyfile"), "--adapter", "caddyfile"], env,
+                      run / "caddy.out", port)
+
+
+def _serve(argv: list[str], env: dict[str, str], log: Path, port: int) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`argv` in the background, its output in `log`, until it listens on `port`; stopped after."""
     with log.open("w") as out:
-        proc = subprocess.Popen(["caddy", "run", "--config", str(run / "Caddyfile"), "--adapter", "caddyfile"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_port(port, proc, log)
         yield port, proc

@@ -132,11 +132,21 @@ def judge_now(root: Path) -> tuple[bool, str]:
     if root.exists() and not root.is_dir():
         return False, f"registry storage {root}: not a directory (the registry's storage root)"
     try:
-        st = os.statvfs(root)
+        size, free = filesystem(root)
     except OSError as e:
         return False, f"registry storage {root}: {e.strerror or e}"
-    size = st.f_blocks * st.f_frsize
-    return judge(root, 1 - st.f_bavail * st.f_frsize / size if size else None, None)
+    return judge(root, used_fraction(size, free), None)
+
+
+def filesystem(root: Path) -> tuple[int, int]:
+    """(size, free) in bytes of the filesystem `root` is on (free: what unprivileged writers get).
+    OSError when it cannot be read."""
+    st = os.statvfs(root)
+    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+
+def used_fraction(size: int, free: int) -> float | None:
+    return 1 - free / size if size else None
 
 
 class StorageWatch:
@@ -150,21 +160,18 @@ class StorageWatch:
         self.used = Gauge("acmebox_registry_storage_bytes", "bytes under the storage root", registry=registry)
         self.fs = Gauge("acmebox_registry_filesystem_bytes", "the registry filesystem's size and free space",
                         ["kind"], registry=registry)
-        self.fraction: float | None = None
         self.error: str | None = None
         self.usage: dict[str, int] | None = None  # what /ui-index/storage answers, after a look
         self.walking = asyncio.Lock()
 
     def look(self) -> None:
         try:
-            st = os.statvfs(self.root)
+            size, free = filesystem(self.root)
         except OSError as e:
             self.error = f"registry storage {self.root}: {e.strerror or e}"
             return
-        size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
         self.fs.labels("size").set(size)
         self.fs.labels("free").set(free)
-        self.fraction = 1 - free / size if size else None
         used = used_bytes(self.root)
         self.used.set(used)
         self.usage = {"used_bytes": used, "filesystem_size": size, "filesystem_free": free,
@@ -173,7 +180,8 @@ class StorageWatch:
 
     def health(self) -> tuple[bool, str]:
         """(ok, line) for /healthz: judge()'s verdict on the last look."""
-        return judge(self.root, self.fraction, self.error)
+        u = self.usage
+        return judge(self.root, used_fraction(u["filesystem_size"], u["filesystem_free"]) if u else None, self.error)
 
     async def answer(self, request: web.Request) -> web.Response:
         """`GET /ui-index/storage` (the browse page's status line): `{"used_bytes", "filesystem_size",
